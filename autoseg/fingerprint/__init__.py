@@ -1,0 +1,1 @@
+"""Dataset fingerprint: per-case measurements (pure) and their parallel aggregation."""

@@ -1,0 +1,95 @@
+"""Per-case fingerprint measurements. Pure functions on arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from autoseg.schema.fingerprint import CaseFingerprint
+
+
+def nonzero_bbox(image: np.ndarray) -> tuple[slice, ...]:
+    """Bounding box of the voxels that are nonzero in any channel.
+
+    Parameters
+    ----------
+    image
+        ``(C, z, y, x)``.
+
+    Returns
+    -------
+    tuple of slice
+        One slice per spatial axis; the whole image when it is zero everywhere.
+    """
+    mask = np.any(image != 0, axis=0)
+    slices = []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if present.size == 0:
+            return tuple(slice(0, s) for s in mask.shape)
+        slices.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(slices)
+
+
+@dataclass(frozen=True)
+class CaseIntensities:
+    """Foreground intensities of one case, per channel.
+
+    Attributes
+    ----------
+    samples
+        ``(C, k)`` float32: up to ``k`` foreground voxels drawn without replacement (all of them when fewer).
+    mean, var, min, max
+        Exact statistics over all foreground voxels, per channel.
+    """
+
+    samples: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+
+
+def analyze_case(case_id: str, image: np.ndarray, label: np.ndarray, spacing: tuple[float, ...],
+                 max_samples: int, rng: np.random.Generator) -> tuple[CaseFingerprint, CaseIntensities | None]:
+    """Fingerprint of one training case.
+
+    Parameters
+    ----------
+    case_id
+        The case.
+    image
+        ``(C, z, y, x)``.
+    label
+        ``(z, y, x)`` integer labels; foreground is ``label > 0``.
+    spacing
+        ``(z, y, x)`` mm.
+    max_samples
+        Foreground voxels kept per channel for the pooled percentiles.
+    rng
+        Source of the subsample.
+
+    Returns
+    -------
+    fingerprint, intensities
+        ``intensities`` is ``None`` when the case has no foreground.
+    """
+    bbox = nonzero_bbox(image)
+    shape_before = tuple(int(s) for s in image.shape[1:])
+    shape_after = tuple(s.stop - s.start for s in bbox)
+    # Foreground is labelled; cropping cannot remove labelled voxels that carry image signal, and the statistics
+    # come from the label mask, so they are taken on the full arrays (same voxels, no copy).
+    fg = label > 0
+    n_fg = int(np.count_nonzero(fg))
+    fp = CaseFingerprint(case_id=case_id, spacing=tuple(float(s) for s in spacing),
+                         shape_before_crop=shape_before, shape_after_crop=shape_after,
+                         relative_size_after_crop=float(np.prod(shape_after) / np.prod(shape_before)),
+                         foreground_voxels=n_fg)
+    if n_fg == 0:
+        return fp, None
+    values = image[:, fg].astype(np.float64)  # (C, n_fg)
+    k = min(n_fg, max_samples)
+    idx = rng.choice(n_fg, size=k, replace=False) if k < n_fg else np.arange(n_fg)
+    return fp, CaseIntensities(samples=values[:, idx].astype(np.float32), mean=values.mean(axis=1),
+                               var=values.var(axis=1), min=values.min(axis=1), max=values.max(axis=1))

@@ -1,0 +1,1 @@
+"""Reading and writing images, labels and raw dataset folders (SimpleITK; no torch)."""

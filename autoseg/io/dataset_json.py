@@ -1,0 +1,503 @@
+"""Read a raw dataset folder's ``dataset.json`` into a layout-independent :class:`DatasetSpec`.
+
+Two layouts are accepted, detected from the keys of ``dataset.json``:
+
+* Medical Segmentation Decathlon (``modality`` key): ``labels`` maps value -> name, cases are listed explicitly in
+  ``training`` (``{"image": ..., "label": ...}``) and ``test`` (file paths). One image file per case: 3D for a single
+  channel, 4D (channels last in the file) for several.
+* nnU-Net v2 raw (``channel_names`` key): ``labels`` maps name -> value, cases are discovered from the files
+  ``imagesTr/<case>_<cccc><file_ending>`` and ``labelsTr/<case><file_ending>`` (``imagesTs`` likewise, optional),
+  or taken from nnU-Net's explicit ``dataset`` listing when present.
+
+Only ``dataset.json`` and the folder listings are read here; the image files themselves are checked by
+:mod:`autoseg.io.verify`. Every problem found is collected and raised together as one :class:`DatasetError`, one
+line per problem, each naming ``dataset.json`` or the file concerned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from autoseg.errors import DatasetError
+from autoseg.schema.dataset import CaseSpec, DatasetSpec
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_FOLDER_PREFIX = re.compile(r"^(Task\d+|Dataset\d+)_")
+_KNOWN_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+class _Object(dict):
+    """A JSON object that remembers keys given more than once (``json`` silently keeps the last)."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _object_hook(pairs: list[tuple[str, Any]]) -> _Object:
+    obj = _Object()
+    dup = []
+    for k, v in pairs:
+        if k in obj:
+            dup.append(k)
+        obj[k] = v
+    obj.duplicates = tuple(dup)
+    return obj
+
+
+def read_dataset_spec(raw_dir: Path) -> DatasetSpec:
+    """Parse and validate ``raw_dir/dataset.json`` (MSD or nnU-Net v2 raw layout).
+
+    Parameters
+    ----------
+    raw_dir
+        The raw dataset folder, as the user gave it (messages name files under it in that form).
+
+    Returns
+    -------
+    DatasetSpec
+        Channels, labels and cases; image and label paths are relative to ``raw_dir`` (POSIX form).
+
+    Raises
+    ------
+    DatasetError
+        Every problem found, one line each (``"<path>: <problem>"``): a missing or invalid ``dataset.json``, missing
+        or malformed keys, labels that are not consecutive from background 0, no foreground label, duplicate case
+        ids, listed or expected files that do not exist, a ``numTraining`` that disagrees with the cases found.
+    """
+    raw_dir = Path(raw_dir)
+    jpath = raw_dir / "dataset.json"
+    if not raw_dir.exists():
+        raise DatasetError(f"{raw_dir}: folder not found")
+    if not raw_dir.is_dir():
+        raise DatasetError(f"{raw_dir}: not a folder (expected a raw dataset folder containing dataset.json)")
+    if not jpath.is_file():
+        raise DatasetError(
+            f"{jpath}: not found (a raw dataset folder needs a dataset.json in Medical Segmentation Decathlon "
+            f"or nnU-Net v2 format)"
+        )
+    try:
+        data = json.loads(jpath.read_text(encoding="utf-8"), object_pairs_hook=_object_hook)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{jpath}: cannot be read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{jpath}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{jpath}: expected a JSON object at the top level, found {_kind(data)}")
+
+    problems: list[str] = []
+
+    def bad(msg: str) -> None:
+        problems.append(f"{jpath}: {msg}")
+
+    if "channel_names" in data:
+        layout = "nnunetv2"
+        channels = _channel_names(data["channel_names"], "channel_names", bad)
+        labels = _labels_nnunetv2(data.get("labels"), bad)
+        file_ending = data.get("file_ending")
+        if file_ending is None:
+            bad("missing key 'file_ending' (e.g. \".nii.gz\"), required in nnU-Net v2 layout")
+        elif not isinstance(file_ending, str) or not file_ending.startswith("."):
+            bad(f"'file_ending' must be a string starting with '.', e.g. \".nii.gz\", found {file_ending!r}")
+            file_ending = None
+        if "regions_class_order" in data:
+            bad("region-based training ('regions_class_order') is not supported")
+        training, test = [], []
+        if file_ending is not None and channels is not None:
+            training, test = _cases_nnunetv2(raw_dir, data, len(channels), file_ending, problems)
+    elif "modality" in data:
+        layout = "msd"
+        channels = _channel_names(data["modality"], "modality", bad)
+        labels = _labels_msd(data.get("labels"), bad)
+        tis = data.get("tensorImageSize")
+        if tis is not None and tis not in ("3D", "4D"):
+            bad(f"'tensorImageSize' must be \"3D\" or \"4D\", found {tis!r}")
+        elif tis == "3D" and channels is not None and len(channels) > 1:
+            bad(f"'tensorImageSize' is \"3D\" but 'modality' declares {len(channels)} channels; "
+                f"multi-channel MSD images are single 4D files (\"tensorImageSize\": \"4D\")")
+        training, test, file_ending = _cases_msd(raw_dir, data, problems)
+    else:
+        layout = "unknown"
+        channels, labels, training, test, file_ending = None, None, [], [], None
+        bad("neither 'modality' (Medical Segmentation Decathlon) nor 'channel_names' (nnU-Net v2) found; "
+            "cannot tell the dataset layout")
+
+    if layout != "unknown" and training:
+        _check_num_training(data.get("numTraining"), len(training), layout, bad)
+
+    name = _dataset_name(data, raw_dir, bad)
+    if problems:
+        raise DatasetError(*problems)
+    return DatasetSpec(
+        name=name,
+        raw_dir=str(raw_dir.resolve()),
+        layout=layout,
+        channel_names=tuple(channels),
+        labels=tuple(labels),
+        file_ending=file_ending,
+        training=tuple(training),
+        test=tuple(test),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# keys shared by both layouts
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", _Object: "an object", list: "a list", str: "a string", bool: "true/false",
+            type(None): "null"}.get(type(value), "a number")
+
+
+def _channel_names(value: Any, key: str, bad) -> list[str] | None:
+    """``{"0": "MRI", "1": "T2"}`` -> ``["MRI", "T2"]``; ``None`` after reporting a problem."""
+    example = f"'{key}' must be an object like {{\"0\": \"MRI\"}}"
+    if not isinstance(value, dict):
+        bad(f"{example}, found {_kind(value)}")
+        return None
+    if not value:
+        bad(f"'{key}' is empty: at least one input channel must be named, e.g. {{\"0\": \"MRI\"}}")
+        return None
+    ok = True
+    dup = sorted(set(getattr(value, "duplicates", ())))
+    if dup:
+        bad(f"'{key}' gives channel {', '.join(dup)} more than once")
+        ok = False
+    idx: dict[int, str] = {}
+    for k, v in value.items():
+        if not (isinstance(k, str) and k.isdigit()):
+            bad(f"'{key}' key {k!r} is not a channel index (\"0\", \"1\", ...)")
+            ok = False
+            continue
+        if not isinstance(v, str) or not v.strip():
+            bad(f"'{key}' channel {k} has an empty or non-string name {v!r}")
+            ok = False
+        idx[int(k)] = v if isinstance(v, str) else str(v)
+    if ok and sorted(idx) != list(range(len(idx))):
+        bad(f"'{key}' channel indices must be 0..{len(idx) - 1}, found {sorted(idx)}")
+        ok = False
+    return [idx[i] for i in range(len(idx))] if ok else None
+
+
+def _check_label_values(values: dict[int, str], bad) -> list[str] | None:
+    """Names ordered by value, after checking values are 0..K-1 with at least one foreground label."""
+    if not values:
+        bad("'labels' is empty: expected background 0 and at least one foreground label")
+        return None
+    ok = True
+    found = sorted(values)
+    if 0 not in values:
+        bad(f"'labels' has no background value 0 (values found: {found})")
+        ok = False
+    elif found != list(range(len(found))):
+        missing = sorted(set(range(max(found) + 1)) - set(found))
+        bad(f"label values must be consecutive integers 0..K-1, found {found}"
+            + (f" (missing {missing})" if missing else ""))
+        ok = False
+    if len(values) < 2:
+        bad("'labels' declares no foreground label: at least one besides background 0 is needed")
+        ok = False
+    names = [values[v] for v in found]
+    dup_names = sorted({n for n in names if names.count(n) > 1})
+    if dup_names:
+        bad(f"label names must be unique, {dup_names} used for several values")
+        ok = False
+    if "ignore" in names:
+        bad("the 'ignore' label (partial annotation) is not supported")
+        ok = False
+    return names if ok else None
+
+
+def _labels_msd(value: Any, bad) -> list[str] | None:
+    """MSD: ``{"0": "background", "1": "Anterior"}`` (value -> name)."""
+    if value is None:
+        bad("missing key 'labels' (e.g. {\"0\": \"background\", \"1\": \"tumour\"})")
+        return None
+    if not isinstance(value, dict):
+        bad(f"'labels' must be an object of value -> name, e.g. {{\"0\": \"background\"}}, found {_kind(value)}")
+        return None
+    ok = True
+    for k in sorted(set(getattr(value, "duplicates", ()))):
+        bad(f"label value {k} is declared more than once in 'labels'")
+        ok = False
+    values: dict[int, str] = {}
+    for k, v in value.items():
+        try:
+            iv = int(k)
+        except ValueError:
+            bad(f"'labels' key {k!r} is not an integer label value (MSD layout maps value -> name)")
+            ok = False
+            continue
+        if iv in values:
+            bad(f"label value {iv} is declared more than once in 'labels' (keys {k!r} and another)")
+            ok = False
+        if not isinstance(v, str) or not v.strip():
+            bad(f"label {k} has an empty or non-string name {v!r}")
+            ok = False
+        values[iv] = str(v)
+    names = _check_label_values(values, bad)
+    return names if ok else None
+
+
+def _labels_nnunetv2(value: Any, bad) -> list[str] | None:
+    """nnU-Net v2: ``{"background": 0, "liver": 1}`` (name -> value)."""
+    if value is None:
+        bad("missing key 'labels' (e.g. {\"background\": 0, \"liver\": 1})")
+        return None
+    if not isinstance(value, dict):
+        bad(f"'labels' must be an object of name -> value, e.g. {{\"background\": 0}}, found {_kind(value)}")
+        return None
+    ok = True
+    for k in sorted(set(getattr(value, "duplicates", ()))):
+        bad(f"label name {k!r} is declared more than once in 'labels'")
+        ok = False
+    if value and all(isinstance(k, str) and k.isdigit() for k in value) and all(isinstance(v, str) for v in
+                                                                               value.values()):
+        bad("'labels' looks MSD-style (value -> name) but nnU-Net v2 layout ('channel_names') maps name -> value, "
+            "e.g. {\"background\": 0, \"liver\": 1}")
+        return None
+    values: dict[int, str] = {}
+    for k, v in value.items():
+        if isinstance(v, (list, tuple)):
+            bad(f"label {k!r} has region value {v}: region-based labels are not supported")
+            ok = False
+            continue
+        if isinstance(v, bool) or not isinstance(v, int):
+            bad(f"label {k!r} must have an integer value, found {v!r}")
+            ok = False
+            continue
+        if v in values:
+            bad(f"label value {v} is used by both {values[v]!r} and {k!r}")
+            ok = False
+            continue
+        values[v] = k
+    names = _check_label_values(values, bad)
+    return names if ok else None
+
+
+def _check_num_training(value: Any, found: int, layout: str, bad) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        bad(f"'numTraining' must be an integer, found {value!r}")
+    elif value != found:
+        where = "listed in 'training'" if layout == "msd" else "found in imagesTr/labelsTr"
+        bad(f"'numTraining' is {value} but {found} training cases are {where}")
+
+
+def _dataset_name(data: dict, raw_dir: Path, bad) -> str:
+    """MSD ``name`` (or nnU-Net's optional ``name``), else the folder name without ``TaskNN_``/``DatasetNNN_``."""
+    candidates = []
+    if isinstance(data.get("name"), str):
+        candidates.append(data["name"])
+    folder = raw_dir.resolve().name
+    candidates.append(_FOLDER_PREFIX.sub("", folder))
+    candidates.append(folder)
+    for c in candidates:
+        safe = _SAFE_NAME.sub("_", c.strip()).strip("._-")
+        if safe:
+            return safe
+    bad("cannot derive a dataset name: give a 'name' made of letters, digits, '.', '_' or '-'")
+    return "dataset"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MSD
+
+
+def _normalise(rel: str) -> str:
+    """``"./imagesTr/x.nii.gz"`` -> ``"imagesTr/x.nii.gz"`` (POSIX separators)."""
+    return os.path.normpath(rel).replace(os.sep, "/")
+
+
+def _split_ending(filename: str) -> tuple[str, str]:
+    for e in _KNOWN_ENDINGS:
+        if filename.endswith(e) and len(filename) > len(e):
+            return filename[: -len(e)], e
+    stem, dot, ext = filename.rpartition(".")
+    return (stem, "." + ext) if dot and stem else (filename, "")
+
+
+def _cases_msd(raw_dir: Path, data: dict, problems: list[str]) -> tuple[list[CaseSpec], list[CaseSpec], str]:
+    jpath = raw_dir / "dataset.json"
+    endings: list[str] = []
+
+    def listed(rel: Any, where: str) -> str | None:
+        """Normalised relative path of a listed file; reports wrong types and missing files."""
+        if not isinstance(rel, str) or not rel.strip():
+            problems.append(f"{jpath}: {where} must be a file path string, found {rel!r}")
+            return None
+        norm = _normalise(rel)
+        if not (raw_dir / norm).is_file():
+            problems.append(f"{raw_dir / norm}: listed in dataset.json {where} but not found")
+        return norm
+
+    def case_id(rel: str) -> str:
+        stem, ending = _split_ending(rel.rsplit("/", 1)[-1])
+        endings.append(ending)
+        return stem
+
+    training: list[CaseSpec] = []
+    entries = data.get("training")
+    if entries is None:
+        problems.append(f"{jpath}: missing key 'training' (the list of {{\"image\": ..., \"label\": ...}} cases)")
+    elif not isinstance(entries, list):
+        problems.append(f"{jpath}: 'training' must be a list of {{\"image\": ..., \"label\": ...}}, "
+                        f"found {_kind(entries)}")
+    elif not entries:
+        problems.append(f"{jpath}: 'training' is empty: at least one labelled case is needed")
+    else:
+        for i, e in enumerate(entries):
+            where = f"training[{i}]"
+            if not isinstance(e, dict):
+                problems.append(f"{jpath}: {where} must be an object {{\"image\": ..., \"label\": ...}}, "
+                                f"found {_kind(e)}")
+                continue
+            missing = [k for k in ("image", "label") if k not in e]
+            if missing:
+                problems.append(f"{jpath}: {where} has no {' / '.join(repr(k) for k in missing)}")
+                continue
+            img, lab = listed(e["image"], f"{where}.image"), listed(e["label"], f"{where}.label")
+            if img is not None and lab is not None:
+                training.append(CaseSpec(case_id(img), (img,), lab))
+
+    test: list[CaseSpec] = []
+    tentries = data.get("test", [])
+    if tentries is None:
+        tentries = []
+    if not isinstance(tentries, list):
+        problems.append(f"{jpath}: 'test' must be a list of image paths, found {_kind(tentries)}")
+        tentries = []
+    for i, e in enumerate(tentries):
+        if isinstance(e, dict) and "image" in e:  # some converted datasets list {"image": ...}
+            e = e["image"]
+        img = listed(e, f"test[{i}]")
+        if img is not None:
+            test.append(CaseSpec(case_id(img), (img,), None))
+
+    _check_duplicate_ids(training, "training", jpath, problems)
+    _check_duplicate_ids(test, "test", jpath, problems)
+    file_ending = max(set(endings), key=endings.count) if endings else ".nii.gz"
+    return training, test, file_ending
+
+
+def _check_duplicate_ids(cases: list[CaseSpec], where: str, jpath: Path, problems: list[str]) -> None:
+    by_id: dict[str, list[str]] = defaultdict(list)
+    for c in cases:
+        by_id[c.case_id].append(c.images[0])
+    for cid, files in by_id.items():
+        if len(files) > 1:
+            problems.append(f"{jpath}: case id {cid!r} occurs {len(files)} times in '{where}' "
+                            f"({', '.join(files)}); case ids must be unique")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# nnU-Net v2 raw
+
+
+def _cases_nnunetv2(raw_dir: Path, data: dict, num_channels: int, ending: str,
+                    problems: list[str]) -> tuple[list[CaseSpec], list[CaseSpec]]:
+    if "dataset" in data:
+        training = _cases_from_listing(raw_dir, data["dataset"], num_channels, problems)
+    else:
+        training = _discover(raw_dir, "imagesTr", "labelsTr", num_channels, ending, problems)
+    test = []
+    if (raw_dir / "imagesTs").is_dir():
+        test = _discover(raw_dir, "imagesTs", None, num_channels, ending, problems) or []
+    if training is None:  # imagesTr missing, already reported
+        return [], test
+    if not training and not any(str(raw_dir / "imagesTr") in p or "dataset[" in p for p in problems):
+        where = "'dataset'" if "dataset" in data else f"{raw_dir / 'imagesTr'} (files <case>_0000{ending})"
+        problems.append(f"{raw_dir / 'dataset.json'}: no training cases found in {where}")
+    return training, test
+
+
+def _cases_from_listing(raw_dir: Path, listing: Any, num_channels: int, problems: list[str]) -> list[CaseSpec]:
+    """nnU-Net's explicit ``"dataset": {"case": {"images": [...], "label": "..."}}`` (paths relative to raw_dir)."""
+    jpath = raw_dir / "dataset.json"
+    if not isinstance(listing, dict):
+        problems.append(f"{jpath}: 'dataset' must be an object of case id -> {{\"images\": [...], \"label\": ...}}")
+        return []
+    for k in sorted(set(getattr(listing, "duplicates", ()))):
+        problems.append(f"{jpath}: case id {k!r} occurs more than once in 'dataset'; case ids must be unique")
+    cases = []
+    for cid, entry in listing.items():
+        where = f"dataset[{cid!r}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("images"), list) or "label" not in entry:
+            problems.append(f"{jpath}: {where} must be {{\"images\": [one path per channel], \"label\": path}}")
+            continue
+        images = entry["images"]
+        if len(images) != num_channels:
+            problems.append(f"{jpath}: {where} lists {len(images)} image files, 'channel_names' declares "
+                            f"{num_channels} channels")
+            continue
+        rels = []
+        for rel in list(images) + [entry["label"]]:
+            if not isinstance(rel, str) or not rel.strip():
+                problems.append(f"{jpath}: {where} has a non-string path {rel!r}")
+                continue
+            norm = _normalise(rel)
+            if not (raw_dir / norm).is_file():
+                problems.append(f"{raw_dir / norm}: listed in dataset.json {where} but not found")
+            rels.append(norm)
+        if len(rels) == num_channels + 1:
+            cases.append(CaseSpec(str(cid), tuple(rels[:-1]), rels[-1]))
+    return cases
+
+
+def _discover(raw_dir: Path, images_sub: str, labels_sub: str | None, num_channels: int, ending: str,
+              problems: list[str]) -> list[CaseSpec] | None:
+    """Cases from ``<images_sub>/<case>_<cccc><ending>`` (+ ``<labels_sub>/<case><ending>`` when given)."""
+    img_dir = raw_dir / images_sub
+    if not img_dir.is_dir():
+        problems.append(f"{img_dir}: folder not found (nnU-Net v2 layout expects {images_sub}/<case>_0000{ending})")
+        return None
+    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + r"$")
+    channels: dict[str, dict[int, str]] = defaultdict(dict)
+    for f in sorted(img_dir.iterdir()):
+        if f.name.startswith(".") or not f.name.endswith(ending) or not f.is_file():
+            continue
+        m = pattern.match(f.name)
+        if m is None:
+            problems.append(f"{f}: image file name does not follow <case>_<cccc>{ending} "
+                            f"(e.g. case_001_0000{ending})")
+            continue
+        channels[m.group(1)][int(m.group(2))] = f"{images_sub}/{f.name}"
+    labels: dict[str, str] = {}
+    if labels_sub is not None:
+        lab_dir = raw_dir / labels_sub
+        if not lab_dir.is_dir():
+            problems.append(f"{lab_dir}: folder not found (nnU-Net v2 layout expects {labels_sub}/<case>{ending})")
+        else:
+            for f in sorted(lab_dir.iterdir()):
+                if f.name.startswith(".") or not f.name.endswith(ending) or not f.is_file():
+                    continue
+                labels[f.name[: -len(ending)]] = f"{labels_sub}/{f.name}"
+            for cid in sorted(set(labels) - set(channels)):
+                problems.append(f"{raw_dir / labels[cid]}: label without image files "
+                                f"(expected {images_sub}/{cid}_0000{ending})")
+    cases = []
+    for cid in sorted(channels):
+        found = channels[cid]
+        ok = True
+        for c in range(num_channels):
+            if c not in found:
+                problems.append(f"{img_dir / f'{cid}_{c:04d}{ending}'}: missing: case {cid!r} needs one file per "
+                                f"channel (channel {c} of {num_channels})")
+                ok = False
+        for c in sorted(set(found) - set(range(num_channels))):
+            problems.append(f"{raw_dir / found[c]}: channel {c} but dataset.json declares only {num_channels} "
+                            f"channel(s)")
+            ok = False
+        label = None
+        if labels_sub is not None:
+            label = labels.get(cid)
+            if label is None and (raw_dir / labels_sub).is_dir():
+                problems.append(f"{raw_dir / labels_sub / (cid + ending)}: missing: label of case {cid!r}")
+                ok = False
+        if ok:
+            cases.append(CaseSpec(cid, tuple(found[c] for c in range(num_channels)), label))
+    return cases

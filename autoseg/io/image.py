@@ -1,0 +1,133 @@
+"""Image and label files through SimpleITK, as numpy arrays in ``(C, z, y, x)`` order with their geometry.
+
+SimpleITK reports spacing and sizes in ``(x, y, z)`` order while its arrays are ``(z, y, x)``; this module is the
+one place that converts. Everything else in autoseg sees spacing in numpy axis order, in mm.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from autoseg.errors import AutosegError
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an image's voxel grid sits in physical space.
+
+    Attributes
+    ----------
+    spacing
+        Voxel size per numpy axis ``(z, y, x)``, mm.
+    origin
+        Physical position of voxel 0 in ITK order ``(x, y, z)``, mm.
+    direction
+        Row-major 3x3 direction cosines in ITK order ``(x, y, z)``.
+    """
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, img: sitk.Image) -> "Geometry":
+        """Geometry of the first three dimensions of a SimpleITK image (a 4D image's channel axis is ignored)."""
+        dim = img.GetDimension()
+        spacing = img.GetSpacing()[:3][::-1]
+        origin = img.GetOrigin()[:3]
+        d = np.asarray(img.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+        return cls(tuple(float(s) for s in spacing), tuple(float(o) for o in origin),
+                   tuple(float(v) for v in d.ravel()))
+
+    def apply_to(self, img: sitk.Image) -> None:
+        """Stamp this geometry on a 3D SimpleITK image (in place)."""
+        img.SetSpacing(tuple(float(s) for s in self.spacing[::-1]))
+        img.SetOrigin(tuple(float(o) for o in self.origin))
+        img.SetDirection(tuple(float(v) for v in self.direction))
+
+
+def _read(path: Path) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()
+        short = next((ln.strip() for ln in reason if "ERROR" not in ln and ln.strip()), "unreadable image file")
+        raise AutosegError(f"{path}: cannot be read as an image ({short[:160]})") from None
+
+
+def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
+    """Read one case's image channels.
+
+    Parameters
+    ----------
+    paths
+        One 3D file per channel, or a single 4D file whose last ITK dimension holds the channels.
+
+    Returns
+    -------
+    array
+        ``(C, z, y, x)`` float32.
+    geometry
+        Geometry of the first file (callers that verify compare the channels' geometries separately).
+    """
+    channels = []
+    geometry = None
+    for p in paths:
+        img = _read(Path(p))
+        if geometry is None:
+            geometry = Geometry.of(img)
+        arr = sitk.GetArrayFromImage(img)
+        if img.GetDimension() == 4:
+            channels.extend(arr.astype(np.float32, copy=False))  # (c, z, y, x) from a 4D file
+        elif img.GetDimension() == 3:
+            channels.append(arr.astype(np.float32, copy=False))
+        else:
+            raise AutosegError(f"{p}: {img.GetDimension()}D image, expected 3D (or 4D with channels)")
+    return np.stack(channels), geometry
+
+
+def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
+    """Read a label map as ``(z, y, x)``, in its stored dtype (the caller checks values are integers)."""
+    img = _read(Path(path))
+    if img.GetDimension() != 3:
+        raise AutosegError(f"{path}: label map is {img.GetDimension()}D, expected 3D")
+    return sitk.GetArrayFromImage(img), Geometry.of(img)
+
+
+def _atomic_write_image(img: sitk.Image, path: Path, compress: bool) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary name keeps the real ending so SimpleITK picks the same writer.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix="_" + path.name)
+    os.close(fd)
+    try:
+        sitk.WriteImage(img, tmp, useCompression=compress)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: Path, compress: bool = True) -> None:
+    """Write ``(z, y, x)`` or ``(C, z, y, x)`` (as one 4D file, channels last in the file) atomically."""
+    if array.ndim == 3:
+        img = sitk.GetImageFromArray(array)
+        geometry.apply_to(img)
+    elif array.ndim == 4:
+        img = sitk.JoinSeries([_with_geometry(sitk.GetImageFromArray(c), geometry) for c in array])
+    else:
+        raise ValueError(f"expected a 3D or 4D array, got shape {array.shape}")
+    _atomic_write_image(img, path, compress)
+
+
+def _with_geometry(img: sitk.Image, geometry: Geometry) -> sitk.Image:
+    geometry.apply_to(img)
+    return img

@@ -1,0 +1,31 @@
+"""Human-readable summary of plans (printed by ``autoseg plan``)."""
+
+from __future__ import annotations
+
+from autoseg.schema.plans import Plans
+
+
+def _fmt(values, digits: int | None = None) -> str:
+    if digits is None:
+        return "x".join(str(int(v)) for v in values)
+    return "x".join(f"{v:.{digits}g}" for v in values)
+
+
+def plans_table(plans: Plans) -> str:
+    """A table with one row per configuration: spacing, median shape, patch, batch, stages, poolings, memory."""
+    header = ("configuration", "spacing (mm)", "median shape", "patch", "batch", "stages", "poolings", "memory (GB)")
+    rows = [header]
+    for name, c in plans.configurations.items():
+        rows.append((name + (f" <- {c.previous_stage}" if c.previous_stage else ""), _fmt(c.spacing, 4),
+                     _fmt([round(m) for m in c.median_shape]), _fmt(c.patch_size), str(c.batch_size),
+                     str(c.architecture.n_stages), _fmt(c.architecture.poolings_per_axis),
+                     f"{c.estimated_memory_gb:.1f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    norm = ", ".join(f"{ch}: {n.scheme}{' (nonzero mask)' if n.use_nonzero_mask else ''}"
+                     for ch, n in zip(plans.channel_names, next(iter(plans.configurations.values())).normalization))
+    lines.append("")
+    lines.append(f"dataset {plans.dataset_name}; preset {plans.preset}, {plans.memory_target_gb:g} GB target; "
+                 f"axis order after transpose {plans.transpose_forward}; normalisation {norm}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Frozen dataclasses for every file that crosses a stage boundary, with JSON (de)serialisation."""

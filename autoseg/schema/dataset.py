@@ -1,0 +1,70 @@
+"""DatasetSpec: what a raw dataset folder contains, read once from its ``dataset.json``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """One case of a raw dataset.
+
+    Attributes
+    ----------
+    case_id
+        Identifier used for every derived file (``hippocampus_001``).
+    images
+        Image files relative to the raw folder: one per channel (nnU-Net v2 ``_0000`` naming, MSD 3D), or a
+        single 4D file holding every channel (MSD ``tensorImageSize: 4D``).
+    label
+        Label file relative to the raw folder, ``None`` for test cases.
+    """
+
+    case_id: str
+    images: tuple[str, ...]
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A raw dataset: channels, labels and cases, in a layout-independent form (MSD or nnU-Net v2 raw).
+
+    Attributes
+    ----------
+    name
+        Dataset name (``Hippocampus``); names the workspace folder.
+    raw_dir
+        Absolute path of the raw folder at the time of reading.
+    layout
+        ``"msd"`` or ``"nnunetv2"``.
+    channel_names
+        One name per input channel, in channel order (``("MRI",)``, ``("CT",)``, ``("FLAIR", "T1c")``).
+    labels
+        Label names indexed by their integer value: ``labels[0]`` is the background; values are consecutive.
+    file_ending
+        Image file ending (``.nii.gz``).
+    training, test
+        The labelled and unlabelled cases.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    name: str
+    raw_dir: str
+    layout: str
+    channel_names: tuple[str, ...]
+    labels: tuple[str, ...]
+    file_ending: str
+    training: tuple[CaseSpec, ...]
+    test: tuple[CaseSpec, ...] = ()
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output classes including the background."""
+        return len(self.labels)

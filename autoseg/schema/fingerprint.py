@@ -1,0 +1,89 @@
+"""Fingerprint: what the planner needs to know about a dataset, measured once per dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Foreground intensity statistics of one channel, pooled over the training cases.
+
+    Every case weighs the same, whatever its foreground volume (as in nnU-Net's fixed samples per case).
+    """
+
+    mean: float
+    median: float
+    std: float
+    min: float
+    max: float
+    percentile_00_5: float
+    percentile_99_5: float
+
+
+@dataclass(frozen=True)
+class CaseFingerprint:
+    """One training case.
+
+    Attributes
+    ----------
+    case_id
+        The case.
+    spacing
+        ``(z, y, x)`` mm.
+    shape_before_crop, shape_after_crop
+        ``(z, y, x)`` voxels, before and after cropping to the nonzero region of all channels.
+    relative_size_after_crop
+        Voxels after cropping / voxels before.
+    foreground_voxels
+        Number of labelled (nonzero label) voxels.
+    """
+
+    case_id: str
+    spacing: tuple[float, ...]
+    shape_before_crop: tuple[int, ...]
+    shape_after_crop: tuple[int, ...]
+    relative_size_after_crop: float
+    foreground_voxels: int
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Dataset fingerprint (``fingerprint.json``).
+
+    Attributes
+    ----------
+    dataset_name
+        Workspace folder name.
+    channel_names, labels
+        From the dataset spec.
+    cases
+        One entry per training case, in dataset order.
+    intensity
+        One entry per channel.
+    median_relative_size_after_crop
+        Median of the cases' ``relative_size_after_crop``.
+    source_sha256
+        Hash of ``dataset.json`` and of every listed file's size and modification time; an unchanged hash lets a
+        re-run reuse this fingerprint.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    dataset_name: str
+    channel_names: tuple[str, ...]
+    labels: tuple[str, ...]
+    cases: tuple[CaseFingerprint, ...]
+    intensity: tuple[IntensityStats, ...]
+    median_relative_size_after_crop: float
+    source_sha256: str
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    @property
+    def spacings(self) -> list[tuple[float, ...]]:
+        return [c.spacing for c in self.cases]
+
+    @property
+    def shapes_after_crop(self) -> list[tuple[int, ...]]:
+        return [c.shape_after_crop for c in self.cases]

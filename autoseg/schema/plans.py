@@ -1,0 +1,167 @@
+"""Plans: everything the planner decides, per configuration. The keys documented here are stable.
+
+``plans.json`` keys a user or a tool may rely on (axis order is the numpy order *after* ``transpose_forward``):
+
+- ``transpose_forward`` / ``transpose_backward``: axis permutations of ``(z, y, x)`` arrays.
+- ``configurations.<name>.spacing``: target spacing, mm.
+- ``configurations.<name>.patch_size``: training patch, voxels.
+- ``configurations.<name>.batch_size``.
+- ``configurations.<name>.architecture``: ``features_per_stage``; ``strides`` and ``kernel_sizes`` as one list per
+  stage holding one entry per axis.
+- ``configurations.<name>.normalization``: one entry per channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class ChannelNormalization:
+    """How one input channel is normalised.
+
+    Attributes
+    ----------
+    scheme
+        ``"zscore"`` (per image), ``"ct"`` (clip to the dataset's foreground percentiles, then dataset-wide
+        z-score), ``"none"``, or ``"rescale_0_1"``.
+    use_nonzero_mask
+        z-score statistics are taken inside the nonzero region only, and voxels outside it stay 0.
+    clip_low, clip_high
+        CT only: the foreground 0.5 / 99.5 percentiles of the training data.
+    mean, std
+        CT only: the foreground mean and standard deviation of the training data.
+    """
+
+    scheme: str
+    use_nonzero_mask: bool = False
+    clip_low: float | None = None
+    clip_high: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass(frozen=True)
+class ArchitecturePlan:
+    """A U-Net topology.
+
+    Attributes
+    ----------
+    network
+        ``"plain_unet"`` (two convolutions per stage) or ``"resenc_unet"`` (residual encoder blocks).
+    features_per_stage
+        Output channels of every encoder stage.
+    kernel_sizes, strides
+        One list per stage, one entry per axis. The first stage has stride 1.
+    blocks_per_stage_encoder, blocks_per_stage_decoder
+        Convolutions (plain) or residual blocks (resenc) per encoder stage; convolutions per decoder stage.
+    """
+
+    network: str
+    features_per_stage: tuple[int, ...]
+    kernel_sizes: tuple[tuple[int, ...], ...]
+    strides: tuple[tuple[int, ...], ...]
+    blocks_per_stage_encoder: tuple[int, ...]
+    blocks_per_stage_decoder: tuple[int, ...]
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.features_per_stage)
+
+    @property
+    def poolings_per_axis(self) -> tuple[int, ...]:
+        return tuple(sum(1 for s in self.strides if s[a] == 2) for a in range(len(self.strides[0])))
+
+
+@dataclass(frozen=True)
+class ConfigurationPlan:
+    """One trainable configuration (``2d``, ``3d_fullres``, ``3d_lowres``, ``3d_cascade_fullres``).
+
+    Attributes
+    ----------
+    spacing
+        Target spacing, mm, in transposed axis order (2D: the in-plane axes only).
+    patch_size
+        Training patch, voxels.
+    batch_size
+        Patches per training step.
+    median_shape
+        Median case shape at this spacing after cropping, voxels.
+    normalization
+        One entry per input channel.
+    architecture
+        The U-Net to build.
+    feature_map_voxels
+        The planner's memory estimate for one patch: summed sizes of the network's feature maps.
+    estimated_memory_gb
+        What training at ``batch_size`` is expected to need on the accelerator, GB.
+    batch_dice
+        Compute the Dice loss over the whole batch instead of per sample.
+    resample_order_data, resample_order_label, separate_z_anisotropy
+        Interpolation orders (images 3, one-hot labels 1) and the spacing ratio above which the coarse axis is
+        resampled separately with nearest neighbour.
+    previous_stage, next_stage
+        Cascade links: ``3d_cascade_fullres`` takes the predictions of ``previous_stage`` as extra input.
+    """
+
+    name: str
+    spacing: tuple[float, ...]
+    patch_size: tuple[int, ...]
+    batch_size: int
+    median_shape: tuple[float, ...]
+    normalization: tuple[ChannelNormalization, ...]
+    architecture: ArchitecturePlan
+    feature_map_voxels: int
+    estimated_memory_gb: float
+    batch_dice: bool
+    resample_order_data: int = 3
+    resample_order_label: int = 1
+    separate_z_anisotropy: float = 3.0
+    previous_stage: str | None = None
+    next_stage: str | None = None
+
+    @property
+    def dims(self) -> int:
+        return len(self.patch_size)
+
+
+@dataclass(frozen=True)
+class Plans:
+    """All configurations planned for one dataset, plus what produced them.
+
+    Attributes
+    ----------
+    dataset_name
+        Workspace folder name.
+    preset
+        Planner preset used (``default``, ``resenc-m`` ...).
+    memory_target_gb
+        Accelerator memory the batch and patch sizes were fitted to, GB.
+    transpose_forward, transpose_backward
+        Axis permutations between raw ``(z, y, x)`` arrays and the planned axis order.
+    original_median_spacing, original_median_shape
+        Raw data medians (mm, voxels after cropping) in transposed order, for reference.
+    channel_names, labels
+        From the dataset spec: input channels, and label names indexed by value.
+    configurations
+        Name -> plan, in the order they should be trained.
+    fingerprint_sha256
+        Hash of the fingerprint these plans were derived from.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    dataset_name: str
+    preset: str
+    memory_target_gb: float
+    transpose_forward: tuple[int, ...]
+    transpose_backward: tuple[int, ...]
+    original_median_spacing: tuple[float, ...]
+    original_median_shape: tuple[float, ...]
+    channel_names: tuple[str, ...]
+    labels: tuple[str, ...]
+    configurations: dict[str, ConfigurationPlan]
+    fingerprint_sha256: str
+    autoseg_version: str
+    schema_version: int = field(default=SCHEMA_VERSION)

@@ -1,0 +1,71 @@
+"""Every on-disk path of a workspace, as methods. No other module builds workspace paths from strings.
+
+Layout::
+
+    WS/<dataset>/dataset_spec.json, fingerprint.json, plans.json, splits.json
+    WS/<dataset>/preprocessed/<config>/<case>.{npy,json}
+    WS/<dataset>/models/<config>/fold_<k>/...
+    WS/<dataset>/crossval/..., best.json, postprocessing.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_WORKSPACE = Path("autoseg_workspace")
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """Paths of one dataset inside a workspace."""
+
+    root: Path
+
+    @property
+    def dataset_spec(self) -> Path:
+        return self.root / "dataset_spec.json"
+
+    @property
+    def fingerprint(self) -> Path:
+        return self.root / "fingerprint.json"
+
+    @property
+    def plans(self) -> Path:
+        return self.root / "plans.json"
+
+    def superseded_plans(self, sha256: str) -> Path:
+        """Where a replaced ``plans.json`` is kept (models trained on it still name its hash)."""
+        return self.root / f"plans.{sha256[:12]}.json"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits.json"
+
+    def preprocessed(self, config: str) -> Path:
+        return self.root / "preprocessed" / config
+
+    def model(self, config: str, fold: int | str) -> Path:
+        return self.root / "models" / config / f"fold_{fold}"
+
+    @property
+    def crossval(self) -> Path:
+        return self.root / "crossval"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.json"
+
+    @property
+    def postprocessing(self) -> Path:
+        return self.root / "postprocessing.json"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A folder holding the derived data of any number of datasets."""
+
+    root: Path
+
+    def dataset(self, name: str) -> DatasetPaths:
+        return DatasetPaths(Path(self.root) / name)

@@ -1,0 +1,26 @@
+from setuptools import setup
+
+setup(
+    name="autoseg",
+    version="0.1.0",
+    description="Self-configuring medical image segmentation in the nnU-Net tradition",
+    python_requires=">=3.10",
+    packages=["autoseg", "autoseg.schema", "autoseg.io", "autoseg.fingerprint", "autoseg.planning",
+              "autoseg._plans"],
+    # plans/ (presets, JSON schema, golden plans) lives at the top of the repository and is installed as the
+    # package autoseg._plans, so a non-editable install finds it through importlib.resources
+    package_dir={"autoseg._plans": "plans"},
+    package_data={"autoseg._plans": ["presets/*.json", "schema/*.json", "examples/*.json"]},
+    install_requires=[
+        "torch==2.13.0",
+        "numpy",
+        "SimpleITK",
+        "scipy",
+        "batchgenerators",
+        "scikit-image",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["autoseg = autoseg.cli:main"]},
+)
