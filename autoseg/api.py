@@ -85,8 +85,8 @@ def memory_target(preset: PlannerPreset, memory_gb: float | None) -> float:
 
 
 def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: float | None = None,
-         num_workers: int | None = None, progress: bool = True) -> PlanResult:
-    """Verify a raw dataset, fingerprint it and plan every configuration.
+         num_workers: int | None = None, progress: bool = True, preprocess: bool = True) -> PlanResult:
+    """Verify a raw dataset, fingerprint it and plan every configuration (then preprocess them).
 
     Writes ``dataset_spec.json``, ``fingerprint.json`` and ``plans.json`` under ``workspace/<dataset name>/``,
     each atomically, and only after every check passed. An unchanged dataset reuses its fingerprint. A changed
@@ -106,6 +106,8 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
         Parallel processes for verification and fingerprinting (default from cores and free memory).
     progress
         Show progress bars.
+    preprocess
+        Also preprocess every planned configuration.
     """
     raw_dir = Path(raw_dir)
     planner_preset = load_preset(preset)

@@ -76,7 +76,7 @@ def _cmd_plan(args) -> int:
     from autoseg.planning.summary import plans_table
 
     result = api.plan(args.raw_dir, args.workspace, preset=args.preset, memory_gb=args.gpu_memory,
-                      num_workers=args.workers)
+                      num_workers=args.workers, preprocess=not args.no_preprocess)
     if result.fingerprint_reused:
         print(f"dataset unchanged since the last run: reused {result.paths.fingerprint}")
     print(plans_table(result.plans))

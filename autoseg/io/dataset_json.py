@@ -126,7 +126,9 @@ def read_dataset_spec(raw_dir: Path) -> DatasetSpec:
             "cannot tell the dataset layout")
 
     if layout != "unknown" and training:
-        _check_num_training(data.get("numTraining"), len(training), layout, bad)
+        # nnU-Net v2: count every case id found, complete or not (incomplete ones are reported on their own)
+        found = len(training) if layout == "msd" else _count_case_ids(raw_dir, data, training)
+        _check_num_training(data.get("numTraining"), found, layout, bad)
 
     name = _dataset_name(data, raw_dir, bad)
     if problems:
@@ -415,6 +417,25 @@ def _cases_nnunetv2(raw_dir: Path, data: dict, num_channels: int, ending: str,
     return training, test
 
 
+def _count_case_ids(raw_dir: Path, data: dict, training: list[CaseSpec]) -> int:
+    """Distinct case ids among ``imagesTr/<case>_<cccc>`` and ``labelsTr/<case>`` files (nnU-Net v2 layout)."""
+    if "dataset" in data or not isinstance(data.get("file_ending"), str):
+        return len(training)
+    ending = data["file_ending"]
+    pattern = re.compile(r"^(.+)_\d{4}" + re.escape(ending) + r"$")
+    ids = {c.case_id for c in training}
+    for sub, rx in (("imagesTr", pattern), ("labelsTr", None)):
+        if (raw_dir / sub).is_dir():
+            for f in (raw_dir / sub).iterdir():
+                if f.name.startswith(".") or not f.name.endswith(ending):
+                    continue
+                if rx is None:
+                    ids.add(f.name[: -len(ending)])
+                elif (m := rx.match(f.name)) is not None:
+                    ids.add(m.group(1))
+    return len(ids)
+
+
 def _cases_from_listing(raw_dir: Path, listing: Any, num_channels: int, problems: list[str]) -> list[CaseSpec]:
     """nnU-Net's explicit ``"dataset": {"case": {"images": [...], "label": "..."}}`` (paths relative to raw_dir)."""
     jpath = raw_dir / "dataset.json"
@@ -485,8 +506,8 @@ def _discover(raw_dir: Path, images_sub: str, labels_sub: str | None, num_channe
         ok = True
         for c in range(num_channels):
             if c not in found:
-                problems.append(f"{img_dir / f'{cid}_{c:04d}{ending}'}: missing: case {cid!r} needs one file per "
-                                f"channel (channel {c} of {num_channels})")
+                problems.append(f"{img_dir / f'{cid}_{c:04d}{ending}'}: missing channel file: case {cid!r} has "
+                                f"no channel {c} (dataset.json declares {num_channels} channels, one file each)")
                 ok = False
         for c in sorted(set(found) - set(range(num_channels))):
             problems.append(f"{raw_dir / found[c]}: channel {c} but dataset.json declares only {num_channels} "
@@ -496,7 +517,8 @@ def _discover(raw_dir: Path, images_sub: str, labels_sub: str | None, num_channe
         if labels_sub is not None:
             label = labels.get(cid)
             if label is None and (raw_dir / labels_sub).is_dir():
-                problems.append(f"{raw_dir / labels_sub / (cid + ending)}: missing: label of case {cid!r}")
+                problems.append(f"{raw_dir / labels_sub / (cid + ending)}: missing label file of case {cid!r} "
+                                f"(its images are in {images_sub})")
                 ok = False
         if ok:
             cases.append(CaseSpec(cid, tuple(found[c] for c in range(num_channels)), label))

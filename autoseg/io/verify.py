@@ -160,6 +160,8 @@ def _itk_reason(err: RuntimeError) -> str:
             msg = msg.split(prefix, 1)[1].strip()
     if ":" in msg and msg.split(":", 1)[0].startswith(("ImageFileReader", "NiftiImageIO", "MetaImageIO")):
         msg = msg.split(":", 1)[1].strip()
+    if msg.startswith("Unable to determine ImageIO reader"):
+        msg = "unknown file format, or a corrupt file"
     return msg[:200]
 
 
@@ -232,11 +234,29 @@ def _compare_grids(f: _File, ref: _File, what: str, problems: list[str]) -> None
 
 
 def _pixels(f: _File, problems: list[str]) -> np.ndarray | None:
-    """The file's array (``(z,y,x)`` or ``(c,z,y,x)``), read once; ``None`` after reporting a failure."""
-    short = _nifti_truncation(f.path)
-    if short is not None:
-        problems.append(f"{f.path}: {short}")
+    """The file's array (``(z,y,x)`` or ``(c,z,y,x)``), read once; ``None`` after reporting a failure.
+
+    ITK's NIfTI reader silently replaces NaN and infinite float voxels by 0, and zero-fills (or leaves garbage in)
+    the missing part of a truncated file. So float NIfTI files without intensity scaling (the usual case) are read
+    here directly from their bytes, which lets both be reported; every other file goes through ITK after a cheap
+    truncation check. Either way the pixel data is read once.
+    """
+    try:
+        nifti = _NiftiHeader.read(f.path)
+    except (OSError, EOFError, zlib.error) as e:
+        problems.append(f"{f.path}: corrupt compressed file ({e})")
         return None
+    if nifti is not None and nifti.float_unscaled and nifti.num_voxels == int(np.prod(f.size)) * f.channels:
+        shape = ((f.channels,) if f.dimension == 4 else ()) + f.size
+        arr, short = nifti.read_float_voxels(f.path, shape)
+        if short is not None:
+            problems.append(f"{f.path}: {short}")
+        return arr
+    if nifti is not None:
+        short = nifti.truncation(f.path)
+        if short is not None:
+            problems.append(f"{f.path}: {short}")
+            return None
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(f.path))
     try:
@@ -245,6 +265,112 @@ def _pixels(f: _File, problems: list[str]) -> np.ndarray | None:
         problems.append(f"{f.path}: pixel data cannot be read ({_itk_reason(e)})")
         return None
     return sitk.GetArrayFromImage(img)
+
+
+@dataclass(frozen=True)
+class _NiftiHeader:
+    """The few NIfTI-1/-2 header fields needed to find and check the voxel bytes of a single-file ``.nii(.gz)``."""
+
+    gz: bool
+    endian: str  # "<" or ">"
+    datatype: int
+    bitpix: int
+    num_voxels: int
+    vox_offset: int
+    scl_slope: float
+    scl_inter: float
+
+    @classmethod
+    def read(cls, path: Path) -> "_NiftiHeader | None":
+        """Parse the header of ``path``; ``None`` for other formats or headers not understood (ITK decides)."""
+        name = path.name.lower()
+        if not name.endswith((".nii", ".nii.gz")):
+            return None
+        gz = name.endswith(".gz")
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            hdr = fh.read(540)
+        if len(hdr) < 348:
+            return None
+        for e in "<>":
+            size = struct.unpack(e + "i", hdr[:4])[0]
+            if size == 348 and hdr[344:348] == b"n+1\0":
+                dims = struct.unpack(e + "8h", hdr[40:56])
+                datatype, bitpix = struct.unpack(e + "hh", hdr[70:74])
+                vox_offset = int(struct.unpack(e + "f", hdr[108:112])[0])
+                slope, inter = struct.unpack(e + "ff", hdr[112:120])
+                break
+            if size == 540 and len(hdr) == 540 and hdr[4:7] == b"n+2":
+                datatype, bitpix = struct.unpack(e + "hh", hdr[12:16])
+                dims = struct.unpack(e + "8q", hdr[16:80])
+                vox_offset = struct.unpack(e + "q", hdr[168:176])[0]
+                slope, inter = struct.unpack(e + "dd", hdr[176:192])
+                break
+        else:
+            return None
+        ndim = dims[0]
+        if not 1 <= ndim <= 7 or bitpix <= 0 or bitpix % 8 or any(d < 1 for d in dims[1:ndim + 1]):
+            return None
+        return cls(gz, e, int(datatype), int(bitpix), int(np.prod(dims[1:ndim + 1], dtype=np.int64)),
+                   max(int(vox_offset), size), float(slope), float(inter))
+
+    @property
+    def nbytes(self) -> int:
+        return self.num_voxels * self.bitpix // 8
+
+    @property
+    def float_unscaled(self) -> bool:
+        """Float voxels stored as they are (ITK applies no rescaling: slope 0 or 1, intercept 0)."""
+        return (self.datatype, self.bitpix) in _NIFTI_FLOATS and self.scl_slope in (0.0, 1.0) and self.scl_inter == 0
+
+    def read_float_voxels(self, path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str | None]:
+        """The voxels as a native-endian float array of ``shape`` (one read), or ``None`` and why not."""
+        buf = bytearray(self.nbytes)
+        view = memoryview(buf)
+        got = 0
+        try:
+            with (gzip.open(path, "rb") if self.gz else open(path, "rb")) as fh:
+                fh.seek(self.vox_offset)
+                while got < len(buf):
+                    n = fh.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+        except (OSError, EOFError, zlib.error) as e:
+            return None, f"truncated or corrupt compressed file ({e})"
+        if got < len(buf):
+            return None, (f"file is truncated: {self.vox_offset + got} bytes{' after decompression' if self.gz else ''}"
+                          f", the NIfTI header promises {self.vox_offset + self.nbytes}")
+        arr = np.frombuffer(buf, dtype=self.endian + _NIFTI_FLOATS[(self.datatype, self.bitpix)]).reshape(shape)
+        return (arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))), None
+
+    def truncation(self, path: Path) -> str | None:
+        """Describe a file holding fewer bytes than the header promises, else ``None``.
+
+        Cheap: a ``.nii`` file's size, or a ``.nii.gz`` file's gzip trailer (uncompressed size mod 2^32). Only when
+        the trailer disagrees (a cut-off stream, or a multi-member gzip) is the stream decompressed to count.
+        """
+        expected = self.vox_offset + self.nbytes
+        if not self.gz:
+            actual = os.path.getsize(path)
+        else:
+            with open(path, "rb") as raw:
+                raw.seek(-4, os.SEEK_END)
+                if struct.unpack("<I", raw.read(4))[0] == expected % 2 ** 32:
+                    return None
+            try:
+                actual = 0
+                with gzip.open(path, "rb") as fh:
+                    while chunk := fh.read(1 << 22):
+                        actual += len(chunk)
+            except (OSError, EOFError, zlib.error) as e:
+                return f"truncated or corrupt compressed file ({e})"
+        if actual < expected:
+            return (f"file is truncated: {actual} bytes{' after decompression' if self.gz else ''}, the NIfTI "
+                    f"header promises {expected}")
+        return None
+
+
+_NIFTI_FLOATS = {(16, 32): "f4", (64, 64): "f8"}  # NIfTI DT_FLOAT32, DT_FLOAT64 -> numpy type code
 
 
 def _check_finite(f: _File, problems: list[str]) -> None:
@@ -286,76 +412,12 @@ def _check_label(f: _File, labels: tuple[str, ...], problems: list[str]) -> np.n
     return arr.astype(np.int16)
 
 
-def _nifti_truncation(path: Path) -> str | None:
-    """Describe a NIfTI file holding fewer bytes than its header promises (ITK would silently read garbage).
-
-    Cheap: the header and, for ``.nii.gz``, the gzip trailer's uncompressed size. Only when that trailer disagrees
-    (a cut-off stream, or a multi-member gzip) is the stream decompressed to count its bytes. Other formats are
-    left to ITK (``None``).
-    """
-    name = path.name.lower()
-    if not name.endswith((".nii", ".nii.gz")):
-        return None
-    gz = name.endswith(".gz")
-    try:
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
-            hdr = fh.read(540)
-    except (OSError, EOFError, zlib.error) as e:
-        return f"corrupt compressed file ({e})"
-    expected = _nifti_expected_bytes(hdr)
-    if expected is None:
-        return None  # not a header we understand: ITK decides
-    if not gz:
-        actual = os.path.getsize(path)
-    else:
-        with open(path, "rb") as raw:
-            raw.seek(-4, os.SEEK_END)
-            isize = struct.unpack("<I", raw.read(4))[0]
-        if isize == expected % 2**32:
-            return None
-        try:
-            actual = 0
-            with gzip.open(path, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    actual += len(chunk)
-        except (OSError, EOFError, zlib.error) as e:
-            return f"truncated or corrupt compressed file ({e})"
-    if actual < expected:
-        return (f"file is truncated: {actual} bytes{' after decompression' if gz else ''}, the NIfTI header "
-                f"promises {expected}")
-    return None
-
-
-def _nifti_expected_bytes(hdr: bytes) -> int | None:
-    """``vox_offset + voxels * bitpix / 8`` from a NIfTI-1 or NIfTI-2 header, ``None`` if not one."""
-    if len(hdr) < 348:
-        return None
-    for endian in "<>":
-        sizeof_hdr = struct.unpack(endian + "i", hdr[:4])[0]
-        if sizeof_hdr == 348:
-            dims = struct.unpack(endian + "8h", hdr[40:56])
-            bitpix = struct.unpack(endian + "h", hdr[72:74])[0]
-            vox_offset = int(struct.unpack(endian + "f", hdr[108:112])[0])
-            break
-        if sizeof_hdr == 540 and len(hdr) >= 540:
-            bitpix = struct.unpack(endian + "h", hdr[14:16])[0]
-            dims = struct.unpack(endian + "8q", hdr[16:80])
-            vox_offset = struct.unpack(endian + "q", hdr[168:176])[0]
-            break
-    else:
-        return None
-    ndim = dims[0]
-    if not 1 <= ndim <= 7 or bitpix <= 0 or any(d < 1 for d in dims[1:ndim + 1]):
-        return None
-    return max(vox_offset, sizeof_hdr) + int(np.prod(dims[1:ndim + 1], dtype=np.int64)) * bitpix // 8
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # formatting
 
 
 def _fmt(values) -> str:
-    return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
+    return "(" + ", ".join(f"{float(v) + 0.0:.6g}" for v in values) + ")"  # + 0.0 turns -0 into 0
 
 
 def _fmt_size(size) -> str:

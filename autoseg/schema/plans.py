@@ -80,6 +80,8 @@ class ConfigurationPlan:
 
     Attributes
     ----------
+    name
+        Configuration name, the key of this plan in ``Plans.configurations``.
     spacing
         Target spacing, mm, in transposed axis order (2D: the in-plane axes only).
     patch_size

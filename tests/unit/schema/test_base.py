@@ -1,0 +1,43 @@
+import json
+
+import pytest
+
+from autoseg.errors import AutosegError
+from autoseg.schema.base import from_jsonable, load_json, save_json, sha256_of, to_jsonable
+from autoseg.schema.fingerprint import Fingerprint
+from autoseg.schema.plans import ArchitecturePlan, ChannelNormalization, ConfigurationPlan, Plans
+
+
+def _plans() -> Plans:
+    arch = ArchitecturePlan("plain_unet", (32, 64), ((3, 3, 3), (3, 3, 3)), ((1, 1, 1), (2, 2, 2)), (2, 2), (2,))
+    cfg = ConfigurationPlan("3d_fullres", (1.0, 1.0, 1.0), (16, 16, 16), 2, (20.0, 20.0, 20.0),
+                            (ChannelNormalization("zscore"),), arch, 1000, 0.5, False)
+    return Plans("D", "default", 8.0, (0, 1, 2), (0, 1, 2), (1.0, 1.0, 1.0), (20.0, 20.0, 20.0), ("MRI",),
+                 ("background", "a"), {"3d_fullres": cfg}, "abc", "0.1.0")
+
+
+def test_round_trip_and_hash(tmp_path):
+    p = _plans()
+    save_json(p, tmp_path / "plans.json")
+    assert load_json(Plans, tmp_path / "plans.json") == p
+    assert from_jsonable(Plans, json.loads(json.dumps(to_jsonable(p)))) == p
+    assert sha256_of(p) == sha256_of(load_json(Plans, tmp_path / "plans.json"))
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temporary file
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{not json", "not valid JSON"),
+    ('{"schema_version": 99}', "schema_version 99"),
+    ('{"schema_version": 1, "dataset_name": 3}', "malformed Plans"),
+])
+def test_bad_files_are_one_line_errors_naming_the_file(tmp_path, content, fragment):
+    f = tmp_path / "plans.json"
+    f.write_text(content)
+    with pytest.raises(AutosegError) as e:
+        load_json(Plans, f)
+    assert len(e.value.problems) == 1 and str(f) in e.value.problems[0] and fragment in e.value.problems[0]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(AutosegError, match="not found"):
+        load_json(Fingerprint, tmp_path / "nope.json")
