@@ -1,12 +1,11 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="autoseg",
     version="0.1.0",
     description="Self-configuring medical image segmentation in the nnU-Net tradition",
     python_requires=">=3.10",
-    packages=["autoseg", "autoseg.schema", "autoseg.io", "autoseg.fingerprint", "autoseg.planning",
-              "autoseg._plans"],
+    packages=find_packages(include=["autoseg", "autoseg.*"]) + ["autoseg._plans"],
     # plans/ (presets, JSON schema, golden plans) lives at the top of the repository and is installed as the
     # package autoseg._plans, so a non-editable install finds it through importlib.resources
     package_dir={"autoseg._plans": "plans"},

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
+from autoseg.schema.base import publish
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,33 @@ class Geometry:
         img.SetDirection(tuple(float(v) for v in self.direction))
 
 
+def itk_error_reason(err: RuntimeError) -> str:
+    """The useful part of a SimpleITK exception, one short line.
+
+    SimpleITK messages start with a line naming its own source file (``Exception thrown in SimpleITK
+    ImageFileReader_Execute: .../sitkImageReaderBase.cxx:99:``); the reason is the last line
+    (``sitk::ERROR: ...`` / ``ITK ERROR: ImageFileReader(0x...): ...``).
+    """
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    msg = lines[-1] if lines else "unknown error"
+    for prefix in ("sitk::ERROR:", "ITK ERROR:"):
+        if prefix in msg:
+            msg = msg.split(prefix, 1)[1].strip()
+    head = msg.split(":", 1)[0]
+    if ":" in msg and head.endswith(")") and "(0x" in head:  # "ImageFileReader(0x55d0...): reason"
+        msg = msg.split(":", 1)[1].strip()
+    if msg.startswith("Unable to determine ImageIO reader"):
+        msg = "unknown file format, or a corrupt file"
+    return msg[:200]
+
+
 def _read(path: Path) -> sitk.Image:
+    if not Path(path).is_file():
+        raise AutosegError(f"{path}: file not found")
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
-        reason = str(e).strip().splitlines()
-        short = next((ln.strip() for ln in reason if "ERROR" not in ln and ln.strip()), "unreadable image file")
-        raise AutosegError(f"{path}: cannot be read as an image ({short[:160]})") from None
+        raise AutosegError(f"{path}: cannot be read as an image ({itk_error_reason(e)})") from None
 
 
 def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
@@ -109,7 +130,7 @@ def _atomic_write_image(img: sitk.Image, path: Path, compress: bool) -> None:
     os.close(fd)
     try:
         sitk.WriteImage(img, tmp, useCompression=compress)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from autoseg.io.image import Geometry
+from autoseg.io.image import Geometry, itk_error_reason
 from autoseg.schema.dataset import CaseSpec, DatasetSpec
 
 # Image and label must share their voxel grid. Spacing is compared relatively (rtol 1e-3): files written by
@@ -121,7 +121,7 @@ def load_and_check_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> Loa
             _compare_grids(label, ref, f"image ({ref.path.name})", problems)
 
     # --- pixel data, read once ----------------------------------------------------------------------------------
-    for f in images + [label]:
+    for f in images + ([label] if label is not None and label.dimension == 3 else []):
         if f is not None:
             f.array = _pixels(f, problems)
     for f in images:
@@ -131,10 +131,12 @@ def load_and_check_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> Loa
     image = None
     if channels_ok and all(f.array is not None for f in images):
         parts = [f.array if f.dimension == 4 else f.array[None] for f in images]
-        if len({p.shape[1:] for p in parts}) == 1:
+        if len(parts) == 1:  # no copy beyond the dtype conversion (a 4D BraTS case is 70 MB)
+            image = parts[0].astype(np.float32, copy=False)
+        elif len({p.shape[1:] for p in parts}) == 1:
             image = np.concatenate(parts).astype(np.float32, copy=False)
     label_arr = None
-    if label is not None and label.array is not None and label.dimension == 3:
+    if label is not None and label.array is not None:
         label_arr = _check_label(label, spec.labels, problems)
     return LoadedCase(image, label_arr, ref.geometry if ref is not None else None, tuple(problems))
 
@@ -151,20 +153,6 @@ def check_test_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> LoadedC
 # headers
 
 
-def _itk_reason(err: RuntimeError) -> str:
-    """The useful last line of an ITK exception (``sitk::ERROR: ...`` / ``ITK ERROR: ...``), shortened."""
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    msg = lines[-1] if lines else "unknown error"
-    for prefix in ("sitk::ERROR:", "ITK ERROR:"):
-        if prefix in msg:
-            msg = msg.split(prefix, 1)[1].strip()
-    if ":" in msg and msg.split(":", 1)[0].startswith(("ImageFileReader", "NiftiImageIO", "MetaImageIO")):
-        msg = msg.split(":", 1)[1].strip()
-    if msg.startswith("Unable to determine ImageIO reader"):
-        msg = "unknown file format, or a corrupt file"
-    return msg[:200]
-
-
 def _header(path: Path, problems: list[str]) -> _File | None:
     """Header of one file via ``ReadImageInformation``; ``None`` (after reporting) when unusable."""
     if not path.is_file():
@@ -175,7 +163,7 @@ def _header(path: Path, problems: list[str]) -> _File | None:
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        problems.append(f"{path}: cannot be read as an image ({_itk_reason(e)})")
+        problems.append(f"{path}: cannot be read as an image ({itk_error_reason(e)})")
         return None
     dim = reader.GetDimension()
     if dim not in (3, 4):
@@ -262,7 +250,7 @@ def _pixels(f: _File, problems: list[str]) -> np.ndarray | None:
     try:
         img = reader.Execute()
     except RuntimeError as e:
-        problems.append(f"{f.path}: pixel data cannot be read ({_itk_reason(e)})")
+        problems.append(f"{f.path}: pixel data cannot be read ({itk_error_reason(e)})")
         return None
     return sitk.GetArrayFromImage(img)
 
