@@ -302,7 +302,8 @@ def make_case(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, 
     if spec.anatomy == "body" and any(is_ct):
         # Spine-like bone cylinder along z, posterior; organs drawn afterwards stay on top.
         sy, sx = body_c[1] + 0.58 * body_r[1], body_c[2]
-        spine = ((grid[1][:, None] - sy) / (0.15 * body_r[1])) ** 2 + ((grid[2][None, :] - sx) / (0.15 * body_r[2])) ** 2 < 1
+        spine = (((grid[1][:, None] - sy) / (0.15 * body_r[1])) ** 2
+                 + ((grid[2][None, :] - sx) / (0.15 * body_r[2])) ** 2) < 1
         region[(region == 0) & spine[None]] = n + 2
     fg = label > 0
     region[fg] = label[fg]
@@ -360,7 +361,8 @@ def make_dataset(out_dir: Path, spec: SyntheticSpec) -> Path:
         Folder to create; it must not exist or be empty.
     spec
         What to generate; ``spec.layout`` chooses MSD (``imagesTr/<case>.nii.gz``, one 4D file for several channels)
-        or nnU-Net v2 raw (``imagesTr/<case>_0000.nii.gz``, one file per channel).
+        or nnU-Net v2 raw (``imagesTr/<case>_0000.nii.gz``, one file per channel). Case names come from
+        :func:`case_name`; labels are uint8, MRI-like images float32, CT images int16 (as scanners store them).
 
     Returns
     -------
