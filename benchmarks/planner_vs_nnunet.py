@@ -51,6 +51,7 @@ def _datasets(work: Path, skip_large: bool) -> list[tuple[str, Path, int]]:
 def _autoseg_plan(raw: Path, ws: Path, log: Path) -> dict:
     if ws.exists():
         shutil.rmtree(ws)  # measure a cold run (no reused fingerprint)
+    ws.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "autoseg", "plan", str(raw), "-w", str(ws), "-j", "2", "--no-preprocess"]
     m = _nnunet._run_measured(cmd, _nnunet._clean_env(), log, ws.parent)
     plans_file = next(ws.glob("*/plans.json"))
