@@ -1,0 +1,109 @@
+"""TrainConfig: every number of a training run, saved with the run (``train_config.json``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One fold's training run. Any field can be overridden from the CLI; a different number is a field here,
+    never a subclass.
+
+    Attributes
+    ----------
+    dataset, configuration, fold
+        What is trained: the workspace dataset, the plans configuration, the fold (``"0"``-``"4"`` or ``"all"``).
+    epochs, iterations_per_epoch
+        Length of training. nnU-Net's 1000 x 250 is a GPU budget; with ``budget_minutes`` they are derived from
+        the measured speed instead.
+    budget_minutes
+        Wall-clock budget for the training loop (validation at the end excluded); ``None`` means use ``epochs``.
+    validation_iterations
+        Patch batches per epoch for the running pseudo-Dice.
+    batch_size
+        Patches per step; ``None`` takes the plans' batch size.
+    learning_rate, momentum, weight_decay, poly_exponent, grad_clip
+        SGD with Nesterov momentum, poly learning-rate decay, gradient-norm clip.
+    oversample_foreground
+        Fraction of every batch forced to contain foreground.
+    deep_supervision
+        Train the auxiliary low-resolution outputs too.
+    seed, deterministic
+        Every random draw derives from ``seed``; ``deterministic`` also asks torch for deterministic kernels and
+        makes data loading bitwise reproducible.
+    precision
+        ``"auto"`` (bf16 autocast on CPU where it measurably helps, fp16 autocast on CUDA), ``"fp32"``,
+        ``"bf16"``, ``"fp16"``.
+    channels_last
+        Channels-last memory format; ``None`` = on where it helps (CPU 3D).
+    num_workers
+        Background data-loading processes; ``None`` = from the cores.
+    checkpoint_every
+        Epochs between ``checkpoint_latest.pt`` writes.
+    ema_momentum
+        Smoothing of the validation pseudo-Dice that selects ``checkpoint_best.pt``.
+    plans_sha256
+        Hash of the plans this run was configured with.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    dataset: str
+    configuration: str
+    fold: str
+    plans_sha256: str
+    epochs: int = 1000
+    iterations_per_epoch: int = 250
+    budget_minutes: float | None = None
+    validation_iterations: int = 50
+    batch_size: int | None = None
+    learning_rate: float = 0.01
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    poly_exponent: float = 0.9
+    grad_clip: float = 12.0
+    oversample_foreground: float = 0.33
+    deep_supervision: bool = True
+    seed: int = 12345
+    deterministic: bool = False
+    precision: str = "auto"
+    channels_last: bool | None = None
+    num_workers: int | None = None
+    checkpoint_every: int = 5
+    ema_momentum: float = 0.9
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """One line of ``log.jsonl``.
+
+    Attributes
+    ----------
+    epoch
+        0-based epoch index.
+    train_loss, val_loss
+        Mean loss over the epoch's training / validation batches.
+    pseudo_dice
+        Per foreground class Dice on the validation patches (accumulated over the epoch's batches).
+    ema_pseudo_dice
+        Smoothed mean of ``pseudo_dice`` (selects the best checkpoint).
+    learning_rate
+        At the end of the epoch.
+    epoch_seconds, data_wait_seconds
+        Wall time of the epoch, and the part of it spent waiting for batches.
+    total_epochs
+        Planned number of epochs at the end of this epoch (a time budget may change it).
+    """
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    pseudo_dice: tuple[float, ...]
+    ema_pseudo_dice: float
+    learning_rate: float
+    epoch_seconds: float
+    data_wait_seconds: float
+    total_epochs: int

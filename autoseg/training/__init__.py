@@ -1,0 +1,1 @@
+"""Training: losses, schedule, optimiser, the Trainer loop and its callbacks."""

@@ -1,0 +1,133 @@
+"""Trainer callbacks: checkpoints, ``log.jsonl``, ``progress.png``. Only the main process gets them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from autoseg.schema.base import atomic_write_text, from_jsonable, publish, to_jsonable
+from autoseg.schema.training import EpochLog
+from autoseg.training.checkpoint import save_checkpoint, to_json_field
+from autoseg.training.trainer import Callback, Trainer
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare network inside a DistributedDataParallel wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def checkpoint_payload(trainer: Trainer) -> dict:
+    """Everything needed to resume: weights, optimiser, run state, config, plans hash, RNG state."""
+    payload = {
+        "model": unwrap(trainer.model).state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "grad_scaler": trainer.scaler.state_dict(),
+        "state": to_json_field(trainer.state.to_dict()),
+        "train_config": to_json_field(to_jsonable(trainer.config)),
+        "plans_sha256": trainer.config.plans_sha256,
+        "torch_rng": torch.get_rng_state(),
+    }
+    return payload
+
+
+class CheckpointCallback(Callback):
+    """``checkpoint_latest.pt`` every ``every`` epochs, ``checkpoint_best.pt`` when the smoothed pseudo-Dice
+    improves, ``checkpoint_final.pt`` at the end."""
+
+    def __init__(self, folder: Path, every: int):
+        self.folder = Path(folder)
+        self.every = max(1, every)
+
+    def on_epoch_end(self, trainer: Trainer, log: EpochLog) -> None:
+        st = trainer.state
+        if st.ema_pseudo_dice is not None and st.ema_pseudo_dice > st.best_ema_pseudo_dice:
+            st.best_ema_pseudo_dice = st.ema_pseudo_dice
+            save_checkpoint(self.folder / "checkpoint_best.pt", checkpoint_payload(trainer))
+        if st.epoch % self.every == 0 and st.epoch < st.total_epochs:
+            save_checkpoint(self.folder / "checkpoint_latest.pt", checkpoint_payload(trainer))
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        save_checkpoint(self.folder / "checkpoint_final.pt", checkpoint_payload(trainer))
+        # the final checkpoint supersedes the latest one (and is what an extension resumes from)
+        latest = self.folder / "checkpoint_latest.pt"
+        if latest.exists():
+            latest.unlink()
+
+
+class JsonlLogCallback(Callback):
+    """Appends one :class:`EpochLog` line per epoch to ``log.jsonl``.
+
+    On resume, lines of epochs after the checkpoint (run again now) are dropped and the rest become the
+    trainer's history.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        kept = []
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = from_jsonable(EpochLog, json.loads(line))
+                except (ValueError, TypeError, KeyError):
+                    continue  # a line cut by a kill
+                if entry.epoch < trainer.state.epoch:
+                    kept.append(entry)
+        trainer.history[:] = kept
+        atomic_write_text(self.path, "".join(json.dumps(to_jsonable(e)) + "\n" for e in kept))
+
+    def on_epoch_end(self, trainer: Trainer, log: EpochLog) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(to_jsonable(log)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class ProgressPlotCallback(Callback):
+    """Redraws ``progress.png`` (losses, pseudo-Dice, learning rate, epoch time) after every epoch."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_epoch_end(self, trainer: Trainer, log: EpochLog) -> None:
+        plot_progress(trainer.history, self.path)
+
+
+def plot_progress(history: list[EpochLog], path: Path) -> None:
+    """Draw the training curves to ``path`` (PNG, written atomically)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not history:
+        return
+    epochs = [h.epoch + 1 for h in history]
+    fig = Figure(figsize=(10, 8), dpi=80)
+    FigureCanvasAgg(fig)
+    ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True)
+    ax1.plot(epochs, [h.train_loss for h in history], label="train loss")
+    ax1.plot(epochs, [h.val_loss for h in history], label="validation loss")
+    ax1b = ax1.twinx()
+    ax1b.plot(epochs, [h.ema_pseudo_dice for h in history], "g-", label="pseudo-Dice (smoothed)")
+    for c in range(len(history[-1].pseudo_dice)):
+        ax1b.plot(epochs, [h.pseudo_dice[c] if c < len(h.pseudo_dice) else float("nan") for h in history],
+                  ":", label=f"pseudo-Dice class {c + 1}")
+    ax1b.set_ylim(0, 1)
+    ax1.set_ylabel("loss")
+    ax1b.set_ylabel("pseudo-Dice")
+    ax1.legend(loc="upper left")
+    ax1b.legend(loc="upper right", fontsize=7)
+    ax2.plot(epochs, [h.epoch_seconds for h in history], label="epoch time")
+    ax2.plot(epochs, [h.data_wait_seconds for h in history], label="waiting for data")
+    ax2.set_ylabel("s")
+    ax2.legend()
+    ax3.plot(epochs, [h.learning_rate for h in history])
+    ax3.set_ylabel("learning rate")
+    ax3.set_xlabel("epoch")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    publish(tmp, path)

@@ -1,0 +1,70 @@
+"""Learning-rate schedule and the time budget: pure functions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def poly_lr(initial: float, epoch: int, total_epochs: int, exponent: float = 0.9) -> float:
+    """Polynomial decay ``initial * (1 - epoch / total_epochs) ** exponent`` (0 once ``epoch >= total``)."""
+    if total_epochs <= 0 or epoch >= total_epochs:
+        return 0.0
+    return initial * (1.0 - epoch / total_epochs) ** exponent
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """How a wall-clock budget is spent.
+
+    Attributes
+    ----------
+    epochs
+        Total epochs (including those already run).
+    iterations_per_epoch, validation_iterations
+        Training and validation batches per epoch.
+    """
+
+    epochs: int
+    iterations_per_epoch: int
+    validation_iterations: int
+
+
+def plan_budget(budget_seconds: float, step_seconds: float, val_step_seconds: float,
+                max_iterations_per_epoch: int, max_validation_iterations: int,
+                target_epochs: int = 40, min_iterations_per_epoch: int = 10) -> BudgetPlan:
+    """Fit epochs to a time budget from measured step times.
+
+    An epoch should be short enough that checkpoints, logs and the learning-rate decay have a useful resolution
+    (about ``target_epochs`` epochs in the budget), but long enough that per-epoch overhead stays small
+    (at least ``min_iterations_per_epoch`` steps). Validation costs about a fifth of the training steps.
+
+    Parameters
+    ----------
+    budget_seconds
+        Time for the whole training loop, s.
+    step_seconds, val_step_seconds
+        Measured seconds per training step (forward + backward + update, data wait included) and per
+        validation step.
+    max_iterations_per_epoch, max_validation_iterations
+        Upper bounds (the configured values).
+    target_epochs
+        Desired number of epochs when the budget allows.
+    min_iterations_per_epoch
+        Lower bound of steps per epoch.
+    """
+    total_steps = max(1.0, budget_seconds / max(step_seconds, 1e-6))
+    iters = int(min(max_iterations_per_epoch, max(min_iterations_per_epoch, round(total_steps / target_epochs))))
+    val_iters = int(min(max_validation_iterations, max(1, round(iters / 5))))
+    epoch_seconds = iters * step_seconds + val_iters * val_step_seconds
+    epochs = max(1, int(math.floor(budget_seconds / epoch_seconds)))
+    return BudgetPlan(epochs, iters, val_iters)
+
+
+def epochs_that_fit(epochs_done: int, elapsed_seconds: float, budget_seconds: float) -> int:
+    """Total epochs once ``epochs_done`` took ``elapsed_seconds``: as many more as the remaining time allows."""
+    if epochs_done <= 0:
+        raise ValueError("need at least one finished epoch to measure")
+    per_epoch = elapsed_seconds / epochs_done
+    remaining = max(0.0, budget_seconds - elapsed_seconds)
+    return epochs_done + int(math.floor(remaining / per_epoch))

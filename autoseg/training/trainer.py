@@ -1,0 +1,253 @@
+"""The training loop: a short loop over injected parts (model, loss, optimiser, batches, callbacks).
+
+Everything configurable is a :class:`~autoseg.schema.training.TrainConfig` field or an injected object; there is
+nothing to subclass.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from autoseg.schema.training import EpochLog, TrainConfig
+from autoseg.training.schedule import epochs_that_fit, plan_budget, poly_lr
+
+#: Training steps timed before a time budget fixes the epoch length (the first is discarded as warm-up).
+CALIBRATION_STEPS = 4
+
+
+@dataclass
+class TrainState:
+    """Where a run is; saved in every checkpoint so a killed run resumes exactly there.
+
+    Attributes
+    ----------
+    epoch
+        Epochs finished.
+    total_epochs, iterations_per_epoch, validation_iterations
+        Current plan of the run (a time budget can change them).
+    batches_drawn, val_batches_drawn
+        Position in the seeded training / validation batch streams.
+    ema_pseudo_dice, best_ema_pseudo_dice
+        Smoothed validation pseudo-Dice and its best value so far.
+    train_seconds
+        Wall time spent in the training loop so far (counts against a budget across resumes).
+    calibrated
+        A time budget has measured the step time and fixed the epoch length.
+    """
+
+    total_epochs: int
+    iterations_per_epoch: int
+    validation_iterations: int
+    epoch: int = 0
+    batches_drawn: int = 0
+    val_batches_drawn: int = 0
+    ema_pseudo_dice: float | None = None
+    best_ema_pseudo_dice: float = -1.0
+    train_seconds: float = 0.0
+    calibrated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Callback:
+    """Hooks called by :class:`Trainer`; every method is optional."""
+
+    def on_train_start(self, trainer: "Trainer") -> None:
+        pass
+
+    def on_epoch_end(self, trainer: "Trainer", log: EpochLog) -> None:
+        pass
+
+    def on_train_end(self, trainer: "Trainer") -> None:
+        pass
+
+
+def _confusion(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(3, num_classes - 1) true positives, false positives, false negatives of the foreground classes.
+
+    Voxels whose target is negative (outside the imaged region) are ignored.
+    """
+    pred = logits.argmax(1)
+    tgt = target[:, 0].long()
+    valid = tgt >= 0
+    out = torch.zeros(3, num_classes - 1, dtype=torch.float64)
+    for c in range(1, num_classes):
+        p, t = (pred == c) & valid, (tgt == c) & valid
+        out[0, c - 1] = (p & t).sum()
+        out[1, c - 1] = (p & ~t).sum()
+        out[2, c - 1] = (~p & t).sum()
+    return out
+
+
+@dataclass
+class Trainer:
+    """Runs epochs of training steps and a patch-based validation, then calls the callbacks.
+
+    Attributes
+    ----------
+    model
+        The network (possibly wrapped in DistributedDataParallel); returns a list of logits with deep
+        supervision, a tensor otherwise.
+    loss
+        ``loss(output, targets) -> scalar tensor``; ``targets`` is the list of per-scale targets.
+    optimizer
+        A torch optimiser whose learning rate the trainer sets every epoch.
+    train_batches, val_batches
+        Iterators of ``{"data": (B, C, *patch) float32, "target": [(B, 1, *scale) ...]}`` numpy batches.
+    config
+        The run's numbers.
+    state
+        Where the run is (fresh or from a checkpoint).
+    device, precision, channels_last
+        Where and how to compute (``precision``: ``fp32``, ``bf16`` or ``fp16``).
+    num_classes
+        Output classes including background.
+    callbacks
+        Checkpointing, logging, plotting ... (see :mod:`autoseg.training.callbacks`).
+    autocast
+        ``autocast(device, precision)`` context factory.
+    all_reduce
+        Sums a tensor over distributed ranks (identity when training on one process).
+    progress
+        Show a tqdm bar per epoch.
+    """
+
+    model: torch.nn.Module
+    loss: Callable[[Any, list[torch.Tensor]], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    train_batches: Iterator[dict]
+    val_batches: Iterator[dict]
+    config: TrainConfig
+    state: TrainState
+    device: torch.device
+    precision: str
+    channels_last: bool
+    num_classes: int
+    autocast: Callable[[torch.device, str], Any]
+    callbacks: Sequence[Callback] = ()
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    progress: bool = True
+    history: list[EpochLog] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    # -- steps ----------------------------------------------------------------------------------------------
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        data = torch.from_numpy(np.ascontiguousarray(batch["data"])).to(self.device, non_blocking=True)
+        if self.channels_last and data.ndim in (4, 5):
+            data = data.contiguous(memory_format=torch.channels_last if data.ndim == 4 else torch.channels_last_3d)
+        targets = [torch.from_numpy(np.ascontiguousarray(t)).to(self.device, non_blocking=True)
+                   for t in batch["target"]]
+        return data, targets
+
+    def train_step(self, batch: dict) -> float:
+        """One optimisation step; returns the loss."""
+        data, targets = self._to_device(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast(self.device, self.precision):
+            output = self.model(data)
+            loss = self.loss(output, targets)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    @torch.inference_mode()
+    def val_step(self, batch: dict) -> tuple[float, torch.Tensor]:
+        """Loss and foreground confusion counts on one validation batch."""
+        data, targets = self._to_device(batch)
+        with self.autocast(self.device, self.precision):
+            output = self.model(data)
+            loss = self.loss(output, targets)
+        full_res = output[0] if isinstance(output, (list, tuple)) else output
+        return float(loss), _confusion(full_res.float(), targets[0], self.num_classes)
+
+    # -- epochs ---------------------------------------------------------------------------------------------
+    def _calibrate(self, step_seconds: list[float], elapsed_in_epoch: float) -> None:
+        st, cfg = self.state, self.config
+        step = statistics.median(step_seconds[1:])
+        remaining = cfg.budget_minutes * 60.0 - st.train_seconds
+        plan = plan_budget(remaining, step, step / 3.0, cfg.iterations_per_epoch, cfg.validation_iterations)
+        st.iterations_per_epoch = max(plan.iterations_per_epoch, len(step_seconds))
+        st.validation_iterations = plan.validation_iterations
+        st.total_epochs = st.epoch + plan.epochs
+        st.calibrated = True
+
+    def run_epoch(self) -> EpochLog:
+        st, cfg = self.state, self.config
+        lr = poly_lr(cfg.learning_rate, st.epoch, st.total_epochs, cfg.poly_exponent)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        start = time.perf_counter()
+        wait, losses, step_times = 0.0, [], []
+        bar = tqdm(total=st.iterations_per_epoch, desc=f"epoch {st.epoch + 1}/{st.total_epochs}", unit="it",
+                   disable=not self.progress, dynamic_ncols=True, leave=False)
+        it = 0
+        while it < st.iterations_per_epoch:
+            t0 = time.perf_counter()
+            batch = next(self.train_batches)
+            wait += time.perf_counter() - t0
+            losses.append(self.train_step(batch))
+            step_times.append(time.perf_counter() - t0)
+            st.batches_drawn += 1
+            it += 1
+            if cfg.budget_minutes is not None and not st.calibrated and it == CALIBRATION_STEPS:
+                self._calibrate(step_times, time.perf_counter() - start)
+                bar.total = st.iterations_per_epoch
+                bar.set_description(f"epoch {st.epoch + 1}/{st.total_epochs}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
+            bar.update()
+        bar.close()
+
+        self.model.eval()
+        val_losses, counts = [], torch.zeros(3, self.num_classes - 1, dtype=torch.float64)
+        for _ in range(st.validation_iterations):
+            t0 = time.perf_counter()
+            batch = next(self.val_batches)
+            wait += time.perf_counter() - t0
+            vl, c = self.val_step(batch)
+            val_losses.append(vl)
+            counts += c
+            st.val_batches_drawn += 1
+        counts = self.all_reduce(counts)
+        tp, fp, fn = counts
+        dice = tuple(float(v) for v in (2 * tp / torch.clamp(2 * tp + fp + fn, min=1)))
+        mean_dice = float(np.mean(dice)) if dice else 0.0
+        m = cfg.ema_momentum
+        st.ema_pseudo_dice = mean_dice if st.ema_pseudo_dice is None else m * st.ema_pseudo_dice + (1 - m) * mean_dice
+
+        epoch_seconds = time.perf_counter() - start
+        st.train_seconds += epoch_seconds
+        st.epoch += 1
+        if cfg.budget_minutes is not None:
+            st.total_epochs = max(st.epoch, epochs_that_fit(st.epoch, st.train_seconds, cfg.budget_minutes * 60.0))
+        log = EpochLog(epoch=st.epoch - 1, train_loss=float(np.mean(losses)),
+                       val_loss=float(np.mean(val_losses)) if val_losses else float("nan"),
+                       pseudo_dice=dice, ema_pseudo_dice=float(st.ema_pseudo_dice), learning_rate=lr,
+                       epoch_seconds=epoch_seconds, data_wait_seconds=wait, total_epochs=st.total_epochs)
+        self.history.append(log)
+        return log
+
+    def fit(self) -> TrainState:
+        """Train until ``state.total_epochs``; callbacks see every epoch."""
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        while self.state.epoch < self.state.total_epochs:
+            log = self.run_epoch()
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, log)
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self.state

@@ -1,0 +1,116 @@
+"""The Trainer loop with a tiny network and synthetic batches: epochs, budget, checkpoints, resume."""
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.schema.training import TrainConfig
+from autoseg.training.callbacks import CheckpointCallback, JsonlLogCallback, ProgressPlotCallback
+from autoseg.training.checkpoint import load_checkpoint
+from autoseg.training.schedule import epochs_that_fit, plan_budget, poly_lr
+from autoseg.training.trainer import Trainer, TrainState
+
+
+def batches(seed):
+    rng = np.random.default_rng(seed)
+    while True:
+        seg = (rng.random((2, 1, 8, 8)) > 0.5).astype(np.int8)
+        data = (seg.astype(np.float32) * 2 - 1) + 0.1 * rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+        yield {"data": data, "target": [seg]}
+
+
+def ce(output, targets):
+    out = output[0] if isinstance(output, list) else output
+    return torch.nn.functional.cross_entropy(out, targets[0][:, 0].long())
+
+
+def make_trainer(tmp_path, epochs=3, budget=None, state=None, callbacks=True):
+    gen = torch.Generator().manual_seed(0)
+    model = torch.nn.Conv2d(1, 2, 3, padding=1)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(model.weight.shape, generator=gen) * 0.1)
+    cfg = TrainConfig("D", "2d", "0", "sha", epochs=epochs, iterations_per_epoch=5, validation_iterations=2,
+                      budget_minutes=budget, checkpoint_every=1)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=0.9, nesterov=True)
+    st = state or TrainState(cfg.epochs, cfg.iterations_per_epoch, cfg.validation_iterations)
+    cbs = [CheckpointCallback(tmp_path, 1), JsonlLogCallback(tmp_path / "log.jsonl"),
+           ProgressPlotCallback(tmp_path / "progress.png")] if callbacks else []
+    return Trainer(model=model, loss=ce, optimizer=opt, train_batches=batches(1), val_batches=batches(2), config=cfg,
+                   state=st, device=torch.device("cpu"), precision="fp32", channels_last=False, num_classes=2,
+                   autocast=lambda d, p: contextlib.nullcontext(), callbacks=cbs, progress=False)
+
+
+def test_fit_learns_and_writes_checkpoints_logs_and_plot(tmp_path):
+    t = make_trainer(tmp_path, epochs=4)
+    st = t.fit()
+    assert st.epoch == 4 and st.batches_drawn == 20 and st.val_batches_drawn == 8
+    assert t.history[-1].train_loss < t.history[0].train_loss
+    assert t.history[-1].pseudo_dice[0] > 0.8
+    for name in ("checkpoint_best.pt", "checkpoint_final.pt", "progress.png", "log.jsonl"):
+        assert (tmp_path / name).is_file()
+    assert not (tmp_path / "checkpoint_latest.pt").exists()
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [0, 1, 2, 3]
+    assert t.history[-1].learning_rate < t.history[0].learning_rate  # poly decay
+
+
+def test_resume_drops_log_lines_after_the_checkpoint(tmp_path):
+    t = make_trainer(tmp_path, epochs=2)
+    t.fit()
+    ckpt = load_checkpoint(tmp_path / "checkpoint_final.pt", plans_sha256="sha")
+    st = TrainState(**json.loads(ckpt["state"]))
+    st.epoch = 1  # pretend the run was killed after epoch 1 and a log line of epoch 2 was already written
+    st.total_epochs = 3
+    t2 = make_trainer(tmp_path, epochs=3, state=st)
+    t2.model.load_state_dict(ckpt["model"])
+    t2.fit()
+    assert [json.loads(l)["epoch"] for l in (tmp_path / "log.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
+def test_checkpoint_from_other_plans_is_refused(tmp_path):
+    make_trainer(tmp_path, epochs=1).fit()
+    from autoseg.errors import AutosegError
+    with pytest.raises(AutosegError, match="other plans"):
+        load_checkpoint(tmp_path / "checkpoint_final.pt", plans_sha256="different")
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    make_trainer(tmp_path, epochs=1).fit()
+    p = tmp_path / "checkpoint_final.pt"
+    p.write_bytes(p.read_bytes()[:100])
+    from autoseg.errors import AutosegError
+    with pytest.raises(AutosegError, match="not a readable checkpoint"):
+        load_checkpoint(p)
+
+
+def test_budget_sets_the_number_of_epochs(tmp_path):
+    t = make_trainer(tmp_path, epochs=1000, budget=0.02, callbacks=False)  # 1.2 s
+    st = t.fit()
+    assert st.calibrated and 1 <= st.epoch < 1000
+    assert st.train_seconds < 1.2 * 3
+
+
+@pytest.mark.parametrize("epoch, total, expected", [(0, 10, 0.01), (10, 10, 0.0), (5, 10, 0.01 * 0.5 ** 0.9)])
+def test_poly_lr(epoch, total, expected):
+    assert poly_lr(0.01, epoch, total) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("budget, step, expect_iters, expect_epochs", [
+    (1200, 1.0, 30, 37),      # 20 min at 1 s/step: 40 epochs of 30 steps minus validation time
+    (60, 2.0, 10, 2),         # tiny budget: at least 10 steps per epoch
+    (10 ** 6, 0.1, 250, None),  # huge budget: capped at the configured epoch length
+])
+def test_plan_budget(budget, step, expect_iters, expect_epochs):
+    p = plan_budget(budget, step, step / 3, 250, 50)
+    assert p.iterations_per_epoch == expect_iters
+    if expect_epochs is not None:
+        assert p.epochs == expect_epochs
+    assert p.epochs * (p.iterations_per_epoch * step + p.validation_iterations * step / 3) <= budget
+
+
+def test_epochs_that_fit():
+    assert epochs_that_fit(2, 100.0, 500.0) == 10
+    assert epochs_that_fit(3, 100.0, 50.0) == 3
