@@ -1,0 +1,1 @@
+"""Evaluation without torch: per-class overlap and surface metrics, folder evaluation to ``summary.json``."""

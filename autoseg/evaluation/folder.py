@@ -1,0 +1,277 @@
+"""Evaluate a folder of predicted label maps against a folder of reference label maps.
+
+Cases are matched by file name: every ``<case><file_ending>`` in the reference folder needs the same name in the
+prediction folder (extra predictions are ignored). All files' headers are checked before any metric is computed,
+so a geometry mismatch or a missing file fails in seconds, naming every file concerned.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from autoseg.errors import AutosegError
+from autoseg.evaluation.metrics import label_metrics
+from autoseg.io.image import itk_error_reason, read_label
+from autoseg.schema.base import save_json
+from autoseg.schema.evaluation import CaseEvaluation, ClassMetrics, EvaluationSummary, MeanMetrics
+
+#: Relative tolerance when comparing the spacings of prediction and reference (NIfTI stores float32).
+SPACING_RTOL = 1e-4
+
+
+def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | None = None,
+                    num_workers: int | None = None, file_ending: str = ".nii.gz", *,
+                    label_names: Sequence[str] | None = None, case_ids: Sequence[str] | None = None,
+                    nsd_tolerance_mm: float = 1.0, output: Path | None = None,
+                    progress: bool = True) -> EvaluationSummary:
+    """Per case and class Dice, IoU, HD95 and NSD of every reference case; writes ``summary.json``.
+
+    Parameters
+    ----------
+    pred_dir, gt_dir
+        Folders of predicted and reference label maps ``<case><file_ending>``.
+    labels
+        Label values to evaluate (ints, or strings of digits), or label names looked up in ``label_names``.
+        ``None``: every nonzero value found in the reference files.
+    num_workers
+        Parallel processes (default: one per core, at most one per case); 1 runs in this process.
+    file_ending
+        Ending of the label files.
+    label_names
+        Label names indexed by value (``plans.labels``), for names in ``labels`` and in the summary.
+    case_ids
+        Evaluate only these cases (default: every reference file).
+    nsd_tolerance_mm
+        Tolerance of the normalised surface Dice, mm.
+    output
+        Where to write the summary (default ``pred_dir/summary.json``), atomically.
+    progress
+        Show a tqdm bar over cases.
+
+    Raises
+    ------
+    AutosegError
+        Missing folders or prediction files, unreadable files, size or spacing mismatches, or unknown labels;
+        one line per problem, each naming the file.
+    """
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    if nsd_tolerance_mm < 0:
+        raise AutosegError(f"NSD tolerance {nsd_tolerance_mm} mm must not be negative")
+    values = None if labels is None else resolve_labels(labels, label_names)
+    cases = _match_cases(pred_dir, gt_dir, file_ending, case_ids)
+    _check_geometry(cases)
+
+    workers = max(1, min(num_workers or len(os.sched_getaffinity(0)), len(cases)))
+    jobs = [(cid, p, r, values, nsd_tolerance_mm) for cid, p, r in cases]
+    results = _run(jobs, workers, progress)
+
+    if values is None:
+        values = tuple(sorted(set().union(*(r.ref_values for r in results))))
+        if not values:
+            raise AutosegError(f"{gt_dir}: no reference file contains a nonzero label; give the labels to evaluate")
+    summary = _summarise(pred_dir, gt_dir, values, label_names, nsd_tolerance_mm, results)
+    save_json(summary, Path(output) if output is not None else pred_dir / "summary.json")
+    return summary
+
+
+def resolve_labels(labels: Sequence[int | str], label_names: Sequence[str] | None) -> tuple[int, ...]:
+    """Label values from values or names (``"1"``, ``1`` or ``"hippocampus"`` with ``label_names``)."""
+    out = []
+    for item in labels:
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            v = int(item)
+        elif isinstance(item, str) and item.strip().isdigit():
+            v = int(item)
+        elif isinstance(item, str) and label_names is not None and item in label_names:
+            v = list(label_names).index(item)
+        else:
+            known = f"; known labels: {', '.join(label_names)}" if label_names else ""
+            raise AutosegError(f"label {item!r}: not a label value or a known label name{known}")
+        if v < 0:
+            raise AutosegError(f"label {v}: label values are not negative")
+        if label_names is not None and v >= len(label_names):
+            raise AutosegError(f"label {v}: the dataset has labels 0..{len(label_names) - 1} only")
+        if v in out:
+            raise AutosegError(f"label {item!r} given twice")
+        out.append(v)
+    return tuple(out)
+
+
+def _match_cases(pred_dir: Path, gt_dir: Path, file_ending: str,
+                 case_ids: Sequence[str] | None) -> list[tuple[str, Path, Path]]:
+    for d, what in ((pred_dir, "prediction"), (gt_dir, "reference")):
+        if not d.is_dir():
+            raise AutosegError(f"{d}: {what} folder not found")
+    refs = {f.name[: -len(file_ending)]: f for f in gt_dir.iterdir()
+            if f.name.endswith(file_ending) and not f.name.startswith(".") and f.is_file()}
+    if case_ids is not None:
+        unknown = sorted(set(case_ids) - set(refs))
+        if unknown:
+            raise AutosegError(*(f"{gt_dir / (c + file_ending)}: reference of case {c!r} not found"
+                                 for c in unknown))
+        refs = {c: refs[c] for c in case_ids}
+    if not refs:
+        raise AutosegError(f"{gt_dir}: no reference files ending in {file_ending}")
+    cases = [(cid, pred_dir / (cid + file_ending), refs[cid]) for cid in sorted(refs)]
+    missing = [p for _, p, _ in cases if not p.is_file()]
+    if missing:
+        raise AutosegError(*(f"{p}: prediction missing (its reference exists in {gt_dir})" for p in missing))
+    return cases
+
+
+def _header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Size and spacing in numpy order ``(z, y, x)`` from the file header only."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise AutosegError(f"{path}: cannot be read as an image ({itk_error_reason(e)})") from None
+    return tuple(reader.GetSize())[::-1], tuple(reader.GetSpacing())[::-1]
+
+
+def _check_geometry(cases: list[tuple[str, Path, Path]]) -> None:
+    problems = []
+    for _, pred, ref in cases:
+        try:
+            (ps, pp), (rs, rp) = _header(pred), _header(ref)
+        except AutosegError as e:
+            problems.extend(e.problems)
+            continue
+        if ps != rs:
+            problems.append(f"{pred}: size {ps} (z, y, x) differs from the reference's {rs} ({ref})")
+        elif not np.allclose(pp, rp, rtol=SPACING_RTOL, atol=0):
+            problems.append(f"{pred}: spacing {_fmt(pp)} mm (z, y, x) differs from the reference's {_fmt(rp)} "
+                            f"({ref})")
+    if problems:
+        raise AutosegError(*problems)
+
+
+def _fmt(spacing: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{s:.6g}" for s in spacing) + ")"
+
+
+@dataclass(frozen=True)
+class _CaseResult:
+    case_id: str
+    prediction: str
+    reference: str
+    classes: dict[int, ClassMetrics]
+    ref_values: frozenset[int]
+    problem: str | None = None
+
+
+def _integer_labels(arr: np.ndarray, path: Path) -> np.ndarray:
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr
+    if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+        raise AutosegError(f"{path}: label map holds non-integer values")
+    return arr.astype(np.int64)
+
+
+def _evaluate_case(case_id: str, pred_path: Path, ref_path: Path, values: tuple[int, ...] | None,
+                   tolerance_mm: float) -> _CaseResult:
+    try:
+        pred, _ = read_label(pred_path)
+        ref, geometry = read_label(ref_path)
+        pred, ref = _integer_labels(pred, pred_path), _integer_labels(ref, ref_path)
+    except AutosegError as e:
+        return _CaseResult(case_id, str(pred_path), str(ref_path), {}, frozenset(), "; ".join(e.problems))
+    ref_values = frozenset(int(v) for v in np.unique(ref)) - {0}
+    if values is None:
+        # labels are only known once every reference was read: measure all present here, fill in absent ones later
+        values = tuple(sorted(ref_values | (frozenset(int(v) for v in np.unique(pred)) - {0})))
+    raw = label_metrics(pred, ref, values, geometry.spacing, tolerance_mm)
+    classes = {v: ClassMetrics(dice=_defined(r.dice), iou=_defined(r.iou), hd95=_defined(r.hd95),
+                               nsd=_defined(r.nsd), tp=r.counts.tp, fp=r.counts.fp, fn=r.counts.fn,
+                               n_ref=r.counts.n_ref, n_pred=r.counts.n_pred) for v, r in raw.items()}
+    return _CaseResult(case_id, str(pred_path), str(ref_path), classes, ref_values)
+
+
+def _defined(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def _run(jobs: list[tuple], workers: int, progress: bool) -> list[_CaseResult]:
+    """``_evaluate_case`` over ``jobs`` in order, with at most ``workers`` processes."""
+    bar = tqdm(total=len(jobs), desc="evaluate", unit="case", disable=not progress, dynamic_ncols=True)
+    results: list[_CaseResult | None] = [None] * len(jobs)
+    try:
+        if workers <= 1:
+            for i, job in enumerate(jobs):
+                results[i] = _evaluate_case(*job)
+                bar.update()
+        else:
+            # fork starts workers in milliseconds; the workers use numpy/scipy/SimpleITK only
+            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+                pending = {pool.submit(_evaluate_case, *job): i for i, job in enumerate(jobs)}
+                try:
+                    while pending:
+                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in done:
+                            i = pending.pop(fut)
+                            results[i] = fut.result()
+                            bar.update()
+                except BrokenProcessPool:
+                    running = sorted(jobs[i][0] for i in pending)[:workers]
+                    raise AutosegError(f"{jobs[0][2].parent}: a worker process died (most likely out of memory) "
+                                       f"while evaluating one of {', '.join(running)}; retry with fewer workers "
+                                       f"(-j 1)") from None
+    finally:
+        bar.close()
+    problems = [r.problem for r in results if r.problem]
+    if problems:
+        raise AutosegError(*problems)
+    return results  # type: ignore[return-value]
+
+
+_ABSENT = ClassMetrics(dice=None, iou=None, hd95=None, nsd=None, tp=0, fp=0, fn=0, n_ref=0, n_pred=0)
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    defined = [x for x in xs if x is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def _summarise(pred_dir: Path, gt_dir: Path, values: tuple[int, ...], label_names: Sequence[str] | None,
+               tolerance_mm: float, results: list[_CaseResult]) -> EvaluationSummary:
+    cases = tuple(CaseEvaluation(r.case_id, r.prediction, r.reference,
+                                 {str(v): r.classes.get(v, _ABSENT) for v in values}) for r in results)
+    mean = {}
+    for v in values:
+        per_case = [c.classes[str(v)] for c in cases]
+        mean[str(v)] = MeanMetrics(dice=_mean([m.dice for m in per_case]), iou=_mean([m.iou for m in per_case]),
+                                   hd95=_mean([m.hd95 for m in per_case]), nsd=_mean([m.nsd for m in per_case]),
+                                   n_cases=sum(m.dice is not None for m in per_case))
+    names = {str(v): (label_names[v] if label_names is not None and v < len(label_names) else str(v))
+             for v in values}
+    return EvaluationSummary(pred_dir=str(pred_dir), gt_dir=str(gt_dir), labels=tuple(values), label_names=names,
+                             nsd_tolerance_mm=float(tolerance_mm), cases=cases, mean=mean,
+                             foreground_mean_dice=_mean([mean[str(v)].dice for v in values if v > 0]))
+
+
+def summary_table(summary: EvaluationSummary) -> str:
+    """Per-class means as a short text table (for the CLI)."""
+    def f(x: float | None, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
+    rows = [f"{'label':<20} {'Dice':>7} {'IoU':>7} {'HD95 mm':>9} {'NSD':>7} {'cases':>6}"]
+    for v in summary.labels:
+        m = summary.mean[str(v)]
+        name = f"{v} {summary.label_names[str(v)]}" if summary.label_names[str(v)] != str(v) else str(v)
+        rows.append(f"{name[:20]:<20} {f(m.dice, '.4f'):>7} {f(m.iou, '.4f'):>7} {f(m.hd95, '.2f'):>9} "
+                    f"{f(m.nsd, '.4f'):>7} {m.n_cases:>6}")
+    rows.append(f"foreground mean Dice: {f(summary.foreground_mean_dice, '.4f')} over {len(summary.cases)} cases "
+                f"(NSD tolerance {summary.nsd_tolerance_mm:g} mm)")
+    return "\n".join(rows)

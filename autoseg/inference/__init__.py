@@ -1,0 +1,1 @@
+"""Inference: tiling and Gaussian weights (numpy), sliding-window prediction with mirror TTA (torch)."""
