@@ -1,0 +1,1 @@
+"""Training data: patch sampling with foreground oversampling, augmentation, background batch loaders."""

@@ -1,0 +1,124 @@
+"""Cross-validation splits (``splits.json``): nnU-Net's layout and folds, or the user's own.
+
+``splits.json`` is a list with one entry per fold: ``{"train": [case ids], "val": [case ids]}``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from autoseg.errors import AutosegError
+from autoseg.schema.base import atomic_write_text
+from autoseg.workspace import DatasetPaths
+
+DEFAULT_FOLDS = 5
+DEFAULT_SEED = 12345
+
+#: Split files a raw dataset folder may carry, in order of preference (nnU-Net writes ``splits_final.json``).
+RAW_SPLIT_FILES = ("splits_final.json", "splits.json")
+
+
+def make_splits(case_ids: Sequence[str], n_folds: int = DEFAULT_FOLDS,
+                seed: int = DEFAULT_SEED) -> list[dict[str, list[str]]]:
+    """Deterministic k-fold splits of ``case_ids``.
+
+    The folds are those of nnU-Net v2 (scikit-learn ``KFold(n_folds, shuffle=True, random_state=seed)`` over the
+    sorted ids: a legacy ``RandomState(seed)`` shuffle, then consecutive folds, the first ``n % n_folds`` one case
+    larger), so results can be compared fold by fold. Both lists of every fold are sorted.
+
+    Raises
+    ------
+    ValueError
+        Fewer cases than folds, or duplicate ids.
+    """
+    ids = sorted(case_ids)
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate case ids")
+    if n_folds < 2 or len(ids) < n_folds:
+        raise ValueError(f"{len(ids)} case(s) cannot be split into {n_folds} folds")
+    order = np.arange(len(ids))
+    # the legacy generator's stream is frozen across numpy versions, so the folds never change
+    np.random.RandomState(seed).shuffle(order)
+    sizes = np.full(n_folds, len(ids) // n_folds)
+    sizes[: len(ids) % n_folds] += 1
+    splits, start = [], 0
+    for size in sizes:
+        val = set(order[start:start + size].tolist())
+        start += size
+        splits.append({"train": [ids[i] for i in range(len(ids)) if i not in val],
+                       "val": [ids[i] for i in sorted(val)]})
+    return splits
+
+
+def validate_splits(data: object, case_ids: Sequence[str], path: Path) -> list[dict[str, list[str]]]:
+    """Check a splits list read from ``path``; returns it with sorted lists.
+
+    Raises
+    ------
+    AutosegError
+        One line naming ``path``: not a non-empty list of ``{"train": [...], "val": [...]}``, an unknown case id,
+        or a case in both lists of a fold.
+    """
+    known = set(case_ids)
+    if not isinstance(data, list) or not data:
+        raise AutosegError(f"{path}: expected a non-empty list of {{\"train\": [...], \"val\": [...]}} folds")
+    out = []
+    for k, fold in enumerate(data):
+        if (not isinstance(fold, dict) or set(fold) - {"train", "val"} or
+                not all(isinstance(fold.get(key), list) and all(isinstance(c, str) for c in fold[key])
+                        for key in ("train", "val"))):
+            raise AutosegError(f"{path}: fold {k} must be {{\"train\": [case ids], \"val\": [case ids]}}")
+        unknown = sorted((set(fold["train"]) | set(fold["val"])) - known)
+        if unknown:
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise AutosegError(f"{path}: fold {k} names unknown case(s) {', '.join(unknown[:5])}{more}")
+        both = sorted(set(fold["train"]) & set(fold["val"]))
+        if both:
+            raise AutosegError(f"{path}: fold {k} has {', '.join(both[:5])} in both train and val")
+        if not fold["train"] or not fold["val"]:
+            raise AutosegError(f"{path}: fold {k} has an empty train or val list")
+        out.append({"train": sorted(fold["train"]), "val": sorted(fold["val"])})
+    return out
+
+
+def _read(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise AutosegError(f"{path}: cannot be read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise AutosegError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def load_or_create_splits(paths: DatasetPaths, case_ids: Sequence[str], raw_dir: Path | None = None,
+                          n_folds: int = DEFAULT_FOLDS, seed: int = DEFAULT_SEED) -> list[dict[str, list[str]]]:
+    """The dataset's splits: the workspace's ``splits.json`` if present, else one shipped with the raw data
+    (``splits_final.json`` or ``splits.json`` in ``raw_dir``, copied to the workspace), else new ones
+    (:func:`make_splits`) saved atomically to ``paths.splits``.
+
+    A file present in the workspace always wins, whether autoseg or the user wrote it (delete it to re-split).
+
+    Raises
+    ------
+    AutosegError
+        A split file is malformed or names unknown cases (one line naming the file), or there are fewer cases than
+        folds.
+    """
+    if paths.splits.is_file():
+        return validate_splits(_read(paths.splits), case_ids, paths.splits)
+    for name in RAW_SPLIT_FILES if raw_dir is not None else ():
+        src = Path(raw_dir) / name
+        if src.is_file():
+            splits = validate_splits(_read(src), case_ids, src)
+            atomic_write_text(paths.splits, json.dumps(splits, indent=2) + "\n")
+            return splits
+    try:
+        splits = make_splits(case_ids, n_folds, seed)
+    except ValueError as e:
+        raise AutosegError(f"{paths.splits}: cannot create splits ({e})") from None
+    atomic_write_text(paths.splits, json.dumps(splits, indent=2) + "\n")
+    return splits

@@ -1,0 +1,24 @@
+"""Small synthetic cases for the data-loading tests (in memory, a few hundred kB). Not a test module."""
+
+from __future__ import annotations
+
+import numpy as np
+from autoseg.data.sampling import ArraySource, class_locations
+
+
+def make_case(rng: np.random.Generator, shape=(20, 24, 22), channels=1, blobs=((1, 3), (2, 3)),
+              outside_rows: int = 2) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """One case: noise data, cubic blobs of (label, edge) at random places, -1 in the first ``outside_rows``
+    slices (outside the nonzero region)."""
+    data = rng.normal(size=(channels, *shape)).astype(np.float32)
+    seg = np.zeros((1, *shape), np.int8)
+    for label, edge in blobs:
+        lo = [int(rng.integers(outside_rows if a == 0 else 0, n - edge + 1)) for a, n in enumerate(shape)]
+        seg[(0, *[slice(a, a + edge) for a in lo])] = label
+    seg[0, :outside_rows] = -1
+    return data, seg, class_locations(seg)
+
+
+def make_source(seed=0, n=5, **kw) -> ArraySource:
+    rng = np.random.default_rng(seed)
+    return ArraySource({f"case_{i:02d}": make_case(rng, **kw) for i in range(n)})
