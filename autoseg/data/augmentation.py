@@ -191,7 +191,11 @@ def training_params(patch_size: Sequence[int], strides: Sequence[Sequence[int]] 
     patch = tuple(int(v) for v in patch_size)
     dims = len(patch)
     do_2d_style = needs_2d_style_augmentation(patch, spacing if anisotropy_in_mm else None)
-    rotation_deg = 180.0 if (dims == 2 or do_2d_style) else 30.0
+    if dims == 2:
+        # a free in-plane rotation of an elongated patch would mostly show padding: keep it to +-15 deg
+        rotation_deg = 15.0 if max(patch) / min(patch) > 1.5 else 180.0
+    else:
+        rotation_deg = 180.0 if do_2d_style else 30.0
     return AugmentationParams(
         patch_size=patch, max_rotation=math.radians(rotation_deg), do_2d_style=do_2d_style,
         mirror_axes=tuple(range(dims)),

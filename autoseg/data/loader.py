@@ -92,6 +92,8 @@ class LoaderConfig:
         Deliver batches in index order (bitwise reproducible whatever ``num_workers``); otherwise as completed.
     num_batches
         Stop after this many batches; ``None``: endless.
+    first_batch
+        Index of the first batch delivered: a resumed training run continues its batch stream where it stopped.
     prefetch
         Batches each worker may have ready ahead of the consumer.
     timeout
@@ -114,6 +116,7 @@ class LoaderConfig:
     seed: int = 0
     deterministic: bool = True
     num_batches: int | None = None
+    first_batch: int = 0
     prefetch: int = 2
     timeout: float = 300.0
     poll_interval: float = 0.2
@@ -237,10 +240,11 @@ def _worker_main(worker: int, source: CaseSource, case_ids: Sequence[str], confi
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle; it then closes us
     cached = _CachedSource(source, config.cache_cases)
-    index = worker
+    index = config.first_batch + worker
     n = max(config.num_workers, 1)
+    end = None if config.num_batches is None else config.first_batch + config.num_batches
     try:
-        while not stop.is_set() and (config.num_batches is None or index < config.num_batches):
+        while not stop.is_set() and (end is None or index < end):
             try:
                 path = _write_batch(folder, worker, index,
                                     produce_batch(cached, case_ids, config, transforms, index))
@@ -328,7 +332,7 @@ class BatchLoader:
         self.case_ids = list(case_ids) if case_ids is not None else list(source.case_ids())
         if not self.case_ids:
             raise ValueError("BatchLoader: no cases to sample from")
-        self._next_index = 0  # deterministic: index of the next batch due
+        self._next_index = config.first_batch  # deterministic: index of the next batch due
         self._delivered = 0
         self._received: list[int] = []  # per worker: messages received from it
         self._procs: list = []
@@ -417,7 +421,7 @@ class BatchLoader:
 
     def _receive(self) -> dict:
         cfg = self.config
-        expected = self._next_index % cfg.num_workers if cfg.deterministic else None
+        expected = (self._next_index - cfg.first_batch) % cfg.num_workers if cfg.deterministic else None
         q = self._queues[expected] if cfg.deterministic else self._queues[0]
         deadline = time.monotonic() + cfg.timeout
         while True:

@@ -216,3 +216,13 @@ def test_store_source_and_plan_loaders():
         assert b["data"].shape == (3, 1, 16, 20, 16) and [t.shape[2:] for t in b["target"]] == [(16, 20, 16),
                                                                                                (8, 10, 8)]
         assert set(b["keys"]) <= {"case_01", "case_02"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_first_batch_continues_the_stream(workers):
+    """A resumed run asks for the stream from batch k on and gets exactly batches k, k+1, ..."""
+    full = list(_loader((16, 20, 16), STRIDES_3D, workers=0, seed=5, num_batches=5))
+    with _loader((16, 20, 16), STRIDES_3D, workers=workers, seed=5, num_batches=3, first_batch=2) as loader:
+        tail = list(loader)
+    assert [b["index"] for b in tail] == [2, 3, 4]
+    assert all(_same(a, b) for a, b in zip(tail, full[2:]))
