@@ -15,8 +15,10 @@ from autoseg.fingerprint.dataset import check_and_fingerprint, default_num_worke
 from autoseg.io.dataset_json import read_dataset_spec
 from autoseg.planning.planner import make_plans
 from autoseg.planning.presets import PlannerPreset, load_preset
+from autoseg.preprocessing.run import PreprocessResult, preprocess_dataset
 from autoseg.schema.base import load_json, save_json, sha256_of
 from autoseg.schema.dataset import DatasetSpec
+from autoseg.schema.evaluation import EvaluationSummary
 from autoseg.schema.fingerprint import Fingerprint
 from autoseg.schema.plans import Plans
 from autoseg.workspace import DatasetPaths, Workspace
@@ -34,11 +36,14 @@ class PlanResult:
         The dataset's workspace paths.
     fingerprint_reused
         The dataset was unchanged since the last run, so its fingerprint (and verification) was reused.
+    preprocessing
+        What :func:`preprocess` did, ``None`` when planning ran with ``preprocess=False``.
     """
 
     plans: Plans
     paths: DatasetPaths
     fingerprint_reused: bool
+    preprocessing: PreprocessResult | None = None
 
 
 def verify(raw_dir: Path, num_workers: int | None = None, progress: bool = True) -> DatasetSpec:
@@ -127,7 +132,9 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
     if not reused:
         save_json(fingerprint, paths.fingerprint)
     _replace_plans(paths, plans)
-    return PlanResult(plans, paths, reused)
+    pre = (preprocess_planned(raw_dir, spec, plans, paths, None, num_workers, progress, fingerprint)
+           if preprocess else None)
+    return PlanResult(plans, paths, reused, pre)
 
 
 def _reusable_fingerprint(paths: DatasetPaths, src: str) -> Fingerprint | None:
@@ -157,3 +164,85 @@ def load_plans(workspace: Path, dataset: str) -> Plans:
     if not paths.plans.is_file():
         raise AutosegError(f"{paths.plans}: no plans for dataset '{dataset}'; run `autoseg plan RAW_DIR` first")
     return load_json(Plans, paths.plans)
+
+
+def preprocess(workspace: Path, dataset: str, configs: list[str] | None = None, num_workers: int | None = None,
+               progress: bool = True) -> PreprocessResult:
+    """Preprocess a planned dataset's training cases into ``workspace/<dataset>/preprocessed/<config>/``.
+
+    Complete cases of unchanged plans are reused, so a killed run continues where it stopped; data of changed plans
+    are replaced. Also creates (or validates) the cross-validation ``splits.json``.
+
+    Parameters
+    ----------
+    workspace
+        Workspace root.
+    dataset
+        Dataset name (its workspace folder).
+    configs
+        Configurations to preprocess (default: every planned one).
+    num_workers
+        Parallel processes (default from cores, free memory and the largest case).
+    progress
+        Show a progress bar.
+    """
+    paths = Workspace(Path(workspace)).dataset(dataset)
+    plans = load_plans(workspace, dataset)
+    spec = load_json(DatasetSpec, paths.dataset_spec)
+    fingerprint = load_json(Fingerprint, paths.fingerprint) if paths.fingerprint.is_file() else None
+    return preprocess_planned(Path(spec.raw_dir), spec, plans, paths, configs, num_workers, progress, fingerprint)
+
+
+def preprocess_planned(raw_dir: Path, spec: DatasetSpec, plans: Plans, paths: DatasetPaths,
+                       configs: list[str] | None, num_workers: int | None, progress: bool,
+                       fingerprint: Fingerprint | None) -> PreprocessResult:
+    """:func:`preprocess` with everything already loaded (:func:`plan` calls it right after planning)."""
+    from autoseg.data.splits import load_or_create_splits
+
+    if not (Path(raw_dir) / "dataset.json").is_file():
+        raise AutosegError(f"{Path(raw_dir) / 'dataset.json'}: raw dataset not found (moved?); run "
+                           f"`autoseg plan RAW_DIR` from its new place")
+    names = list(configs) if configs else list(plans.configurations)
+    result = preprocess_dataset(raw_dir, spec, plans, paths, names, num_workers=num_workers, progress=progress,
+                                fingerprint=fingerprint)
+    load_or_create_splits(paths, [c.case_id for c in spec.training], raw_dir)
+    return result
+
+
+def evaluate(pred_dir: Path, gt_dir: Path, workspace: Path | None = None, dataset: str | None = None,
+             num_workers: int | None = None, labels: list[int | str] | None = None, output: Path | None = None,
+             nsd_tolerance_mm: float = 1.0, progress: bool = True) -> EvaluationSummary:
+    """Evaluate predicted label maps against references; writes ``summary.json`` (default in ``pred_dir``).
+
+    Parameters
+    ----------
+    pred_dir, gt_dir
+        Folders of ``<case><file_ending>`` label maps; every reference case needs a prediction.
+    workspace, dataset
+        A planned dataset: its labels (names and values, from ``plans.json``) and file ending are used.
+    num_workers
+        Parallel processes (default: one per core).
+    labels
+        Label values or names to evaluate (default: the dataset's foreground labels, else every nonzero value
+        found in the references).
+    output
+        Summary file (default ``pred_dir/summary.json``).
+    nsd_tolerance_mm
+        Tolerance of the normalised surface Dice, mm.
+    progress
+        Show a progress bar.
+    """
+    from autoseg.evaluation.folder import evaluate_folder
+
+    label_names, file_ending = None, ".nii.gz"
+    if dataset is not None:
+        if workspace is None:
+            raise AutosegError(f"dataset '{dataset}' given without a workspace to find it in")
+        label_names = load_plans(workspace, dataset).labels
+        paths = Workspace(Path(workspace)).dataset(dataset)
+        if paths.dataset_spec.is_file():
+            file_ending = load_json(DatasetSpec, paths.dataset_spec).file_ending
+        if labels is None:
+            labels = list(range(1, len(label_names)))
+    return evaluate_folder(Path(pred_dir), Path(gt_dir), labels, num_workers, file_ending, label_names=label_names,
+                           nsd_tolerance_mm=nsd_tolerance_mm, output=output, progress=progress)

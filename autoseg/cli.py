@@ -51,6 +51,29 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("-j", "--workers", type=_workers, default=None, help="parallel processes (default: auto)")
     pl.add_argument("--no-preprocess", action="store_true", help="stop after planning")
 
+    pp = sub.add_parser("preprocess", help="preprocess a planned dataset (restartable; reuses unchanged data)")
+    pp.add_argument("dataset", metavar="DATASET", help="dataset name (its folder in the workspace)")
+    pp.add_argument("-w", "--workspace", type=Path, default=Path(default_ws),
+                    help="workspace folder (default: $AUTOSEG_WORKSPACE or ./autoseg_workspace)")
+    pp.add_argument("-c", "--config", nargs="+", default=None, metavar="CONFIG",
+                    help="configurations to preprocess (default: every planned one)")
+    pp.add_argument("-j", "--workers", type=_workers, default=None,
+                    help="parallel processes (default: from cores, free memory and the largest case)")
+
+    ev = sub.add_parser("evaluate", help="Dice, IoU, HD95 and NSD of predicted label maps against references")
+    ev.add_argument("pred_dir", type=Path, metavar="PRED_DIR")
+    ev.add_argument("gt_dir", type=Path, metavar="GT_DIR")
+    ev.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
+                    help="label values or names (default: the dataset's foreground labels, else every nonzero "
+                         "value in the references)")
+    ev.add_argument("--dataset", default=None, metavar="NAME", help="planned dataset whose labels to use")
+    ev.add_argument("-w", "--workspace", type=Path, default=Path(default_ws),
+                    help="workspace of --dataset (default: $AUTOSEG_WORKSPACE or ./autoseg_workspace)")
+    ev.add_argument("-j", "--workers", type=_workers, default=None, help="parallel processes (default: one per core)")
+    ev.add_argument("-o", "--output", type=Path, default=None, help="summary file (default: PRED_DIR/summary.json)")
+    ev.add_argument("--nsd-tolerance", type=float, default=1.0, metavar="MM",
+                    help="tolerance of the normalised surface Dice, mm (default 1)")
+
     d = sub.add_parser("demo", help="run the whole pipeline on a small synthetic dataset")
     d.add_argument("--make-data", type=Path, default=None, metavar="DIR",
                    help="only write a synthetic MSD dataset to DIR")
@@ -81,6 +104,31 @@ def _cmd_plan(args) -> int:
         print(f"dataset unchanged since the last run: reused {result.paths.fingerprint}")
     print(plans_table(result.plans))
     print(f"\nwrote {result.paths.plans}")
+    if result.preprocessing is not None:
+        from autoseg.preprocessing.run import preprocess_summary
+
+        print("preprocessed:\n" + preprocess_summary(result.preprocessing))
+    return 0
+
+
+def _cmd_preprocess(args) -> int:
+    from autoseg import api
+    from autoseg.preprocessing.run import preprocess_summary
+
+    result = api.preprocess(args.workspace, args.dataset, configs=args.config, num_workers=args.workers)
+    print("preprocessed:\n" + preprocess_summary(result))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from autoseg import api
+    from autoseg.evaluation.folder import summary_table
+
+    summary = api.evaluate(args.pred_dir, args.gt_dir, workspace=args.workspace, dataset=args.dataset,
+                           num_workers=args.workers, labels=args.labels, output=args.output,
+                           nsd_tolerance_mm=args.nsd_tolerance)
+    print(summary_table(summary))
+    print(f"\nwrote {args.output or args.pred_dir / 'summary.json'}")
     return 0
 
 
@@ -114,7 +162,8 @@ def _make_data(out: Path, spec) -> Path:
     return synthetic.make_dataset(out, spec)
 
 
-_COMMANDS = {"verify": _cmd_verify, "plan": _cmd_plan, "demo": _cmd_demo}
+_COMMANDS = {"verify": _cmd_verify, "plan": _cmd_plan, "preprocess": _cmd_preprocess, "demo": _cmd_demo,
+             "evaluate": _cmd_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,9 @@ from pathlib import Path
 
 DEFAULT_WORKSPACE = Path("autoseg_workspace")
 
+#: Configurations whose preprocessed data are those of another configuration (same spacing and normalisation).
+SHARED_PREPROCESSED = {"3d_cascade_fullres": "3d_fullres"}
+
 
 @dataclass(frozen=True)
 class DatasetPaths:
@@ -43,7 +46,12 @@ class DatasetPaths:
         return self.root / "splits.json"
 
     def preprocessed(self, config: str) -> Path:
-        return self.root / "preprocessed" / config
+        """Folder of a configuration's preprocessed cases.
+
+        ``3d_cascade_fullres`` shares the ``3d_fullres`` folder: both use the same spacing and normalisation, so its
+        data are stored once (the case store's key, a hash of the preprocessing-relevant plan entries, is the same).
+        """
+        return self.root / "preprocessed" / SHARED_PREPROCESSED.get(config, config)
 
     def model(self, config: str, fold: int | str) -> Path:
         return self.root / "models" / config / f"fold_{fold}"

@@ -1,0 +1,183 @@
+"""Segmentation losses: soft Dice, cross-entropy, their sum, and the deep-supervision wrapper.
+
+Conventions shared by every loss here:
+
+- ``logits``: ``(B, C, *spatial)`` raw network outputs (no softmax), any float dtype; losses are computed in fp32
+  with autocast switched off, so bf16/fp16 training does not lose the loss's precision.
+- ``target``: integer tensor ``(B, 1, *spatial)`` of class indices ``0 .. C-1``. Voxels with a negative target
+  (e.g. -1 for "outside the image" / an ignore label) are excluded from both cross-entropy and Dice.
+- The Dice loss is ``1 - mean soft Dice``, so a perfect prediction gives 0 (nnU-Net reports ``-mean Dice``,
+  which is -1 for a perfect prediction; the gradients are identical, only the offset differs).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _fp32(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float()
+
+
+def _valid_and_clean(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask of voxels that count ``(B, 1, *spatial)`` and the target with ignored voxels set to class 0 (long)."""
+    if target.ndim < 3 or target.shape[1] != 1:
+        raise ValueError(f"target must be (B, 1, *spatial) class indices, got shape {tuple(target.shape)}")
+    target = target.long()
+    valid = target >= 0
+    return valid, torch.where(valid, target, torch.zeros_like(target))
+
+
+class SoftDiceLoss(nn.Module):
+    """``1 - mean soft Dice`` over foreground classes (and over samples unless ``batch_dice``).
+
+    Per class ``c``: ``dice = (2 * sum(p * g) + smooth) / max(sum(p) + sum(g) + smooth, 1e-8)`` with ``p`` the
+    softmax probability and ``g`` the one-hot target, sums over the spatial axes (and the batch when
+    ``batch_dice``), ignored voxels left out of every sum. A class absent from both target and prediction scores
+    about 1; absent from the target but predicted, about 0.
+
+    Parameters
+    ----------
+    batch_dice
+        Pool the sums over the whole batch (one Dice per class) instead of one Dice per sample and class.
+    do_bg
+        Include the background class (channel 0).
+    smooth
+        Added to numerator and denominator.
+    """
+
+    def __init__(self, batch_dice: bool = False, do_bg: bool = False, smooth: float = 1e-5):
+        super().__init__()
+        self.batch_dice = batch_dice
+        self.do_bg = do_bg
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(logits.device.type, enabled=False):
+            valid, clean = _valid_and_clean(target)
+            probs = torch.softmax(_fp32(logits), dim=1)
+            with torch.no_grad():
+                onehot = torch.zeros_like(probs).scatter_(1, clean, 1.0)
+                onehot = onehot * valid  # ignored voxels belong to no class
+            if not self.do_bg:
+                probs, onehot = probs[:, 1:], onehot[:, 1:]
+            if probs.shape[1] == 0:
+                raise ValueError("Dice without background needs at least 2 classes")
+            axes = tuple(range(2, probs.ndim))
+            probs = probs * valid
+            intersect = (probs * onehot).sum(axes)
+            sum_pred = probs.sum(axes)
+            sum_gt = onehot.sum(axes)
+            if self.batch_dice:
+                intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+            dice = (2 * intersect + self.smooth) / (sum_pred + sum_gt + self.smooth).clamp_min(1e-8)
+            return 1.0 - dice.mean()
+
+
+class CrossEntropyLoss(nn.Module):
+    """Mean cross-entropy over the voxels with a non-negative target; 0 when every voxel is ignored."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(logits.device.type, enabled=False):
+            valid, clean = _valid_and_clean(target)
+            per_voxel = F.cross_entropy(_fp32(logits), clean[:, 0], reduction="none")
+            valid = valid[:, 0]
+            # sum / count rather than reduction="mean": stays finite (0) when a patch is entirely ignored
+            return (per_voxel * valid).sum() / valid.sum().clamp_min(1)
+
+
+class DiceCELoss(nn.Module):
+    """``weight_ce * cross-entropy + weight_dice * soft Dice loss`` (nnU-Net's default, weights 1 and 1).
+
+    Parameters
+    ----------
+    batch_dice, do_bg, smooth
+        Passed to :class:`SoftDiceLoss`.
+    weight_ce, weight_dice
+        Term weights.
+    """
+
+    def __init__(self, batch_dice: bool = False, do_bg: bool = False, smooth: float = 1e-5,
+                 weight_ce: float = 1.0, weight_dice: float = 1.0):
+        super().__init__()
+        self.ce = CrossEntropyLoss()
+        self.dice = SoftDiceLoss(batch_dice=batch_dice, do_bg=do_bg, smooth=smooth)
+        self.weight_ce = weight_ce
+        self.weight_dice = weight_dice
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.weight_ce * self.ce(logits, target) + self.weight_dice * self.dice(logits, target)
+
+
+def deep_supervision_weights(n: int) -> tuple[float, ...]:
+    """Weights ``1 / 2**i`` for outputs ``i = 0 .. n-1`` (full resolution first), the coarsest set to 0, normalised.
+
+    A single output gets weight 1.
+    """
+    if n < 1:
+        raise ValueError(f"need at least one output, got {n}")
+    if n == 1:
+        return (1.0,)
+    w = [1.0 / 2 ** i for i in range(n)]
+    w[-1] = 0.0  # the coarsest map is too coarse to be a useful target
+    total = sum(w)
+    return tuple(x / total for x in w)
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Weighted sum of a loss over the outputs of a deep-supervised network.
+
+    ``forward(outputs, targets)``: ``outputs`` is the list from :class:`autoseg.nn.UNet` (full resolution first) and
+    ``targets`` a list of ``(B, 1, *spatial)`` targets of matching sizes. A single logits tensor (the network in
+    eval mode, or with deep supervision off) is scored against ``targets[0]`` (or a single target tensor) alone.
+
+    Parameters
+    ----------
+    loss
+        Loss applied to every ``(output, target)`` pair, e.g. :class:`DiceCELoss`.
+    weights
+        One weight per output; ``None`` uses :func:`deep_supervision_weights` for the number of outputs given.
+        Outputs with weight 0 are not evaluated.
+    """
+
+    def __init__(self, loss: nn.Module, weights: Sequence[float] | None = None):
+        super().__init__()
+        if weights is not None and not any(w != 0 for w in weights):
+            raise ValueError("at least one deep-supervision weight must be non-zero")
+        self.loss = loss
+        self.weights = None if weights is None else tuple(float(w) for w in weights)
+
+    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor],
+                targets: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            return self.loss(outputs, targets if isinstance(targets, torch.Tensor) else targets[0])
+        if isinstance(targets, torch.Tensor) or len(targets) != len(outputs):
+            raise ValueError(f"{len(outputs)} outputs need as many targets")
+        weights = self.weights if self.weights is not None else deep_supervision_weights(len(outputs))
+        if len(weights) != len(outputs):
+            raise ValueError(f"{len(weights)} weights for {len(outputs)} outputs")
+        terms = [w * self.loss(o, t) for w, o, t in zip(weights, outputs, targets) if w != 0]
+        return torch.stack(terms).sum()
+
+
+def downsample_targets(target: torch.Tensor, scales: Sequence[Sequence[float]]) -> list[torch.Tensor]:
+    """Nearest-neighbour copies of ``target`` ``(B, 1, *spatial)`` at each scale (e.g. from
+    :func:`autoseg.nn.deep_supervision_scales`), integer dtype and ignore values preserved.
+
+    Suited to scales that are exact reciprocals of integers (the U-Net's cumulative strides).
+    """
+    out = []
+    for scale in scales:
+        size = tuple(int(round(s * f)) for s, f in zip(target.shape[2:], scale))
+        if size == tuple(target.shape[2:]):
+            out.append(target)
+        else:
+            # strided slicing = nearest neighbour for integer factors, without a float round-trip of the labels
+            steps = [max(1, int(round(1.0 / f))) for f in scale]
+            sl = (slice(None), slice(None)) + tuple(slice(0, None, st) for st in steps)
+            out.append(target[sl][(slice(None), slice(None)) + tuple(slice(0, n) for n in size)].contiguous())
+    return out
