@@ -211,13 +211,15 @@ def preprocess_planned(raw_dir: Path, spec: DatasetSpec, plans: Plans, paths: Da
 
 def evaluate(pred_dir: Path, gt_dir: Path, workspace: Path | None = None, dataset: str | None = None,
              num_workers: int | None = None, labels: list[int | str] | None = None, output: Path | None = None,
-             nsd_tolerance_mm: float = 1.0, progress: bool = True) -> EvaluationSummary:
+             nsd_tolerance_mm: float = 1.0, progress: bool = True, predicted_only: bool = False
+             ) -> EvaluationSummary:
     """Evaluate predicted label maps against references; writes ``summary.json`` (default in ``pred_dir``).
 
     Parameters
     ----------
     pred_dir, gt_dir
-        Folders of ``<case><file_ending>`` label maps; every reference case needs a prediction.
+        Folders of ``<case><file_ending>`` label maps; every reference case needs a prediction unless
+        ``predicted_only``, which scores the cases that have one.
     workspace, dataset
         A planned dataset: its labels (names and values, from ``plans.json``) and file ending are used.
     num_workers
@@ -245,4 +247,64 @@ def evaluate(pred_dir: Path, gt_dir: Path, workspace: Path | None = None, datase
         if labels is None:
             labels = list(range(1, len(label_names)))
     return evaluate_folder(Path(pred_dir), Path(gt_dir), labels, num_workers, file_ending, label_names=label_names,
-                           nsd_tolerance_mm=nsd_tolerance_mm, output=output, progress=progress)
+                           nsd_tolerance_mm=nsd_tolerance_mm, output=output, progress=progress,
+                           predicted_only=predicted_only)
+
+
+def train(workspace: Path, dataset: str, configuration: str, fold: str = "0", device: str = "auto",
+          resume: bool = False, overwrite: bool = False, validate: bool = True, progress: bool = True,
+          distributed=None, **overrides):
+    """Train one fold of one configuration; returns a :class:`autoseg.training.run.TrainResult`.
+
+    ``overrides`` are :class:`autoseg.schema.training.TrainConfig` fields (``epochs``, ``iterations_per_epoch``,
+    ``budget_minutes``, ``seed``, ``deterministic``, ``precision`` ...). See :func:`autoseg.training.run.train_fold`
+    for the resume / extend rules.
+    """
+    from autoseg.training.run import train_fold
+
+    return train_fold(Path(workspace), dataset, configuration, str(fold), overrides, device=device, resume=resume,
+                      overwrite=overwrite, validate=validate, progress=progress, distributed=distributed)
+
+
+def trained_folds(workspace: Path, dataset: str, configuration: str) -> list[str]:
+    """Folds of ``configuration`` with a final checkpoint."""
+    paths = Workspace(Path(workspace)).dataset(dataset)
+    root = paths.model(configuration, 0).parent
+    if not root.is_dir():
+        return []
+    return sorted(p.name[len("fold_"):] for p in root.iterdir()
+                  if p.name.startswith("fold_") and (p / "checkpoint_final.pt").is_file())
+
+
+def load_predictor(workspace: Path, dataset: str, configuration: str = "3d_fullres",
+                   folds: list[str] | None = None, device: str = "auto", precision: str = "auto", step: float = 0.5,
+                   mirror: bool = True):
+    """A :class:`autoseg.inference.predictor.Predictor` over trained folds (default: every finished fold)."""
+    from autoseg.inference.predictor import Predictor
+
+    plans = load_plans(workspace, dataset)
+    paths = Workspace(Path(workspace)).dataset(dataset)
+    folds = [str(f) for f in folds] if folds else trained_folds(workspace, dataset, configuration)
+    if not folds:
+        raise AutosegError(f"{paths.model(configuration, 0).parent}: no trained fold of {configuration}; run "
+                           f"`autoseg train {dataset} -c {configuration}` first")
+    ckpts = [paths.model(configuration, f) / "checkpoint_final.pt" for f in folds]
+    return Predictor.from_checkpoints(plans, configuration, ckpts, device=device, precision=precision, step=step,
+                                      mirror=mirror)
+
+
+def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, configuration: str = "3d_fullres",
+            folds: list[str] | None = None, save_probabilities: bool = False, step: float = 0.5, tta: bool = True,
+            overwrite: bool = False, continue_: bool = False, device: str = "auto", precision: str = "auto",
+            progress: bool = True):
+    """Segment every image in ``images_dir`` into ``output_dir`` with the averaged folds of a configuration.
+
+    Returns an :class:`autoseg.inference.run.PredictSummary`. Existing outputs are never replaced unless
+    ``overwrite``; ``continue_`` skips them.
+    """
+    from autoseg.inference.run import predict_folder
+
+    predictor = load_predictor(workspace, dataset, configuration, folds, device, precision, step, tta)
+    spec = load_json(DatasetSpec, Workspace(Path(workspace)).dataset(dataset).dataset_spec)
+    return predict_folder(predictor, Path(images_dir), Path(output_dir), spec.file_ending, save_probabilities,
+                          overwrite, continue_, progress)

@@ -69,10 +69,51 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", default=None, metavar="NAME", help="planned dataset whose labels to use")
     ev.add_argument("-w", "--workspace", type=Path, default=Path(default_ws),
                     help="workspace of --dataset (default: $AUTOSEG_WORKSPACE or ./autoseg_workspace)")
+    ev.add_argument("--predicted-only", action="store_true",
+                    help="score only the reference cases that have a prediction (default: a missing one is an error)")
     ev.add_argument("-j", "--workers", type=_workers, default=None, help="parallel processes (default: one per core)")
     ev.add_argument("-o", "--output", type=Path, default=None, help="summary file (default: PRED_DIR/summary.json)")
     ev.add_argument("--nsd-tolerance", type=float, default=1.0, metavar="MM",
                     help="tolerance of the normalised surface Dice, mm (default 1)")
+
+    t = sub.add_parser("train", help="train a configuration's fold (resumable, extendable, time-budgeted)")
+    t.add_argument("dataset", metavar="DATASET")
+    t.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    t.add_argument("-c", "--config", default="3d_fullres", help="configuration (default: 3d_fullres)")
+    t.add_argument("-f", "--fold", default="0", help="0-4 or all (default: 0)")
+    t.add_argument("--epochs", type=_workers, default=None)
+    t.add_argument("--iterations-per-epoch", type=_workers, default=None)
+    t.add_argument("--validation-iterations", type=_workers, default=None)
+    t.add_argument("--budget", type=_positive_float, default=None, metavar="MINUTES",
+                   help="fit the number of epochs to this wall-clock time, from the measured speed")
+    t.add_argument("--batch-size", type=_workers, default=None)
+    t.add_argument("--learning-rate", type=_positive_float, default=None)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--deterministic", action="store_true", default=None,
+                   help="bitwise reproducible batches and deterministic torch kernels (slower)")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("-j", "--workers", type=int, default=None, help="data-loading processes (0: in-process)")
+    t.add_argument("--checkpoint-every", type=_workers, default=None, metavar="EPOCHS",
+                   help="epochs between checkpoint_latest.pt writes (default 5)")
+    t.add_argument("--resume", action="store_true", help="continue a killed run from its latest checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="discard an unfinished run in the fold folder")
+    t.add_argument("--no-validation", action="store_true", help="skip the final sliding-window validation")
+
+    pr = sub.add_parser("predict", help="segment a folder of images with trained folds")
+    pr.add_argument("dataset", metavar="DATASET")
+    pr.add_argument("-i", "--input", type=Path, required=True, metavar="IMAGES_DIR")
+    pr.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
+    pr.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    pr.add_argument("-c", "--config", default="3d_fullres")
+    pr.add_argument("-f", "--folds", nargs="+", default=None, help="folds to average (default: all trained)")
+    pr.add_argument("--step", type=_positive_float, default=0.5, help="sliding-window step, fraction of the patch")
+    pr.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster)")
+    pr.add_argument("--save-probabilities", action="store_true")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    pr.add_argument("--continue", dest="continue_", action="store_true", help="skip cases already written")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
 
     d = sub.add_parser("demo", help="run the whole pipeline on a small synthetic dataset")
     d.add_argument("--make-data", type=Path, default=None, metavar="DIR",
@@ -126,9 +167,56 @@ def _cmd_evaluate(args) -> int:
 
     summary = api.evaluate(args.pred_dir, args.gt_dir, workspace=args.workspace, dataset=args.dataset,
                            num_workers=args.workers, labels=args.labels, output=args.output,
-                           nsd_tolerance_mm=args.nsd_tolerance)
+                           nsd_tolerance_mm=args.nsd_tolerance, predicted_only=args.predicted_only)
     print(summary_table(summary))
     print(f"\nwrote {args.output or args.pred_dir / 'summary.json'}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from autoseg import api
+
+    distributed = _torchrun_spec()
+    result = api.train(args.workspace, args.dataset, args.config, args.fold, device=args.device, resume=args.resume,
+                       overwrite=args.overwrite, validate=not args.no_validation, distributed=distributed,
+                       epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
+                       validation_iterations=args.validation_iterations, budget_minutes=args.budget,
+                       batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+                       deterministic=args.deterministic, precision=args.precision, num_workers=args.workers,
+                       checkpoint_every=args.checkpoint_every)
+    if distributed is not None and not distributed.is_main:
+        return 0
+    st = result.state
+    if result.already_finished:
+        print(f"{result.folder}: already trained ({st.epoch} epochs); pass a larger --epochs to extend it")
+    print(f"{args.config} fold {args.fold}: {st.epoch} epochs x {st.iterations_per_epoch} iterations, "
+          f"best smoothed pseudo-Dice {st.best_ema_pseudo_dice:.3f}")
+    if result.validation_dice:
+        print("validation Dice: " + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a"
+                                              for k, v in result.validation_dice.items()))
+    print(f"model folder: {result.folder}")
+    return 0
+
+
+def _torchrun_spec():
+    """Rank information when started by torchrun (the only place its environment variables are read)."""
+    if "LOCAL_RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    from autoseg.training.distributed import DistributedSpec
+
+    return DistributedSpec(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
+                           local_rank=int(os.environ["LOCAL_RANK"]), master_addr=os.environ["MASTER_ADDR"],
+                           master_port=int(os.environ["MASTER_PORT"]))
+
+
+def _cmd_predict(args) -> int:
+    from autoseg import api
+
+    r = api.predict(args.workspace, args.dataset, args.input, args.output, args.config, args.folds,
+                    args.save_probabilities, args.step, not args.no_tta, args.overwrite, args.continue_,
+                    args.device, args.precision)
+    print(f"wrote {len(r.written)} segmentation(s) to {r.output_dir}"
+          + (f"; skipped {len(r.skipped)} already present" if r.skipped else ""))
     return 0
 
 
@@ -162,7 +250,7 @@ def _make_data(out: Path, spec) -> Path:
     return synthetic.make_dataset(out, spec)
 
 
-_COMMANDS = {"verify": _cmd_verify, "plan": _cmd_plan, "preprocess": _cmd_preprocess, "demo": _cmd_demo,
+_COMMANDS = {"predict": _cmd_predict, "train": _cmd_train, "verify": _cmd_verify, "plan": _cmd_plan, "preprocess": _cmd_preprocess, "demo": _cmd_demo,
              "evaluate": _cmd_evaluate}
 
 

@@ -34,7 +34,7 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
                     num_workers: int | None = None, file_ending: str = ".nii.gz", *,
                     label_names: Sequence[str] | None = None, case_ids: Sequence[str] | None = None,
                     nsd_tolerance_mm: float = 1.0, output: Path | None = None,
-                    progress: bool = True) -> EvaluationSummary:
+                    progress: bool = True, predicted_only: bool = False) -> EvaluationSummary:
     """Per case and class Dice, IoU, HD95 and NSD of every reference case; writes ``summary.json``.
 
     Parameters
@@ -52,6 +52,9 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
         Label names indexed by value (``plans.labels``), for names in ``labels`` and in the summary.
     case_ids
         Evaluate only these cases (default: every reference file).
+    predicted_only
+        Evaluate only the reference cases that have a prediction (e.g. one fold's validation folder against all
+        training labels); by default a missing prediction is an error, as in a challenge.
     nsd_tolerance_mm
         Tolerance of the normalised surface Dice, mm.
     output
@@ -69,6 +72,9 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
     if nsd_tolerance_mm < 0:
         raise AutosegError(f"NSD tolerance {nsd_tolerance_mm} mm must not be negative")
     values = None if labels is None else resolve_labels(labels, label_names)
+    if predicted_only and case_ids is None:
+        case_ids = sorted(f.name[: -len(file_ending)] for f in pred_dir.glob(f"*{file_ending}")
+                          if not f.name.startswith(".")) if pred_dir.is_dir() else None
     cases = _match_cases(pred_dir, gt_dir, file_ending, case_ids)
     _check_geometry(cases)
 

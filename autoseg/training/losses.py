@@ -113,17 +113,19 @@ class DiceCELoss(nn.Module):
         return self.weight_ce * self.ce(logits, target) + self.weight_dice * self.dice(logits, target)
 
 
-def deep_supervision_weights(n: int) -> tuple[float, ...]:
-    """Weights ``1 / 2**i`` for outputs ``i = 0 .. n-1`` (full resolution first), the coarsest set to 0, normalised.
+def deep_supervision_weights(n: int, coarsest: float = 0.0) -> tuple[float, ...]:
+    """Weights ``1 / 2**i`` for outputs ``i = 0 .. n-1`` (full resolution first), the coarsest replaced by
+    ``coarsest``, normalised to sum 1. A single output gets weight 1.
 
-    A single output gets weight 1.
+    Under DistributedDataParallel pass ``coarsest=1e-6`` (as nnU-Net does): with 0 the coarsest head gets no
+    gradient, and DDP without ``find_unused_parameters`` fails on parameters that take no part in the loss.
     """
     if n < 1:
         raise ValueError(f"need at least one output, got {n}")
     if n == 1:
         return (1.0,)
     w = [1.0 / 2 ** i for i in range(n)]
-    w[-1] = 0.0  # the coarsest map is too coarse to be a useful target
+    w[-1] = coarsest  # the coarsest map is too coarse to be a useful target
     total = sum(w)
     return tuple(x / total for x in w)
 
@@ -142,14 +144,18 @@ class DeepSupervisionLoss(nn.Module):
     weights
         One weight per output; ``None`` uses :func:`deep_supervision_weights` for the number of outputs given.
         Outputs with weight 0 are not evaluated.
+    coarsest_weight
+        With ``weights=None``: the coarsest output's weight before normalisation (0; 1e-6 under DDP, see
+        :func:`deep_supervision_weights`).
     """
 
-    def __init__(self, loss: nn.Module, weights: Sequence[float] | None = None):
+    def __init__(self, loss: nn.Module, weights: Sequence[float] | None = None, coarsest_weight: float = 0.0):
         super().__init__()
         if weights is not None and not any(w != 0 for w in weights):
             raise ValueError("at least one deep-supervision weight must be non-zero")
         self.loss = loss
         self.weights = None if weights is None else tuple(float(w) for w in weights)
+        self.coarsest_weight = coarsest_weight
 
     def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor],
                 targets: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -157,7 +163,7 @@ class DeepSupervisionLoss(nn.Module):
             return self.loss(outputs, targets if isinstance(targets, torch.Tensor) else targets[0])
         if isinstance(targets, torch.Tensor) or len(targets) != len(outputs):
             raise ValueError(f"{len(outputs)} outputs need as many targets")
-        weights = self.weights if self.weights is not None else deep_supervision_weights(len(outputs))
+        weights = self.weights or deep_supervision_weights(len(outputs), self.coarsest_weight)
         if len(weights) != len(outputs):
             raise ValueError(f"{len(weights)} weights for {len(outputs)} outputs")
         terms = [w * self.loss(o, t) for w, o, t in zip(weights, outputs, targets) if w != 0]

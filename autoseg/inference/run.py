@@ -1,0 +1,162 @@
+"""Predict a folder of raw images: discovery, checks, and a pipeline that overlaps I/O with network work."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from autoseg.errors import AutosegError
+from autoseg.inference.predictor import Predictor
+from autoseg.io.image import itk_error_reason, read_image, write_image
+
+
+@dataclass(frozen=True)
+class InputCase:
+    """One image to segment: its id (output name) and channel files."""
+
+    case_id: str
+    files: tuple[Path, ...]
+
+
+def find_cases(images_dir: Path, num_channels: int, file_ending: str = ".nii.gz") -> list[InputCase]:
+    """Group the images of a folder into cases.
+
+    nnU-Net v2 naming (``<case>_0000<ending>``, one file per channel) when every file carries a 4-digit channel
+    suffix and the groups hold exactly ``num_channels`` files; otherwise MSD naming: one file per case (a 4D file
+    for several channels).
+
+    Raises
+    ------
+    AutosegError
+        Missing or empty folder, or a case with missing channel files.
+    """
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise AutosegError(f"{images_dir}: input folder not found")
+    files = sorted(p for p in images_dir.iterdir() if p.name.endswith(file_ending) and not p.name.startswith("."))
+    if not files:
+        raise AutosegError(f"{images_dir}: no {file_ending} images in the folder")
+    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + r"$")
+    matches = [pattern.match(p.name) for p in files]
+    if all(matches):
+        groups: dict[str, dict[int, Path]] = {}
+        for m, p in zip(matches, files):
+            groups.setdefault(m.group(1), {})[int(m.group(2))] = p
+        expected = set(range(num_channels))
+        if any(set(g) == expected for g in groups.values()):
+            problems = [f"{images_dir / (cid + '_0000' + file_ending)}: case {cid} has channel files "
+                        f"{sorted(g)}, the model expects {sorted(expected)}"
+                        for cid, g in groups.items() if set(g) != expected]
+            if problems:
+                raise AutosegError(*problems)
+            return [InputCase(cid, tuple(g[c] for c in sorted(g))) for cid, g in sorted(groups.items())]
+    return [InputCase(p.name[:-len(file_ending)], (p,)) for p in files]
+
+
+def check_inputs(cases: Sequence[InputCase], num_channels: int) -> None:
+    """Read every header (no pixel data): readable, 3D, and the right number of channels. All problems at once."""
+    problems = []
+    for case in cases:
+        channels = 0
+        for f in case.files:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(f))
+            try:
+                reader.ReadImageInformation()
+            except RuntimeError as e:
+                problems.append(f"{f}: cannot be read as an image ({itk_error_reason(e)})")
+                channels = None
+                break
+            dim = reader.GetDimension()
+            if dim not in (3, 4):
+                problems.append(f"{f}: {dim}D image, expected 3D (or 4D with channels)")
+                channels = None
+                break
+            channels += reader.GetSize()[3] if dim == 4 else 1
+        if channels is not None and channels != num_channels:
+            problems.append(f"{case.files[0]}: {channels} channel(s), the model expects {num_channels}")
+    if problems:
+        raise AutosegError(*problems)
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    """What :func:`predict_folder` did: cases written and cases skipped (already present with ``continue``)."""
+
+    written: tuple[str, ...]
+    skipped: tuple[str, ...]
+    output_dir: Path
+
+
+def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, file_ending: str = ".nii.gz",
+                   save_probabilities: bool = False, overwrite: bool = False, continue_: bool = False,
+                   progress: bool = True, postprocess=None) -> PredictSummary:
+    """Segment every image of ``images_dir`` into ``output_dir/<case><file_ending>`` (same geometry as the input).
+
+    Reading and preprocessing of the next case and writing of the previous one run in background threads while
+    the network predicts the current case; at most two cases are in memory besides the one being predicted.
+
+    Parameters
+    ----------
+    predictor
+        Model(s) to use.
+    images_dir, output_dir
+        Input images (MSD or nnU-Net v2 naming) and where to write label maps.
+    save_probabilities
+        Also write ``<case>.npz`` with ``probabilities`` ``(K, z, y, x)`` float16 in the raw geometry.
+    overwrite, continue_
+        Existing outputs are an error unless ``overwrite`` (replace them) or ``continue_`` (keep them and skip
+        those cases, e.g. after an interruption).
+    postprocess
+        Optional ``(segmentation) -> segmentation`` applied before writing.
+    """
+    output_dir = Path(output_dir)
+    n_channels = len(predictor.plans.channel_names)
+    cases = find_cases(images_dir, n_channels, file_ending)
+    check_inputs(cases, n_channels)
+    outputs = {c.case_id: output_dir / f"{c.case_id}{file_ending}" for c in cases}
+    existing = [cid for cid, p in outputs.items() if p.exists()]
+    if existing and not (overwrite or continue_):
+        raise AutosegError(f"{outputs[existing[0]]}: {len(existing)} output file(s) already exist in {output_dir}; "
+                           f"pass --continue to skip them or --overwrite to replace them")
+    todo = [c for c in cases if overwrite or c.case_id not in existing]
+    skipped = tuple(c.case_id for c in cases if c not in todo)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    def load(case: InputCase):
+        image, geometry = read_image(case.files)
+        data, props = predictor.prepare(image, geometry, case.case_id)
+        return case, geometry, data, props
+
+    def write(case_id: str, geometry, prediction) -> None:
+        seg = prediction.segmentation if postprocess is None else postprocess(prediction.segmentation)
+        write_image(seg, geometry, outputs[case_id])
+        if prediction.probabilities is not None:
+            tmp = output_dir / f".{case_id}.npz.tmp.npz"
+            np.savez_compressed(tmp, probabilities=prediction.probabilities.astype(np.float16))
+            tmp.replace(output_dir / f"{case_id}.npz")
+
+    written = []
+    with ThreadPoolExecutor(1, thread_name_prefix="autoseg-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="autoseg-write") as writer:
+        pending_write = None
+        nxt = reader.submit(load, todo[0]) if todo else None
+        for i in tqdm(range(len(todo)), desc="predict", unit="case", disable=not progress, dynamic_ncols=True):
+            case, geometry, data, props = nxt.result()
+            nxt = reader.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
+            prediction = predictor.finish(predictor.logits(data), props, save_probabilities)
+            del data
+            if pending_write is not None:
+                pending_write.result()  # surfaces write errors, bounds memory to one case being written
+            pending_write = writer.submit(write, case.case_id, geometry, prediction)
+            written.append(case.case_id)
+        if pending_write is not None:
+            pending_write.result()
+    return PredictSummary(tuple(written), skipped, output_dir)
