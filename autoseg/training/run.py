@@ -224,7 +224,9 @@ def train_fold(workspace: Path, dataset: str, configuration: str, fold: str, ove
     network = prepare_for_device(network, dev, channels_last)
     model: torch.nn.Module = network
     if distributed:
-        model = torch.nn.parallel.DistributedDataParallel(network, device_ids=[dev] if dev.type == "cuda" else None)
+        # the coarsest deep-supervision head has loss weight 0, so its parameters get no gradient
+        model = torch.nn.parallel.DistributedDataParallel(network, device_ids=[dev] if dev.type == "cuda" else None,
+                                                          find_unused_parameters=config.deep_supervision)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
                                 nesterov=True, weight_decay=config.weight_decay)
     if ckpt is not None:
