@@ -308,3 +308,38 @@ def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, c
     spec = load_json(DatasetSpec, Workspace(Path(workspace)).dataset(dataset).dataset_spec)
     return predict_folder(predictor, Path(images_dir), Path(output_dir), spec.file_ending, save_probabilities,
                           overwrite, continue_, progress)
+
+
+def demo(workspace: Path, seed: int = 0, budget_minutes: float = 3.0, configuration: str = "3d_fullres",
+         device: str = "auto", progress: bool = True) -> dict:
+    """The whole pipeline on a small synthetic dataset: make data -> verify -> plan -> train fold 0 within
+    ``budget_minutes`` -> predict the test images -> evaluate them against their held-out references.
+
+    Returns
+    -------
+    dict
+        ``validation_dice`` (fold 0 cross-validation) and ``test_dice`` (per class mean on the test images), and
+        the paths involved.
+    """
+    from dataclasses import replace as _replace
+
+    from autoseg import synthetic
+
+    workspace = Path(workspace)
+    spec = _replace(synthetic.PRESETS["demo"], seed=seed)
+    raw = workspace / "raw" / spec.name
+    if not (raw / "dataset.json").is_file():
+        if raw.exists() and any(raw.iterdir()):
+            raise AutosegError(f"{raw}: exists without a dataset.json; remove it or choose another workspace")
+        synthetic.make_dataset(raw, spec)
+    verify(raw, progress=progress)
+    result = plan(raw, workspace, progress=progress)
+    trained = train(workspace, spec.name, configuration, "0", device=device, progress=progress, resume=True,
+                    budget_minutes=budget_minutes)
+    out = workspace / "predictions" / spec.name
+    predict(workspace, spec.name, raw / "imagesTs", out, configuration, ["0"], overwrite=True, device=device,
+            progress=progress)
+    summary = evaluate(out, raw / "labelsTs", workspace, spec.name, progress=progress)
+    test_dice = {summary.label_names.get(k, k): m.dice for k, m in summary.mean.items()}
+    return {"validation_dice": trained.validation_dice, "test_dice": test_dice, "plans": result.paths.plans,
+            "model": trained.folder, "predictions": out}

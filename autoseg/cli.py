@@ -123,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("-w", "--workspace", type=Path, default=Path("autoseg_demo"),
                    help="demo workspace (default: ./autoseg_demo)")
+    d.add_argument("--budget", type=_positive_float, default=3.0, metavar="MINUTES",
+                   help="training time (default 3 minutes)")
+    d.add_argument("--device", default="auto")
     return p
 
 
@@ -221,24 +224,21 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from autoseg import api, synthetic
-    from autoseg.planning.summary import plans_table
-
-    if args.kind not in synthetic.PRESETS:
-        raise AutosegError(f"--kind {args.kind}: unknown; available: {', '.join(synthetic.PRESETS)}")
-    spec = synthetic.PRESETS[args.kind]
     from dataclasses import replace
 
-    spec = replace(spec, seed=args.seed)
+    from autoseg import api, synthetic
+
     if args.make_data is not None:
+        if args.kind not in synthetic.PRESETS:
+            raise AutosegError(f"--kind {args.kind}: unknown; available: {', '.join(synthetic.PRESETS)}")
+        spec = replace(synthetic.PRESETS[args.kind], seed=args.seed)
         out = _make_data(args.make_data, spec)
         print(f"wrote synthetic dataset '{spec.name}' to {out}")
         return 0
-    raw = args.workspace / "raw" / spec.name
-    if not (raw / "dataset.json").is_file():
-        _make_data(raw, spec)
-    result = api.plan(raw, args.workspace)
-    print(plans_table(result.plans))
+    r = api.demo(args.workspace, seed=args.seed, budget_minutes=args.budget, device=args.device)
+    fmt = lambda d: ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in (d or {}).items())
+    print(f"\ndemo finished: model {r['model']}\n  cross-validation Dice (fold 0): {fmt(r['validation_dice'])}"
+          f"\n  test-set Dice ({r['predictions']}): {fmt(r['test_dice'])}")
     return 0
 
 

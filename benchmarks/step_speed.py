@@ -40,7 +40,7 @@ def loss_trajectory(model, loss, batch_shape, precision, channels_last, steps, s
         value.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
         opt.step()
-        values.append(float(value))
+        values.append(float(value.detach()))
     return values
 
 

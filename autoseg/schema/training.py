@@ -94,6 +94,8 @@ class EpochLog:
         At the end of the epoch.
     epoch_seconds, data_wait_seconds
         Wall time of the epoch, and the part of it spent waiting for batches.
+    step_seconds
+        Median wall time of one training step (batch wait included) in the epoch.
     total_epochs
         Planned number of epochs at the end of this epoch (a time budget may change it).
     """
@@ -107,3 +109,4 @@ class EpochLog:
     epoch_seconds: float
     data_wait_seconds: float
     total_epochs: int
+    step_seconds: float = float("nan")

@@ -174,7 +174,7 @@ class Trainer:
         return float(loss), _confusion(full_res.float(), targets[0], self.num_classes)
 
     # -- epochs ---------------------------------------------------------------------------------------------
-    def _calibrate(self, step_seconds: list[float], elapsed_in_epoch: float) -> None:
+    def _calibrate(self, step_seconds: list[float]) -> None:
         st, cfg = self.state, self.config
         step = statistics.median(step_seconds[1:])
         remaining = cfg.budget_minutes * 60.0 - st.train_seconds
@@ -204,7 +204,7 @@ class Trainer:
             st.batches_drawn += 1
             it += 1
             if cfg.budget_minutes is not None and not st.calibrated and it == CALIBRATION_STEPS:
-                self._calibrate(step_times, time.perf_counter() - start)
+                self._calibrate(step_times)
                 bar.total = st.iterations_per_epoch
                 bar.set_description(f"epoch {st.epoch + 1}/{st.total_epochs}")
             bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
@@ -236,7 +236,8 @@ class Trainer:
         log = EpochLog(epoch=st.epoch - 1, train_loss=float(np.mean(losses)),
                        val_loss=float(np.mean(val_losses)) if val_losses else float("nan"),
                        pseudo_dice=dice, ema_pseudo_dice=float(st.ema_pseudo_dice), learning_rate=lr,
-                       epoch_seconds=epoch_seconds, data_wait_seconds=wait, total_epochs=st.total_epochs)
+                       epoch_seconds=epoch_seconds, data_wait_seconds=wait, total_epochs=st.total_epochs,
+                       step_seconds=float(np.median(step_times)))
         self.history.append(log)
         return log
 
