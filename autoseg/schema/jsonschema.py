@@ -75,9 +75,12 @@ def schema_files() -> dict[str, dict[str, Any]]:
     """File name -> schema, for every file that crosses a stage boundary and is documented as a schema."""
     from autoseg.schema.fingerprint import Fingerprint
     from autoseg.schema.plans import Plans
+    from autoseg.schema.selection import BestChoice, Postprocessing
 
     return {"plans.schema.json": json_schema(Plans, "autoseg plans.json"),
-            "fingerprint.schema.json": json_schema(Fingerprint, "autoseg fingerprint.json")}
+            "fingerprint.schema.json": json_schema(Fingerprint, "autoseg fingerprint.json"),
+            "best.schema.json": json_schema(BestChoice, "autoseg best.json"),
+            "postprocessing.schema.json": json_schema(Postprocessing, "autoseg postprocessing.json")}
 
 
 def write_schemas(folder: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import autoseg
 
 TORCH_FREE = ("autoseg.schema", "autoseg.io", "autoseg.fingerprint", "autoseg.planning", "autoseg.preprocessing",
+              "autoseg.postprocessing",
               "autoseg.evaluation", "autoseg.inference.tiling")
 
 

@@ -1,0 +1,1 @@
+"""Postprocessing without torch: connected-component rules, chosen on cross-validation predictions."""
