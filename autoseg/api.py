@@ -276,12 +276,74 @@ def trained_folds(workspace: Path, dataset: str, configuration: str) -> list[str
                   if p.name.startswith("fold_") and (p / "checkpoint_final.pt").is_file())
 
 
+BEST = "best"
+#: Configuration used for prediction when no ``best.json`` exists yet.
+DEFAULT_CONFIGURATION = "3d_fullres"
+
+
+def find_best(workspace: Path, dataset: str, configurations: list[str] | None = None,
+              num_workers: int | None = None, progress: bool = True):
+    """Rank the cross-validated configurations and their pairs, choose postprocessing; writes ``best.json`` and
+    ``postprocessing.json``. Returns a :class:`autoseg.schema.selection.BestChoice`; see
+    :func:`autoseg.evaluation.selection.find_best`."""
+    from autoseg.evaluation.selection import find_best as _find_best
+
+    return _find_best(Path(workspace), dataset, configurations, num_workers=num_workers, progress=progress)
+
+
+def load_best(workspace: Path, dataset: str):
+    """``(BestChoice, Postprocessing | None)`` of a dataset on which ``autoseg find-best`` ran."""
+    from autoseg.schema.selection import BestChoice, Postprocessing
+
+    paths = Workspace(Path(workspace)).dataset(dataset)
+    if not paths.best.is_file():
+        raise AutosegError(f"{paths.best}: no model selection for dataset '{dataset}'; run "
+                           f"`autoseg find-best {dataset}` first")
+    best = load_json(BestChoice, paths.best)
+    pp = (load_json(Postprocessing, paths.root / best.postprocessing_file)
+          if best.postprocessing_file is not None else None)
+    return best, pp
+
+
+def default_configuration(workspace: Path, dataset: str) -> str:
+    """``"best"`` once ``autoseg find-best`` wrote ``best.json``, else ``"3d_fullres"``."""
+    return BEST if Workspace(Path(workspace)).dataset(dataset).best.is_file() else DEFAULT_CONFIGURATION
+
+
+def describe_configuration(workspace: Path, dataset: str, configuration: str | None) -> str:
+    """One line saying what :func:`predict` uses for ``configuration`` (``None``: the default)."""
+    if configuration is None:
+        configuration = default_configuration(workspace, dataset)
+        if configuration != BEST:
+            return (f"using {configuration} (no best.json yet: run `autoseg find-best {dataset}` once every fold "
+                    f"is trained to choose)")
+    if configuration != BEST:
+        return f"using {configuration}"
+    best, pp = load_best(workspace, dataset)
+    rules = "none" if pp is None or pp.is_identity else ", ".join(
+        (["keep the largest foreground component"] if pp.keep_largest_foreground else [])
+        + [f"keep the largest component of label {v}" for v in pp.keep_largest_per_class])
+    return f"using best.json: {' + '.join(best.chosen)}; postprocessing: {rules}"
+
+
 def load_predictor(workspace: Path, dataset: str, configuration: str = "3d_fullres",
                    folds: list[str] | None = None, device: str = "auto", precision: str = "auto", step: float = 0.5,
                    mirror: bool = True):
-    """A :class:`autoseg.inference.predictor.Predictor` over trained folds (default: every finished fold)."""
+    """A :class:`autoseg.inference.predictor.Predictor` over trained folds (default: every finished fold).
+
+    ``configuration="best"``: the choice of ``best.json`` (its folds unless ``folds`` is given); two configurations
+    give an :class:`autoseg.inference.ensemble.EnsemblePredictor`. Postprocessing is not part of the predictor
+    (see :func:`load_best`).
+    """
     from autoseg.inference.predictor import Predictor
 
+    if configuration == BEST:
+        from autoseg.inference.ensemble import EnsemblePredictor
+
+        best, _ = load_best(workspace, dataset)
+        members = [load_predictor(workspace, dataset, c, folds or list(best.folds.get(c, ())) or None, device,
+                                  precision, step, mirror) for c in best.chosen]
+        return members[0] if len(members) == 1 else EnsemblePredictor(members)
     plans = load_plans(workspace, dataset)
     paths = Workspace(Path(workspace)).dataset(dataset)
     folds = [str(f) for f in folds] if folds else trained_folds(workspace, dataset, configuration)
@@ -293,21 +355,33 @@ def load_predictor(workspace: Path, dataset: str, configuration: str = "3d_fullr
                                       mirror=mirror)
 
 
-def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, configuration: str = "3d_fullres",
+def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, configuration: str | None = None,
             folds: list[str] | None = None, save_probabilities: bool = False, step: float = 0.5, tta: bool = True,
             overwrite: bool = False, continue_: bool = False, device: str = "auto", precision: str = "auto",
             progress: bool = True):
     """Segment every image in ``images_dir`` into ``output_dir`` with the averaged folds of a configuration.
 
-    Returns an :class:`autoseg.inference.run.PredictSummary`. Existing outputs are never replaced unless
-    ``overwrite``; ``continue_`` skips them.
+    ``configuration="best"`` uses ``best.json``: one configuration, or two whose probabilities are averaged in the
+    raw geometry, then the rules of ``postprocessing.json``. ``None`` (default): ``"best"`` when ``best.json``
+    exists, else ``"3d_fullres"`` (:func:`default_configuration`). Returns an
+    :class:`autoseg.inference.run.PredictSummary`. Existing outputs are never replaced unless ``overwrite``;
+    ``continue_`` skips them.
     """
     from autoseg.inference.run import predict_folder
 
+    configuration = configuration or default_configuration(workspace, dataset)
+    postprocess = None
+    if configuration == BEST:
+        from autoseg.postprocessing.components import apply_postprocessing
+
+        _, pp = load_best(workspace, dataset)
+        if pp is not None and not pp.is_identity:
+            def postprocess(seg):
+                return apply_postprocessing(seg, pp)
     predictor = load_predictor(workspace, dataset, configuration, folds, device, precision, step, tta)
     spec = load_json(DatasetSpec, Workspace(Path(workspace)).dataset(dataset).dataset_spec)
     return predict_folder(predictor, Path(images_dir), Path(output_dir), spec.file_ending, save_probabilities,
-                          overwrite, continue_, progress)
+                          overwrite, continue_, progress, postprocess=postprocess)
 
 
 def demo(workspace: Path, seed: int = 0, budget_minutes: float = 3.0, configuration: str = "3d_fullres",
@@ -343,3 +417,72 @@ def demo(workspace: Path, seed: int = 0, budget_minutes: float = 3.0, configurat
     test_dice = {summary.label_names.get(k, k): m.dice for k, m in summary.mean.items()}
     return {"validation_dice": trained.validation_dice, "test_dice": test_dice, "plans": result.paths.plans,
             "model": trained.folder, "predictions": out}
+
+
+def export_model(workspace: Path, dataset: str, out_zip: Path, configurations: list[str] | None = None,
+                 checkpoint: str = "final", overwrite: bool = False):
+    """Write a trained dataset's model(s) to one verifiable zip; see :func:`autoseg.export.export_model`."""
+    from autoseg.export import export_model as _export
+
+    return _export(Path(workspace), dataset, Path(out_zip), configurations, checkpoint, overwrite)
+
+
+def import_model(zip_path: Path, workspace: Path, overwrite: bool = False):
+    """Unpack an exported model into ``workspace/<dataset>/``; see :func:`autoseg.export.import_model`."""
+    from autoseg.export import import_model as _import
+
+    return _import(Path(zip_path), Path(workspace), overwrite)
+
+
+def report(workspace: Path, dataset: str, configuration: str, fold: str = "0") -> Path:
+    """Write a trained fold's ``report.md`` (with its figures); see :func:`autoseg.report.write_report`."""
+    from autoseg.report import write_report
+
+    return write_report(Path(workspace), dataset, configuration, str(fold))
+
+
+def train_all(workspace: Path, dataset: str, configurations: list[str] | None = None, folds: list[str] | None = None,
+              budget_minutes: float | None = None, device: str = "auto", progress: bool = True, select: bool = True,
+              report=print, **overrides):
+    """Train every planned configuration (or ``configurations``) x 5 folds (or ``folds``), then select.
+
+    Finished folds are skipped and killed ones resumed. With ``budget_minutes`` the training time is split over
+    the folds still to run (the measured speed of each configuration is shown in the printed plan). Model
+    selection (:func:`find_best`) runs when at least one configuration has all five folds.
+
+    Returns
+    -------
+    tuple
+        ``(results, best)``: the :class:`autoseg.training.run.TrainResult` of every fold run, and the
+        :class:`autoseg.schema.selection.BestChoice` (``None`` when nothing was complete enough to select).
+    """
+    from autoseg.training.automl import (finished_folds, jobs_table, measure_step_seconds, plan_jobs,
+                                         trainable_configurations)
+
+    plans = load_plans(workspace, dataset)
+    paths = Workspace(Path(workspace)).dataset(dataset)
+    names, skipped = trainable_configurations(plans)
+    if configurations:
+        unknown = [c for c in configurations if c not in plans.configurations]
+        if unknown:
+            raise AutosegError(f"{paths.plans}: no configuration {', '.join(unknown)} (planned: "
+                               f"{', '.join(plans.configurations)})")
+        skipped = [s for s in skipped if s.split()[0] in configurations]
+        names = [c for c in configurations if c in names]
+    folds = [str(f) for f in (folds or ["0", "1", "2", "3", "4"])]
+    finished = finished_folds(paths.root / "models", names, folds)
+    todo_configs = sorted({c for c in names for f in folds if (c, f) not in finished}, key=names.index)
+    steps = {c: measure_step_seconds(plans, c, device, overrides.get("precision") or "auto")
+             for c in todo_configs} if budget_minutes is not None else {}
+    jobs = plan_jobs(names, folds, budget_minutes, steps, finished)
+    report(f"training plan for {dataset} ({len(finished)} fold(s) already finished):\n" + jobs_table(jobs, skipped))
+    results = []
+    for job in jobs:
+        report(f"\n== {job.configuration} fold {job.fold}")
+        results.append(train(workspace, dataset, job.configuration, job.fold, device=device, resume=True,
+                             progress=progress, budget_minutes=job.minutes, **overrides))
+    best = None
+    if select and any(all((c, f) in finished_folds(paths.root / "models", [c], [f]) for f in "01234")
+                      for c in names):
+        best = find_best(workspace, dataset, progress=progress)
+    return results, best

@@ -79,8 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a configuration's fold (resumable, extendable, time-budgeted)")
     t.add_argument("dataset", metavar="DATASET")
     t.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
-    t.add_argument("-c", "--config", default="3d_fullres", help="configuration (default: 3d_fullres)")
-    t.add_argument("-f", "--fold", default="0", help="0-4 or all (default: 0)")
+    t.add_argument("-c", "--config", nargs="+", default=None,
+                   help="configuration(s) (default: every planned one, then model selection)")
+    t.add_argument("-f", "--fold", nargs="+", default=None,
+                   help="0-4 or all (default: the five cross-validation folds)")
     t.add_argument("--epochs", type=_workers, default=None)
     t.add_argument("--iterations-per-epoch", type=_workers, default=None)
     t.add_argument("--validation-iterations", type=_workers, default=None)
@@ -99,13 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue a killed run from its latest checkpoint")
     t.add_argument("--overwrite", action="store_true", help="discard an unfinished run in the fold folder")
     t.add_argument("--no-validation", action="store_true", help="skip the final sliding-window validation")
+    t.add_argument("--pretrained", default=None, metavar="MODEL.ZIP[:CONFIG]",
+                   help="fine-tune: initialise a fresh run from an exported model (configuration default: -c)")
+    t.add_argument("--pretrained-fold", default=None, metavar="FOLD",
+                   help="which exported fold initialises the network (default: 0)")
 
     pr = sub.add_parser("predict", help="segment a folder of images with trained folds")
     pr.add_argument("dataset", metavar="DATASET")
     pr.add_argument("-i", "--input", type=Path, required=True, metavar="IMAGES_DIR")
     pr.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
     pr.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
-    pr.add_argument("-c", "--config", default="3d_fullres")
+    pr.add_argument("-c", "--config", default=None,
+                    help="configuration, or best: best.json's choice with its postprocessing (default: best once "
+                         "`autoseg find-best` ran, else 3d_fullres)")
     pr.add_argument("-f", "--folds", nargs="+", default=None, help="folds to average (default: all trained)")
     pr.add_argument("--step", type=_positive_float, default=0.5, help="sliding-window step, fraction of the patch")
     pr.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster)")
@@ -114,6 +122,35 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--continue", dest="continue_", action="store_true", help="skip cases already written")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+
+    fb = sub.add_parser("find-best", help="rank cross-validated configurations and pairs; choose postprocessing")
+    fb.add_argument("dataset", metavar="DATASET")
+    fb.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    fb.add_argument("-c", "--configs", nargs="+", default=None, metavar="CONFIG",
+                    help="configurations to consider (default: every planned one with all folds trained)")
+    fb.add_argument("-j", "--workers", type=_workers, default=None, help="parallel processes (default: one per core)")
+
+    ex = sub.add_parser("export", help="write trained models (plans, weights, summaries) to one zip")
+    ex.add_argument("dataset", metavar="DATASET")
+    ex.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.ZIP")
+    ex.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    ex.add_argument("-c", "--config", nargs="+", default=None, metavar="CONFIG",
+                    help="configurations (default: best.json's choice, else every one with trained folds)")
+    ex.add_argument("--checkpoint", choices=("final", "best"), default="final",
+                    help="which checkpoint of every fold (default: final)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing zip")
+
+    im = sub.add_parser("import", help="unpack an exported model zip into a workspace (for autoseg predict)")
+    im.add_argument("zip", type=Path, metavar="MODEL.ZIP")
+    im.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    im.add_argument("--overwrite", action="store_true",
+                    help="replace differing plans (kept as plans.<hash>.json) and fold folders")
+
+    rp = sub.add_parser("report", help="write a trained fold's report.md (metrics table, box plot, overlays)")
+    rp.add_argument("dataset", metavar="DATASET")
+    rp.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    rp.add_argument("-c", "--config", default="3d_fullres", help="configuration (default: 3d_fullres)")
+    rp.add_argument("-f", "--fold", default="0", help="fold (default: 0)")
 
     d = sub.add_parser("demo", help="run the whole pipeline on a small synthetic dataset")
     d.add_argument("--make-data", type=Path, default=None, metavar="DIR",
@@ -179,20 +216,32 @@ def _cmd_evaluate(args) -> int:
 def _cmd_train(args) -> int:
     from autoseg import api
 
+    overrides = dict(epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
+                     validation_iterations=args.validation_iterations, batch_size=args.batch_size,
+                     learning_rate=args.learning_rate, seed=args.seed, deterministic=args.deterministic,
+                     precision=args.precision, num_workers=args.workers, checkpoint_every=args.checkpoint_every,
+                     pretrained=args.pretrained, pretrained_fold=args.pretrained_fold)
+    single = args.config is not None and len(args.config) == 1 and args.fold is not None and len(args.fold) == 1
+    if not single:
+        if args.overwrite:
+            raise AutosegError("--overwrite applies to one fold: give one -c and one -f")
+        _, best = api.train_all(args.workspace, args.dataset, args.config, args.fold, budget_minutes=args.budget,
+                                device=args.device, select=not args.no_validation, **overrides)
+        if best is not None:
+            from autoseg.evaluation.selection import selection_table
+
+            print(selection_table(best))
+        return 0
     distributed = _torchrun_spec()
-    result = api.train(args.workspace, args.dataset, args.config, args.fold, device=args.device, resume=args.resume,
-                       overwrite=args.overwrite, validate=not args.no_validation, distributed=distributed,
-                       epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
-                       validation_iterations=args.validation_iterations, budget_minutes=args.budget,
-                       batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-                       deterministic=args.deterministic, precision=args.precision, num_workers=args.workers,
-                       checkpoint_every=args.checkpoint_every)
+    result = api.train(args.workspace, args.dataset, args.config[0], args.fold[0], device=args.device,
+                       resume=args.resume, overwrite=args.overwrite, validate=not args.no_validation,
+                       distributed=distributed, budget_minutes=args.budget, **overrides)
     if distributed is not None and not distributed.is_main:
         return 0
     st = result.state
     if result.already_finished:
         print(f"{result.folder}: already trained ({st.epoch} epochs); pass a larger --epochs to extend it")
-    print(f"{args.config} fold {args.fold}: {st.epoch} epochs x {st.iterations_per_epoch} iterations, "
+    print(f"{args.config[0]} fold {args.fold[0]}: {st.epoch} epochs x {st.iterations_per_epoch} iterations, "
           f"best smoothed pseudo-Dice {st.best_ema_pseudo_dice:.3f}")
     if result.validation_dice:
         print("validation Dice: " + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a"
@@ -215,11 +264,50 @@ def _torchrun_spec():
 def _cmd_predict(args) -> int:
     from autoseg import api
 
+    print(api.describe_configuration(args.workspace, args.dataset, args.config))
     r = api.predict(args.workspace, args.dataset, args.input, args.output, args.config, args.folds,
                     args.save_probabilities, args.step, not args.no_tta, args.overwrite, args.continue_,
                     args.device, args.precision)
     print(f"wrote {len(r.written)} segmentation(s) to {r.output_dir}"
           + (f"; skipped {len(r.skipped)} already present" if r.skipped else ""))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from autoseg import api
+
+    m = api.export_model(args.workspace, args.dataset, args.output, args.config, args.checkpoint, args.overwrite)
+    folds = "; ".join(f"{c} fold(s) {', '.join(f)}" for c, f in m.folds.items())
+    print(f"wrote {args.output} ({m.dataset}: {folds}; {args.output.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _cmd_import(args) -> int:
+    from autoseg import api
+
+    r = api.import_model(args.zip, args.workspace, args.overwrite)
+    folds = "; ".join(f"{c} fold(s) {', '.join(f)}" for c, f in r.manifest.folds.items())
+    print(f"imported {r.manifest.dataset} ({folds}) into {r.root}: {len(r.written)} file(s) written"
+          + (f", {len(r.unchanged)} already there" if r.unchanged else ""))
+    print(f"predict with: autoseg predict {r.manifest.dataset} -w {args.workspace} -i IMAGES_DIR -o OUT_DIR")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from autoseg import api
+
+    print(f"wrote {api.report(args.workspace, args.dataset, args.config, args.fold)}")
+    return 0
+
+
+def _cmd_find_best(args) -> int:
+    from autoseg import api
+    from autoseg.evaluation.selection import selection_table
+
+    best = api.find_best(args.workspace, args.dataset, args.configs, num_workers=args.workers)
+    _, pp = api.load_best(args.workspace, args.dataset)
+    print(selection_table(best, pp))
+    print(f"\nwrote {api.Workspace(args.workspace).dataset(args.dataset).best} and its postprocessing.json")
     return 0
 
 
@@ -251,7 +339,8 @@ def _make_data(out: Path, spec) -> Path:
 
 
 _COMMANDS = {"predict": _cmd_predict, "train": _cmd_train, "verify": _cmd_verify, "plan": _cmd_plan, "preprocess": _cmd_preprocess, "demo": _cmd_demo,
-             "evaluate": _cmd_evaluate}
+             "evaluate": _cmd_evaluate, "find-best": _cmd_find_best, "export": _cmd_export, "import": _cmd_import,
+             "report": _cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

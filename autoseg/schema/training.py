@@ -46,6 +46,9 @@ class TrainConfig:
         Smoothing of the validation pseudo-Dice that selects ``checkpoint_best.pt``.
     plans_sha256
         Hash of the plans this run was configured with.
+    pretrained, pretrained_fold
+        Fine-tuning: ``model.zip[:CONFIG]`` (an ``autoseg export``; the configuration defaults to the one trained)
+        whose fold ``pretrained_fold`` initialises a fresh run's network where tensor names and shapes match.
     """
 
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -73,6 +76,8 @@ class TrainConfig:
     num_workers: int | None = None
     checkpoint_every: int = 5
     ema_momentum: float = 0.9
+    pretrained: str | None = None
+    pretrained_fold: str = "0"
     schema_version: int = field(default=SCHEMA_VERSION)
 
 

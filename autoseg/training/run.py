@@ -183,6 +183,9 @@ def train_fold(workspace: Path, dataset: str, configuration: str, fold: str, ove
 
     if ckpt is not None:
         saved = from_jsonable(TrainConfig, json.loads(ckpt["train_config"]))
+        if overrides.get("pretrained") and overrides["pretrained"] != saved.pretrained:
+            raise AutosegError(f"{folder}: holds a run already; --pretrained only initialises a fresh run "
+                               f"(pass --overwrite to start over)")
         config = replace(saved, **{k: v for k, v in overrides.items() if v is not None})
         state = TrainState(**json.loads(ckpt["state"]))
         if kind == "latest" and overrides.get("epochs") is not None:
@@ -221,6 +224,13 @@ def train_fold(workspace: Path, dataset: str, configuration: str, fold: str, ove
                                 deep_supervision=config.deep_supervision)
     if ckpt is not None:
         network.load_state_dict(ckpt["model"])
+    elif config.pretrained:
+        from autoseg.training.pretrained import initialise_from_pretrained
+
+        message = initialise_from_pretrained(network, config.pretrained, configuration, config.pretrained_fold,
+                                             plan.architecture)
+        if is_main:
+            print(message, flush=True)
     network = prepare_for_device(network, dev, channels_last)
     model: torch.nn.Module = network
     if distributed:
@@ -229,7 +239,7 @@ def train_fold(workspace: Path, dataset: str, configuration: str, fold: str, ove
                                                           find_unused_parameters=config.deep_supervision)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
                                 nesterov=True, weight_decay=config.weight_decay)
-    if ckpt is not None:
+    if ckpt is not None and "optimizer" in ckpt:  # an imported (exported) checkpoint has no optimiser state
         optimizer.load_state_dict(ckpt["optimizer"])
     loss = DeepSupervisionLoss(DiceCELoss(batch_dice=plan.batch_dice))
 
@@ -337,4 +347,7 @@ def validate_fold(plans: Plans, configuration: str, folder: Path, spec: DatasetS
     evaluate_folder(out, gt_dir, labels=list(range(1, len(plans.labels))), file_ending=spec.file_ending,
                               label_names=list(plans.labels), case_ids=val_ids, output=out / "summary.json",
                               progress=progress)
+    from autoseg.report import write_fold_report
+
+    write_fold_report(folder, spec)
     return _validation_dice(out / "summary.json")

@@ -1,0 +1,96 @@
+"""Train every planned configuration's folds (within a wall-clock budget), then pick the best.
+
+``autoseg train DATASET`` without ``-c``: every configuration x 5 folds; finished folds are skipped, killed ones
+resumed, and model selection runs at the end. Folds are independent jobs: on several machines run
+``autoseg train DATASET -c C -f K`` and gather the fold folders before ``autoseg find-best``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from autoseg.errors import AutosegError
+from autoseg.nn.device import resolve_channels_last, resolve_device, resolve_precision
+from autoseg.nn.speed import benchmark_step
+from autoseg.nn.unet import build_network
+from autoseg.schema.plans import Plans
+from autoseg.training.losses import DeepSupervisionLoss, DiceCELoss
+
+#: Part of a budget kept for the folds' final validations and model selection.
+VALIDATION_RESERVE = 0.15
+
+
+@dataclass(frozen=True)
+class Job:
+    """One fold to train: its configuration, fold and training minutes (``None`` without a budget)."""
+
+    configuration: str
+    fold: str
+    minutes: float | None
+    step_seconds: float | None = None
+
+
+def trainable_configurations(plans: Plans) -> tuple[list[str], list[str]]:
+    """(configurations to train in order, configurations skipped with the reason in the name)."""
+    names, skipped = [], []
+    for name, plan in plans.configurations.items():
+        if plan.previous_stage is not None:
+            skipped.append(f"{name} (cascade training is not available yet)")
+        else:
+            names.append(name)
+    return names, skipped
+
+
+def measure_step_seconds(plans: Plans, configuration: str, device: str, precision: str) -> float:
+    """Seconds per training step of a configuration's network at its batch size, on random data."""
+    plan = plans.configurations[configuration]
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = build_network(plan.architecture, len(plans.channel_names), len(plans.labels))
+    shape = (plan.batch_size, len(plans.channel_names), *plan.patch_size)
+    return benchmark_step(net, DeepSupervisionLoss(DiceCELoss(batch_dice=plan.batch_dice)), shape, dev, prec,
+                          resolve_channels_last(None, dev, plan.dims), iterations=2, warmup=1)
+
+
+def plan_jobs(configurations: Sequence[str], folds: Sequence[str], budget_minutes: float | None,
+              step_seconds: dict[str, float] | None = None, finished: set[tuple[str, str]] = frozenset()
+              ) -> list[Job]:
+    """The jobs still to run and their share of the budget.
+
+    Every unfinished fold gets the same training time: a fold is one sample of a configuration's quality, so
+    configurations are compared at equal cost; a slower network simply runs fewer iterations.
+    """
+    todo = [(c, f) for c in configurations for f in folds if (c, f) not in finished]
+    if not todo:
+        return []
+    minutes = None
+    if budget_minutes is not None:
+        minutes = budget_minutes * (1 - VALIDATION_RESERVE) / len(todo)
+        if minutes < 0.5:
+            raise AutosegError(f"--budget {budget_minutes:g}: {minutes * 60:.0f} s per fold for {len(todo)} folds "
+                               f"is too little; raise the budget or train fewer configurations (-c) or folds (-f)")
+    step_seconds = step_seconds or {}
+    return [Job(c, f, minutes, step_seconds.get(c)) for c, f in todo]
+
+
+def jobs_table(jobs: Sequence[Job], skipped: Sequence[str]) -> str:
+    """What will run, printed before it starts."""
+    lines = [f"{'configuration':20s} {'fold':>4s} {'minutes':>8s} {'s/iteration':>12s} {'~iterations':>12s}"]
+    for j in jobs:
+        its = f"{j.minutes * 60 / j.step_seconds:.0f}" if j.minutes and j.step_seconds else "-"
+        lines.append(f"{j.configuration:20s} {j.fold:>4s} {j.minutes if j.minutes else float('nan'):8.1f} "
+                     f"{j.step_seconds if j.step_seconds else float('nan'):12.2f} {its:>12s}")
+    lines += [f"skipped: {s}" for s in skipped]
+    return "\n".join(lines)
+
+
+def finished_folds(models_root: Path, configurations: Sequence[str], folds: Sequence[str]) -> set[tuple[str, str]]:
+    """(configuration, fold) pairs whose final checkpoint exists under ``models_root`` (``WS/<ds>/models``)."""
+    return {(c, f) for c in configurations for f in folds
+            if (Path(models_root) / c / f"fold_{f}" / "checkpoint_final.pt").is_file()}

@@ -1,0 +1,218 @@
+"""Export -> import -> predict on a workspace without raw data; tampered zips; fine-tuning from an export; the
+fold report. One tiny model is trained once for the module (about 10 s on an idle machine)."""
+
+import hashlib
+import json
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoseg import api
+from autoseg.cli import main
+from autoseg.errors import AutosegError
+from autoseg.export import ModelArchive, export_model, import_model
+from autoseg.io.image import read_label
+
+TRAIN = ["-c", "3d_fullres", "-f", "0", "--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations",
+         "1", "-j", "0"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    raw, ws = root / "raw", root / "ws"
+    assert main(["demo", "--make-data", str(raw), "--kind", "tiny"]) == 0
+    assert main(["plan", str(raw), "-w", str(ws), "-j", "1"]) == 0
+    assert main(["train", "Tiny", "-w", str(ws), *TRAIN]) == 0
+    return raw, ws
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    _, ws = trained
+    out = tmp_path_factory.mktemp("zip") / "model.zip"
+    assert main(["export", "Tiny", "-w", str(ws), "-o", str(out)]) == 0
+    return out
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _rewrite(src: Path, dst: Path, change) -> Path:
+    """Copy a zip member by member; ``change(name, data)`` returns the new bytes, or None to drop the member."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = change(info.filename, zin.read(info.filename))
+            if data is not None:
+                zout.writestr(info.filename, data)
+    return dst
+
+
+def test_export_holds_a_verifiable_small_model(trained, exported, tmp_path):
+    _, ws = trained
+    with zipfile.ZipFile(exported) as zf:
+        names = set(zf.namelist())
+        manifest = json.loads(zf.read("manifest.json"))
+        spec = json.loads(zf.read("dataset_spec.json"))
+    assert manifest["dataset"] == "Tiny" and manifest["configurations"] == ["3d_fullres"]
+    assert manifest["folds"] == {"3d_fullres": ["0"]} and manifest["schema_version"] == 1
+    assert set(manifest["files"]) == names - {"manifest.json"}
+    assert {"plans.json", "dataset_spec.json", "models/3d_fullres/fold_0/checkpoint_final.pt",
+            "models/3d_fullres/fold_0/progress.png", "models/3d_fullres/fold_0/validation/summary.json"} <= names
+    assert not any(n.endswith(".nii.gz") or "overlays" in n for n in names)  # no (derived) patient images
+    assert spec["raw_dir"] == ""
+    with ModelArchive(exported) as archive:
+        ckpt = archive.checkpoint("3d_fullres", "0")
+    assert "optimizer" not in ckpt and "grad_scaler" not in ckpt and "torch_rng" not in ckpt
+    assert ckpt["plans_sha256"] == manifest["plans_sha256"] and json.loads(ckpt["train_config"])["fold"] == "0"
+    original = ws / "Tiny" / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt"
+    assert exported.stat().st_size < original.stat().st_size
+    # an existing zip is not replaced without --overwrite; no temporary files are left behind
+    assert main(["export", "Tiny", "-w", str(ws), "-o", str(exported)]) == 2
+    assert sorted(p.name for p in exported.parent.iterdir()) == ["model.zip"]
+    with pytest.raises(AutosegError, match="no configuration '2d_nope'"):
+        export_model(ws, "Tiny", tmp_path / "x.zip", ["2d_nope"])
+    with pytest.raises(AutosegError, match="no trained fold of 2d"):
+        export_model(ws, "Tiny", tmp_path / "x.zip", ["2d"])
+
+
+def test_import_then_predict_without_raw_or_preprocessed_data(trained, exported, tmp_path, capsys):
+    raw, ws = trained
+    ws2 = tmp_path / "elsewhere"
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(raw / "imagesTs" / "tiny_008.nii.gz", images)
+    assert main(["import", str(exported), "-w", str(ws2)]) == 0
+    root = ws2 / "Tiny"
+    assert not (root / "preprocessed").exists() and not (root / "fingerprint.json").exists()
+    assert json.loads((root / "dataset_spec.json").read_text())["raw_dir"] == ""
+    assert main(["predict", "Tiny", "-w", str(ws2), "-i", str(images), "-o", str(tmp_path / "out"),
+                 "--no-tta"]) == 0
+    assert main(["predict", "Tiny", "-w", str(ws), "-i", str(images), "-o", str(tmp_path / "ref"),
+                 "--no-tta"]) == 0
+    seg, _ = read_label(tmp_path / "out" / "tiny_008.nii.gz")
+    ref, _ = read_label(tmp_path / "ref" / "tiny_008.nii.gz")
+    assert np.array_equal(seg, ref)  # the stripped checkpoint predicts exactly like the original
+    # importing the same zip again merges (nothing differs); a report works there, without overlays
+    assert main(["import", str(exported), "-w", str(ws2)]) == 0
+    assert "0 file(s) written" in capsys.readouterr().out
+    report = api.report(ws2, "Tiny", "3d_fullres", "0").read_text()
+    assert "Overlays skipped" in report and "| liver (1) |" in report
+
+
+def test_import_refuses_to_overwrite_unless_asked(trained, exported, tmp_path, capsys):
+    _, ws = trained
+    ckpt = ws / "Tiny" / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt"
+    before = _sha(ckpt)
+    # the original workspace: same plans, but its (full) checkpoint differs from the exported one
+    assert main(["import", str(exported), "-w", str(ws)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint_final.pt: already exists and differs" in err and "--overwrite" in err
+    assert _sha(ckpt) == before
+    # other plans in the target: refused, then replaced with --overwrite (the old plans are kept)
+    ws2 = tmp_path / "ws2"
+    import_model(exported, ws2)
+    plans_path = ws2 / "Tiny" / "plans.json"
+    other = json.loads(plans_path.read_text())
+    other["memory_target_gb"] = 123.0
+    plans_path.write_text(json.dumps(other))
+    with pytest.raises(AutosegError, match=r"plans.json: already exists and differs from .*model.zip"):
+        import_model(exported, ws2)
+    assert json.loads(plans_path.read_text())["memory_target_gb"] == 123.0
+    result = import_model(exported, ws2, overwrite=True)
+    assert "plans.json" in result.written
+    assert json.loads(plans_path.read_text())["memory_target_gb"] != 123.0
+    assert len(list((ws2 / "Tiny").glob("plans.*.json"))) == 1  # plans.<hash>.json: the replaced plans
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("tamper", "does not match its sha256"),
+    ("extra", "not listed in manifest.json"),
+    ("drop", "listed in manifest.json is missing"),
+    ("garbage", "not a readable zip archive"),
+    ("foreign", "no manifest.json"),
+])
+def test_damaged_zip_is_rejected_naming_it(exported, tmp_path, capsys, damage, message):
+    bad = tmp_path / "bad.zip"
+    ckpt = "models/3d_fullres/fold_0/checkpoint_final.pt"
+    if damage == "tamper":
+        _rewrite(exported, bad, lambda n, d: d[:-1] + bytes([d[-1] ^ 1]) if n == ckpt else d)
+    elif damage == "extra":
+        _rewrite(exported, bad, lambda n, d: d)
+        with zipfile.ZipFile(bad, "a") as zf:
+            zf.writestr("models/3d_fullres/fold_0/evil.py", b"print('hi')")
+    elif damage == "drop":
+        _rewrite(exported, bad, lambda n, d: None if n.endswith("progress.png") else d)
+    elif damage == "garbage":
+        bad.write_bytes(exported.read_bytes()[:5000])
+    else:
+        _rewrite(exported, bad, lambda n, d: None if n == "manifest.json" else d)
+    ws = tmp_path / "ws"
+    assert main(["import", str(bad), "-w", str(ws)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and message in err[0] and "Traceback" not in err[0]
+    assert not ws.exists()  # nothing written
+
+
+def test_pretrained_loads_matching_tensors_and_skips_heads_for_other_labels(trained, exported):
+    from autoseg.nn.unet import build_network
+    from autoseg.training.pretrained import load_pretrained
+
+    _, ws = trained
+    plans = api.load_plans(ws, "Tiny")
+    arch = plans.configurations["3d_fullres"].architecture
+    same = build_network(arch, 1, len(plans.labels))
+    loaded, skipped = load_pretrained(same, exported, "3d_fullres", "0", arch)
+    assert skipped == [] and len(loaded) == len(same.state_dict())
+    with ModelArchive(exported) as archive:
+        source = archive.checkpoint("3d_fullres", "0")["model"]
+    assert all(np.array_equal(same.state_dict()[k].numpy(), source[k].numpy()) for k in loaded)
+
+    other = build_network(arch, 1, len(plans.labels) + 2)
+    fresh_head = other.state_dict()["seg_heads.0.weight"].clone()
+    loaded, skipped = load_pretrained(other, exported, "3d_fullres", "0", arch)
+    assert skipped and all(k.startswith("seg_heads.") for k in skipped)
+    assert len(skipped) == sum(1 for k in other.state_dict() if k.startswith("seg_heads."))
+    assert len(loaded) + len(skipped) == len(other.state_dict())
+    assert np.array_equal(other.state_dict()["seg_heads.0.weight"].numpy(), fresh_head.numpy())
+
+    from dataclasses import replace
+
+    smaller = replace(arch, features_per_stage=tuple(f // 2 for f in arch.features_per_stage))
+    with pytest.raises(AutosegError, match="another topology .*features_per_stage"):
+        load_pretrained(build_network(smaller, 1, 3), exported, "3d_fullres", "0", smaller)
+    with pytest.raises(AutosegError, match="holds no fold 3"):
+        load_pretrained(build_network(arch, 1, 3), exported, "3d_fullres", "3", arch)
+
+
+def test_train_with_pretrained_from_the_cli(trained, exported, capsys):
+    _, ws = trained
+    args = ["train", "Tiny", "-w", str(ws), "-c", "3d_fullres", "-f", "1", "--epochs", "1",
+            "--iterations-per-epoch", "1", "--validation-iterations", "1", "-j", "0", "--no-validation"]
+    assert main([*args, "--pretrained", f"{exported}:3d_fullres"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"initialised from .*model.zip \(3d_fullres fold 0\): \d+ tensor\(s\) loaded, 0 skipped", out)
+    config = json.loads((ws / "Tiny" / "models" / "3d_fullres" / "fold_1" / "train_config.json").read_text())
+    assert config["pretrained"] == f"{exported}:3d_fullres" and config["pretrained_fold"] == "0"
+    # a fold that holds a run already is not silently re-initialised
+    assert main([*args, "--epochs", "2", "--pretrained", str(exported), "--pretrained-fold", "0"]) == 2
+    assert "--pretrained only initialises a fresh run" in capsys.readouterr().err
+
+
+def test_report_after_training(trained):
+    _, ws = trained
+    fold = ws / "Tiny" / "models" / "3d_fullres" / "fold_0"
+    report = (fold / "report.md").read_text()  # written by the training's final validation
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert "progress.png" in images and "dice_boxplot.png" in images
+    overlays = [i for i in images if i.startswith("overlays/")]
+    assert len(overlays) == 2  # two validation cases: the worst and the best
+    assert all((fold / i).is_file() and (fold / i).stat().st_size > 0 for i in images)
+    assert "| liver (1) |" in report and "precision" in report and "best smoothed pseudo-Dice" in report
+    assert main(["report", "Tiny", "-w", str(ws), "-c", "3d_fullres", "-f", "0"]) == 0
+    assert main(["report", "Tiny", "-w", str(ws), "-c", "3d_fullres", "-f", "4"]) == 2
