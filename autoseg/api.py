@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from autoseg.errors import AutosegError
@@ -376,8 +377,7 @@ def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, c
 
         _, pp = load_best(workspace, dataset)
         if pp is not None and not pp.is_identity:
-            def postprocess(seg):
-                return apply_postprocessing(seg, pp)
+            postprocess = partial(apply_postprocessing, pp=pp)
     predictor = load_predictor(workspace, dataset, configuration, folds, device, precision, step, tta)
     spec = load_json(DatasetSpec, Workspace(Path(workspace)).dataset(dataset).dataset_spec)
     return predict_folder(predictor, Path(images_dir), Path(output_dir), spec.file_ending, save_probabilities,

@@ -29,7 +29,7 @@ from typing import ClassVar, Iterator
 
 from autoseg import __version__
 from autoseg.errors import AutosegError
-from autoseg.schema.base import from_jsonable, load_json, publish, sha256_of, to_jsonable
+from autoseg.schema.base import atomic_write, from_jsonable, load_json, publish, sha256_of, to_jsonable
 from autoseg.schema.dataset import DatasetSpec
 from autoseg.schema.plans import Plans
 from autoseg.workspace import DatasetPaths, Workspace
@@ -404,18 +404,11 @@ class ModelArchive:
 
     def extract_to(self, member: str, dest: Path) -> None:
         """Write a member to ``dest`` atomically (temporary file in the same folder, then a rename)."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out, self._zip.open(member) as src:
+        def copy(out) -> None:
+            with self._zip.open(member) as src:
                 shutil.copyfileobj(src, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-            publish(tmp, dest)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+
+        atomic_write(dest, copy)
 
     def _read_plans(self) -> Plans:
         try:

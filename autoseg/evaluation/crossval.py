@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
 from autoseg.evaluation.folder import evaluate_folder
-from autoseg.evaluation.parallel import map_cases
+from autoseg.parallel import map_cases
 from autoseg.io.image import Geometry, itk_error_reason, write_image
 from autoseg.schema.dataset import DatasetSpec
 from autoseg.workspace import DatasetPaths

@@ -8,19 +8,15 @@ so a geometry mismatch or a missing file fails in seconds, naming every file con
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from autoseg.errors import AutosegError
+from autoseg.parallel import map_cases
 from autoseg.evaluation.metrics import label_metrics
 from autoseg.io.image import itk_error_reason, read_label
 from autoseg.schema.base import save_json
@@ -78,9 +74,11 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
     cases = _match_cases(pred_dir, gt_dir, file_ending, case_ids)
     _check_geometry(cases)
 
-    workers = max(1, min(num_workers or len(os.sched_getaffinity(0)), len(cases)))
     jobs = [(cid, p, r, values, nsd_tolerance_mm) for cid, p, r in cases]
-    results = _run(jobs, workers, progress)
+    results = map_cases(_evaluate_case, jobs, [c[0] for c in cases], num_workers, "evaluate", progress)
+    problems = [r.problem for r in results if r.problem]
+    if problems:
+        raise AutosegError(*problems)
 
     if values is None:
         values = tuple(sorted(set().union(*(r.ref_values for r in results))))
@@ -186,6 +184,9 @@ def _integer_labels(arr: np.ndarray, path: Path) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+_ABSENT = ClassMetrics(dice=None, iou=None, hd95=None, nsd=None, tp=0, fp=0, fn=0, n_ref=0, n_pred=0)
+
+
 def _evaluate_case(case_id: str, pred_path: Path, ref_path: Path, values: tuple[int, ...] | None,
                    tolerance_mm: float) -> _CaseResult:
     try:
@@ -207,42 +208,6 @@ def _evaluate_case(case_id: str, pred_path: Path, ref_path: Path, values: tuple[
 
 def _defined(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
-
-
-def _run(jobs: list[tuple], workers: int, progress: bool) -> list[_CaseResult]:
-    """``_evaluate_case`` over ``jobs`` in order, with at most ``workers`` processes."""
-    bar = tqdm(total=len(jobs), desc="evaluate", unit="case", disable=not progress, dynamic_ncols=True)
-    results: list[_CaseResult | None] = [None] * len(jobs)
-    try:
-        if workers <= 1:
-            for i, job in enumerate(jobs):
-                results[i] = _evaluate_case(*job)
-                bar.update()
-        else:
-            # fork starts workers in milliseconds; the workers use numpy/scipy/SimpleITK only
-            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-                pending = {pool.submit(_evaluate_case, *job): i for i, job in enumerate(jobs)}
-                try:
-                    while pending:
-                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for fut in done:
-                            i = pending.pop(fut)
-                            results[i] = fut.result()
-                            bar.update()
-                except BrokenProcessPool:
-                    running = sorted(jobs[i][0] for i in pending)[:workers]
-                    raise AutosegError(f"{jobs[0][2].parent}: a worker process died (most likely out of memory) "
-                                       f"while evaluating one of {', '.join(running)}; retry with fewer workers "
-                                       f"(-j 1)") from None
-    finally:
-        bar.close()
-    problems = [r.problem for r in results if r.problem]
-    if problems:
-        raise AutosegError(*problems)
-    return results  # type: ignore[return-value]
-
-
-_ABSENT = ClassMetrics(dice=None, iou=None, hd95=None, nsd=None, tp=0, fp=0, fn=0, n_ref=0, n_pred=0)
 
 
 def _mean(xs: list[float | None]) -> float | None:

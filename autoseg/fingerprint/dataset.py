@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-from tqdm import tqdm
 
 from autoseg.errors import DatasetError
 from autoseg.fingerprint.case import CaseIntensities, analyze_case
 from autoseg.io.verify import load_and_check_case
+from autoseg.parallel import map_cases
 from autoseg.schema.dataset import CaseSpec, DatasetSpec
 from autoseg.schema.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
 
@@ -47,9 +44,9 @@ def source_hash(raw_dir: Path, spec: DatasetSpec) -> str:
 
 
 def _init_worker() -> None:
+    """Worker processes read with one thread each: the processes themselves are the parallelism."""
     import SimpleITK as sitk
 
-    # one reading thread per worker process: the workers themselves are the parallelism
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
@@ -61,38 +58,6 @@ def _check_and_measure(raw_dir: Path, spec: DatasetSpec, case: CaseSpec, index: 
     fp, inten = analyze_case(case.case_id, loaded.image, loaded.label, loaded.geometry.spacing, max_samples,
                              np.random.default_rng([seed, index]))
     return _CaseResult(case.case_id, (), fp, inten)
-
-
-def _run_cases(jobs: list[tuple], num_workers: int, desc: str,
-               progress: bool) -> list[_CaseResult]:
-    """Run ``_check_and_measure`` over ``jobs`` with at most ``num_workers`` processes, in job order."""
-    bar = tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True)
-    results: list[_CaseResult | None] = [None] * len(jobs)
-    try:
-        if num_workers <= 1:
-            _init_worker()
-            for i, job in enumerate(jobs):
-                results[i] = _check_and_measure(*job)
-                bar.update()
-            return results  # type: ignore[return-value]
-        # fork is safe here (no torch, no threads started by autoseg) and starts workers in milliseconds
-        with ProcessPoolExecutor(num_workers, mp_context=get_context("fork"), initializer=_init_worker) as pool:
-            pending = {pool.submit(_check_and_measure, *job): i for i, job in enumerate(jobs)}
-            try:
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        i = pending.pop(fut)
-                        results[i] = fut.result()
-                        bar.update()
-            except BrokenProcessPool:
-                running = sorted(jobs[i][2].case_id for i in pending)[:num_workers]
-                raise DatasetError(
-                    f"{jobs[0][0]}: a worker process died (killed by the OS, most likely out of memory) while "
-                    f"processing one of {', '.join(running)}; retry with fewer workers (-j 1)") from None
-        return results  # type: ignore[return-value]
-    finally:
-        bar.close()
 
 
 def _weighted_percentiles(values: np.ndarray, weights: np.ndarray, q: Iterable[float]) -> list[float]:
@@ -157,7 +122,8 @@ def check_and_fingerprint(raw_dir: Path, spec: DatasetSpec, num_workers: int, se
     max_samples = max(1, FOREGROUND_SAMPLES // max(1, len(spec.training)))
     cases = list(spec.training) + (list(spec.test) if include_test else [])
     jobs = [(raw_dir, spec, case, i, max_samples, seed) for i, case in enumerate(cases)]
-    results = _run_cases(jobs, num_workers, "Verify + fingerprint", progress)
+    results = map_cases(_check_and_measure, jobs, [c.case_id for c in cases], num_workers, "Verify + fingerprint",
+                        progress, initializer=_init_worker)
     problems = [p for r in results for p in r.problems]
     if problems:
         raise DatasetError(*problems)
@@ -171,11 +137,6 @@ def check_and_fingerprint(raw_dir: Path, spec: DatasetSpec, num_workers: int, se
         intensity=pool_intensities(with_fg, spec.num_channels),
         median_relative_size_after_crop=float(np.median([f.relative_size_after_crop for f in fps])),
         source_sha256=source_sha256 or source_hash(raw_dir, spec))
-
-
-def check_cases(raw_dir: Path, spec: DatasetSpec, num_workers: int, progress: bool = True) -> None:
-    """Verify every training and test case without keeping a fingerprint (``autoseg verify``)."""
-    check_and_fingerprint(raw_dir, spec, num_workers, progress=progress, source_sha256="-")
 
 
 def default_num_workers(raw_dir: Path, spec: DatasetSpec, available_bytes: Callable[[], int] | None = None,

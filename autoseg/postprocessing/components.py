@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from autoseg.errors import AutosegError
-from autoseg.evaluation.parallel import map_cases
+from autoseg.parallel import map_cases
 from autoseg.io.image import read_label
 from autoseg.schema.selection import Postprocessing, foreground_mean
 

@@ -16,17 +16,15 @@ removes the temporaries. Rewriting a case removes its json first, so old propert
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from autoseg.errors import AutosegError
 from autoseg.preprocessing.case import CaseProperties, PreprocessedCase
-from autoseg.schema.base import load_json, publish, save_json
+from autoseg.schema.base import atomic_write, load_json, save_json
 
 _SUFFIXES = (".npy", "_seg.npy", "_locs.npz", ".json")
 INFO_NAME = "store_info.json"
@@ -49,22 +47,6 @@ class StoreInfo:
     plans_sha256: str
     config: str
     schema_version: int = field(default=SCHEMA_VERSION)
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            # the json marker written after this file must never reach the disk before the data it vouches for
-            os.fsync(f.fileno())
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class CaseStore:
@@ -161,10 +143,10 @@ class CaseStore:
         self.properties_path(cid).unlink(missing_ok=True)
         data = np.ascontiguousarray(case.data, dtype=np.float32)
         seg = np.ascontiguousarray(case.seg, dtype=np.int8)
-        _atomic_write(self.data_path(cid), lambda f: np.save(f, data, allow_pickle=False))
-        _atomic_write(self.seg_path(cid), lambda f: np.save(f, seg, allow_pickle=False))
+        atomic_write(self.data_path(cid), lambda f: np.save(f, data, allow_pickle=False))
+        atomic_write(self.seg_path(cid), lambda f: np.save(f, seg, allow_pickle=False))
         locs = {str(k): np.asarray(v, dtype=np.int32).reshape(-1, 3) for k, v in case.locations.items()}
-        _atomic_write(self.locs_path(cid), lambda f: np.savez(f, **locs))
+        atomic_write(self.locs_path(cid), lambda f: np.savez(f, **locs))
         save_json(case.properties, self.properties_path(cid))
 
     def load(self, case_id: str, mmap: bool = True

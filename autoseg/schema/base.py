@@ -14,7 +14,7 @@ import tempfile
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, Callable, TypeVar
 
 from autoseg.errors import AutosegError
 
@@ -122,17 +122,18 @@ def publish(tmp: str | Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename.
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(f)`` on a temporary binary file in ``path``'s folder, fsync it, then rename it to ``path``.
 
-    A process killed mid-write leaves either the old file or the new one, never a truncated file.
+    A process killed at any moment leaves either the old file or the complete new one, never a truncated file;
+    the fsync also orders it before any marker file written afterwards.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         publish(tmp, path)
@@ -140,6 +141,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
+    data = text.encode()
+    atomic_write(path, lambda f: f.write(data))
 
 
 def save_json(obj: Any, path: Path) -> None:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from autoseg.errors import AutosegError
-from autoseg.schema.base import publish
+from autoseg.schema.base import atomic_write
 
 FORMAT = "autoseg-checkpoint"
 VERSION = 1
@@ -24,21 +22,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     The bytes are serialised in memory first, then written to a temporary file in the same folder, fsynced
     and renamed: a process killed at any moment leaves the previous checkpoint intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buf)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(Path(path), lambda f: f.write(buf.getbuffer()))
 
 
 def load_checkpoint(path: Path, plans_sha256: str | None = None, map_location: str | torch.device = "cpu"

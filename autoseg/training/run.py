@@ -27,7 +27,7 @@ from autoseg.schema.plans import Plans
 from autoseg.schema.training import EpochLog, TrainConfig
 from autoseg.training import distributed as dist_utils
 from autoseg.training.callbacks import (CheckpointCallback, JsonlLogCallback, ProgressPlotCallback,
-                                        checkpoint_payload, unwrap)
+                                        checkpoint_payload)
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.training.losses import DeepSupervisionLoss, DiceCELoss
 from autoseg.training.trainer import Callback, Trainer, TrainState

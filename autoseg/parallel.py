@@ -19,7 +19,8 @@ def worker_count(num_workers: int | None, n_jobs: int) -> int:
 
 
 def map_cases(fn: Callable[..., Any], jobs: Sequence[tuple], case_ids: Sequence[str], num_workers: int | None = None,
-              desc: str = "cases", progress: bool = True) -> list[Any]:
+              desc: str = "cases", progress: bool = True,
+              initializer: Callable[[], None] | None = None) -> list[Any]:
     """``[fn(*job) for job in jobs]`` with up to ``num_workers`` processes (default: one per core).
 
     Workers are forked (they start in milliseconds and see the parent's modules); ``fn`` must use numpy, scipy
@@ -35,6 +36,8 @@ def map_cases(fn: Callable[..., Any], jobs: Sequence[tuple], case_ids: Sequence[
         The case of each job, to name in the error when a worker dies.
     desc
         Progress-bar label.
+    initializer
+        Called once in every worker process before its first job (not in this process when running in-process).
 
     Raises
     ------
@@ -50,7 +53,7 @@ def map_cases(fn: Callable[..., Any], jobs: Sequence[tuple], case_ids: Sequence[
                 results[i] = fn(*job)
                 bar.update()
             return results
-        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=initializer) as pool:
             pending = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
             try:
                 while pending:
