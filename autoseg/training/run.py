@@ -34,6 +34,8 @@ from autoseg.training.trainer import Callback, Trainer, TrainState
 from autoseg.workspace import DatasetPaths, Workspace
 
 FOLDS = ("0", "1", "2", "3", "4", "all")
+#: Training minutes per fold on a CPU when neither epochs nor a budget are given.
+CPU_DEFAULT_BUDGET_MINUTES = 60.0
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,13 @@ def train_fold(workspace: Path, dataset: str, configuration: str, fold: str, ove
     rank = distributed.rank if distributed else 0
     batch_size = config.batch_size or plan.batch_size
     config = replace(config, precision=precision, channels_last=channels_last, batch_size=batch_size)
+    if (state is None and dev.type == "cpu" and config.budget_minutes is None and overrides.get("epochs") is None
+            and overrides.get("iterations_per_epoch") is None):
+        # nnU-Net's 1000 x 250 iterations is a GPU budget (weeks on a CPU): let time decide instead
+        config = replace(config, budget_minutes=CPU_DEFAULT_BUDGET_MINUTES)
+        if progress and is_main:
+            print(f"training on the CPU without --epochs or --budget: using --budget {CPU_DEFAULT_BUDGET_MINUTES:g} "
+                  f"(minutes)", flush=True)
     if state is None:
         state = TrainState(config.epochs, config.iterations_per_epoch, config.validation_iterations)
     if distributed:
