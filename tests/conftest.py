@@ -23,3 +23,9 @@ def shared_dataset(name: str) -> Path:
     if not (path / "dataset.json").is_file():
         pytest.skip(f"{path} not present (shared real data is only beside the repository on dev/CI machines)")
     return path
+
+
+@pytest.fixture(scope="session")
+def hippocampus_raw() -> Path:
+    """The shared Task04_Hippocampus folder (the test is skipped when it is absent)."""
+    return shared_dataset("Task04_Hippocampus")
