@@ -34,10 +34,10 @@ class TrainConfig:
         Every random draw derives from ``seed``; ``deterministic`` also asks torch for deterministic kernels and
         makes data loading bitwise reproducible.
     precision
-        ``"auto"`` (bf16 autocast on CPU where it measurably helps, fp16 autocast on CUDA), ``"fp32"``,
+        ``"auto"`` (bf16 autocast on CPUs with native bf16 and on recent GPUs, else fp16 on CUDA), ``"fp32"``,
         ``"bf16"``, ``"fp16"``.
     channels_last
-        Channels-last memory format; ``None`` = on where it helps (CPU 3D).
+        Channels-last memory format; ``None`` = on with mixed precision and on CUDA.
     num_workers
         Background data-loading processes; ``None`` = from the cores.
     checkpoint_every

@@ -55,7 +55,7 @@ def measure_step_seconds(plans: Plans, configuration: str, device: str, precisio
         net = build_network(plan.architecture, len(plans.channel_names), len(plans.labels))
     shape = (plan.batch_size, len(plans.channel_names), *plan.patch_size)
     return benchmark_step(net, DeepSupervisionLoss(DiceCELoss(batch_dice=plan.batch_dice)), shape, dev, prec,
-                          resolve_channels_last(None, dev, plan.dims), iterations=2, warmup=1)
+                          resolve_channels_last(None, dev, prec), iterations=2, warmup=1)
 
 
 def plan_jobs(configurations: Sequence[str], folds: Sequence[str], budget_minutes: float | None,

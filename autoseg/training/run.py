@@ -209,7 +209,7 @@ def train_fold(workspace: Path, dataset: str, configuration: str, fold: str, ove
     dev = resolve_device(device if distributed is None or device != "auto" else
                          ("cuda:%d" % distributed.local_rank if torch.cuda.is_available() else "cpu"))
     precision = resolve_precision(config.precision, dev)
-    channels_last = resolve_channels_last(config.channels_last, dev, plan.dims)
+    channels_last = resolve_channels_last(config.channels_last, dev, precision)
     world = distributed.world_size if distributed else 1
     rank = distributed.rank if distributed else 0
     batch_size = config.batch_size or plan.batch_size
