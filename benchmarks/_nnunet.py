@@ -177,8 +177,9 @@ def ensure_nnunet_venv(path: str | os.PathLike = DEFAULT_VENV) -> Path:
 # --------------------------------------------------------------------------- processes
 
 
-def _tree_rss_kb(root_pid: int) -> int:
-    """Sum of VmRSS (kB) of root_pid and all its descendants, from /proc."""
+def _tree_rss_kb(root_pid: int, field: str = "VmRSS") -> int:
+    """Sum of VmRSS (kB) of root_pid and all its descendants, from /proc. ``field="Pss"``: the sum of the
+    proportional set sizes instead (from smaps_rollup; pages shared between processes counted once in total)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -195,9 +196,9 @@ def _tree_rss_kb(root_pid: int) -> int:
         pid = stack.pop()
         stack.extend(children.get(pid, ()))
         try:
-            with open(f"/proc/{pid}/status") as f:
+            with open(f"/proc/{pid}/status" if field == "VmRSS" else f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field + ":"):
                         total += int(line.split()[1])
                         break
         except OSError:
@@ -205,10 +206,12 @@ def _tree_rss_kb(root_pid: int) -> int:
     return total
 
 
-def _run_measured(cmd: list[str], env: dict, log_path: Path, cwd: Path) -> dict:
+def _run_measured(cmd: list[str], env: dict, log_path: Path, cwd: Path, pss: bool = False) -> dict:
     """Run cmd, return wall seconds, peak RSS of the largest single process in its tree
     (kernel rusage via wait4 -- same figure as ``/usr/bin/time -v``) and the peak of the
-    summed RSS of the whole process tree (sampled from /proc every 0.2 s)."""
+    summed RSS of the whole process tree (sampled from /proc every 0.2 s). ``pss``: also
+    ``peak_tree_pss_mb``, the sampled peak of the summed PSS of the tree (shared pages, e.g.
+    the torch libraries every worker maps, counted once instead of once per process)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
@@ -216,11 +219,14 @@ def _run_measured(cmd: list[str], env: dict, log_path: Path, cwd: Path) -> dict:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, cwd=str(cwd), stdout=log, stderr=subprocess.STDOUT)
         peak_tree = [0]
+        peak_pss = [0]
         done = threading.Event()
 
         def sample() -> None:
             while not done.is_set():
                 peak_tree[0] = max(peak_tree[0], _tree_rss_kb(proc.pid))
+                if pss:
+                    peak_pss[0] = max(peak_pss[0], _tree_rss_kb(proc.pid, "Pss"))
                 done.wait(0.2)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -233,8 +239,11 @@ def _run_measured(cmd: list[str], env: dict, log_path: Path, cwd: Path) -> dict:
     if proc.returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
         raise subprocess.CalledProcessError(proc.returncode, cmd, output=tail)
-    return {"wall_seconds": wall, "peak_rss_mb": rusage.ru_maxrss / 1024.0,
-            "peak_tree_rss_mb": peak_tree[0] / 1024.0}
+    out = {"wall_seconds": wall, "peak_rss_mb": rusage.ru_maxrss / 1024.0,
+           "peak_tree_rss_mb": peak_tree[0] / 1024.0}
+    if pss:
+        out["peak_tree_pss_mb"] = peak_pss[0] / 1024.0
+    return out
 
 
 # --------------------------------------------------------------------------- planning

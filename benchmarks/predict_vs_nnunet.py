@@ -7,8 +7,10 @@ start to exit (``_nnunet._run_measured``), the two tools alternating. Reported p
 * seconds per case = wall time of the N-case run / N (start-up included, as a user sees it);
 * a separate 1-case run: its wall time, and from the two runs the marginal cost of one more case
   ``(wall_N - wall_1) / (N - 1)`` and the start-up cost ``wall_1 - marginal`` (imports, model load, workers);
-* peak RSS: the sampled peak of the summed RSS of the whole process tree (main process + workers; pages shared
-  between processes are counted once per process) and the largest single process (kernel maxrss);
+* peak memory: the sampled peak of the summed RSS of the whole process tree (main process + workers; pages
+  shared between processes, e.g. the torch libraries each spawned worker maps, are counted once per process),
+  the same for PSS (shared pages split between their processes: closer to the memory really used), and the
+  largest single process (kernel maxrss);
 * agreement: Dice per foreground class between the two tools' label maps (mean over cases, both-empty = 1), the
   fraction of equal voxels, and whether autoseg's (and, for reference, nnU-Net's) outputs have exactly the
   geometry of their inputs (size, spacing, origin, direction).
@@ -108,7 +110,7 @@ def run_autoseg(ws: Path, dataset: str, config: str, inp: Path, out: Path, tta: 
         cmd.append("--no-tta")
     if precision != "auto":
         cmd += ["--precision", precision]
-    return _nnunet._run_measured(cmd, _nnunet._clean_env(), log, cwd)
+    return _nnunet._run_measured(cmd, _nnunet._clean_env(), log, cwd, pss=True)
 
 
 def run_nnunet(python: Path, nn_work: Path, dataset_id: int, config: str, inp: Path, out: Path, tta: bool,
@@ -119,7 +121,7 @@ def run_nnunet(python: Path, nn_work: Path, dataset_id: int, config: str, inp: P
            "-c", config, "-f", "0", "-tr", T.TRAINER, "-device", "cpu", "-npp", "2", "-nps", "2"]
     if not tta:
         cmd.append("--disable_tta")
-    return _nnunet._run_measured(cmd, T.nnunet_env(nn_work, {}), log, cwd)
+    return _nnunet._run_measured(cmd, T.nnunet_env(nn_work, {}), log, cwd, pss=True)
 
 
 # --------------------------------------------------------------------------- agreement
@@ -179,6 +181,10 @@ def label_agreement(a_dir: Path, b_dir: Path, cases: list[str], labels: list[str
 # --------------------------------------------------------------------------- benchmark core
 
 
+def _ok(run: dict | None) -> bool:
+    return run is not None and "error" not in run
+
+
 def time_both(python: Path, *, label: str, as_ws: Path, as_dataset: str, nn_work: Path, dataset_id: int,
               config: str, inputs: dict, precision: str, work: Path, repeats: int) -> dict:
     """inputs: {"n": (autoseg_dir, nnunet_dir, n_cases), "1": (...)} (the "1" entry optional).
@@ -192,29 +198,40 @@ def time_both(python: Path, *, label: str, as_ws: Path, as_dataset: str, nn_work
                 for tool in order:
                     dst = work / "out" / label / f"{tool}_{mode}_{kind}"
                     _log(f"{label}: {tool} {mode} {n} case(s) (repeat {r + 1}/{repeats}) ...")
-                    if tool == "autoseg":
-                        m = run_autoseg(as_ws, as_dataset, config, as_in, dst, tta, precision,
-                                        logs / f"{label}_autoseg.log", work)
-                    else:
-                        m = run_nnunet(python, nn_work, dataset_id, config, nn_in, dst, tta,
-                                       logs / f"{label}_nnunet.log", work)
+                    slot = out.setdefault(mode, {}).setdefault(tool, {})
+                    prev = slot.get(kind)
+                    if prev is not None and "error" in prev:
+                        _log("  skipped: this run failed before")
+                        continue
+                    try:
+                        if tool == "autoseg":
+                            m = run_autoseg(as_ws, as_dataset, config, as_in, dst, tta, precision,
+                                            logs / f"{label}_autoseg.log", work)
+                        else:
+                            m = run_nnunet(python, nn_work, dataset_id, config, nn_in, dst, tta,
+                                           logs / f"{label}_nnunet.log", work)
+                    except subprocess.CalledProcessError as e:
+                        last = [ln for ln in (e.output or "").splitlines() if ln.strip()][-1:] or ["?"]
+                        err = f"exit status {e.returncode}: {last[0].strip()[:300]}"
+                        _log(f"  FAILED ({err}); log: {logs / f'{label}_{tool}.log'}")
+                        slot[kind] = {"cases": n, "error": err}
+                        continue
                     m["cases"] = n
                     m["s_per_case"] = m["wall_seconds"] / n
                     m["out_dir"] = str(dst)
-                    _log(f"  {m['wall_seconds']:.1f} s ({m['s_per_case']:.2f} s/case), peak RSS tree "
-                         f"{m['peak_tree_rss_mb']:.0f} MB, largest process {m['peak_rss_mb']:.0f} MB")
-                    slot = out.setdefault(mode, {}).setdefault(tool, {})
-                    prev = slot.get(kind)
+                    _log(f"  {m['wall_seconds']:.1f} s ({m['s_per_case']:.2f} s/case), peak tree RSS "
+                         f"{m['peak_tree_rss_mb']:.0f} MB (PSS {m['peak_tree_pss_mb']:.0f} MB), largest process "
+                         f"{m['peak_rss_mb']:.0f} MB")
                     runs = (prev["repeats_wall_seconds"] if prev else []) + [m["wall_seconds"]]
                     if prev is None or m["wall_seconds"] < prev["wall_seconds"]:
                         slot[kind] = m
                     slot[kind]["repeats_wall_seconds"] = runs
                     # peak memory: the worst over repeats
-                    for key in ("peak_rss_mb", "peak_tree_rss_mb"):
+                    for key in ("peak_rss_mb", "peak_tree_rss_mb", "peak_tree_pss_mb"):
                         slot[kind][key] = max(m[key], prev[key] if prev else 0.0)
     for mode in out:
         for tool, slot in out[mode].items():
-            if "1" in slot and "n" in slot and slot["n"]["cases"] > 1:
+            if _ok(slot.get("1")) and _ok(slot.get("n")) and slot["n"]["cases"] > 1:
                 n = slot["n"]["cases"]
                 marginal = (slot["n"]["wall_seconds"] - slot["1"]["wall_seconds"]) / (n - 1)
                 slot["marginal_s_per_case"] = marginal
@@ -272,13 +289,17 @@ def hippocampus(python: Path, args, work: Path) -> dict:
 def _with_agreement(timing: dict, cases: list[str], inputs: dict[str, Path], labels: list[str], meta: dict) -> dict:
     agreement = {}
     for mode in timing:
-        a_dir = Path(timing[mode]["autoseg"]["n"]["out_dir"])
-        b_dir = Path(timing[mode]["nnunet"]["n"]["out_dir"])
-        agreement[mode] = {
-            **label_agreement(a_dir, b_dir, cases, labels),
-            "autoseg_geometry": geometry_check({c: a_dir / f"{c}{ENDING}" for c in cases}, inputs),
-            "nnunet_geometry": geometry_check({c: b_dir / f"{c}{ENDING}" for c in cases}, inputs),
-        }
+        a_run, b_run = timing[mode]["autoseg"].get("n"), timing[mode]["nnunet"].get("n")
+        ag: dict = {}
+        if _ok(a_run):
+            a_dir = Path(a_run["out_dir"])
+            ag["autoseg_geometry"] = geometry_check({c: a_dir / f"{c}{ENDING}" for c in cases}, inputs)
+        if _ok(b_run):
+            b_dir = Path(b_run["out_dir"])
+            ag["nnunet_geometry"] = geometry_check({c: b_dir / f"{c}{ENDING}" for c in cases}, inputs)
+        if _ok(a_run) and _ok(b_run):
+            ag.update(label_agreement(a_dir, b_dir, cases, labels))
+        agreement[mode] = ag
     return {**meta, "labels": labels, "timing": timing, "agreement": agreement}
 
 
@@ -358,30 +379,41 @@ def _num(v, width: int, digits: int) -> str:
     return f"{v:{width}.{digits}f}" if v is not None else f"{'-':>{width}s}"
 
 
+def _geom_text(g: dict | None) -> str:
+    if g is None:
+        return "-"
+    return "exact" if g["exact"] else f"DIFFERS (max {g['max_abs_diff']:.2g})"
+
+
 def _table(title: str, res: dict) -> str:
     lines = [f"\n== {title}: {res['dataset']} {res['config']}, {res['cases']} case(s) ==",
              f"{'mode':7s} {'tool':8s} {'s/case':>8s} {'1-case s':>9s} {'marginal':>9s} {'start-up':>9s} "
-             f"{'tree RSS MB':>12s} {'max proc MB':>12s}"]
+             f"{'tree RSS MB':>12s} {'tree PSS MB':>12s} {'max proc MB':>12s}"]
     for mode in res["timing"]:
         for tool in ("autoseg", "nnunet"):
-            s = res["timing"][mode][tool]
-            one = s.get("1", {}).get("wall_seconds")
-            runs = [s["n"]] + ([s["1"]] if "1" in s else [])
+            s = res["timing"][mode].get(tool, {})
+            if not _ok(s.get("n")):
+                lines.append(f"{mode:7s} {tool:8s} FAILED: {s.get('n', {}).get('error', 'not run')}")
+                continue
+            one = s["1"]["wall_seconds"] if _ok(s.get("1")) else None
+            runs = [s["n"]] + ([s["1"]] if _ok(s.get("1")) else [])
             lines.append(
                 f"{mode:7s} {tool:8s} {s['n']['s_per_case']:8.2f} {_num(one, 9, 1)} "
                 f"{_num(s.get('marginal_s_per_case'), 9, 2)} {_num(s.get('startup_s'), 9, 1)} "
-                f"{max(r['peak_tree_rss_mb'] for r in runs):12.0f} {max(r['peak_rss_mb'] for r in runs):12.0f}")
-        a, b = res["timing"][mode]["autoseg"]["n"], res["timing"][mode]["nnunet"]["n"]
-        lines.append(f"{mode:7s} speed-up nnU-Net/autoseg (s/case): {b['s_per_case'] / a['s_per_case']:.2f}x")
+                f"{max(r['peak_tree_rss_mb'] for r in runs):12.0f} {max(r['peak_tree_pss_mb'] for r in runs):12.0f} "
+                f"{max(r['peak_rss_mb'] for r in runs):12.0f}")
+        a, b = res["timing"][mode]["autoseg"].get("n"), res["timing"][mode]["nnunet"].get("n")
+        if _ok(a) and _ok(b):
+            lines.append(f"{mode:7s} nnU-Net / autoseg (s/case): {b['s_per_case'] / a['s_per_case']:.2f}x")
     for mode, ag in res["agreement"].items():
-        dice = ", ".join(f"{k} {v:.3f}" for k, v in ag["dice"].items())
-        g = ag["autoseg_geometry"]
-        gn = ag["nnunet_geometry"]
-        lines.append(f"{mode:7s} agreement: Dice {dice}; equal voxels {ag['equal_voxel_fraction']:.4f}; "
-                     f"autoseg geometry {'exact' if g['exact'] else 'DIFFERS (max %.2g)' % g['max_abs_diff']}"
-                     f" ({g['cases']} cases), nnU-Net geometry "
-                     f"{'exact' if gn['exact'] else 'differs (max %.2g)' % gn['max_abs_diff']}")
-        for p in g["problems"]:
+        text = f"{mode:7s} "
+        if "dice" in ag:
+            dice = ", ".join(f"{k} {v:.3f}" for k, v in ag["dice"].items())
+            text += f"Dice autoseg vs nnU-Net: {dice}; equal voxels {ag['equal_voxel_fraction']:.4f}; "
+        text += (f"output geometry = input: autoseg {_geom_text(ag.get('autoseg_geometry'))}, "
+                 f"nnU-Net {_geom_text(ag.get('nnunet_geometry'))}")
+        lines.append(text)
+        for p in (ag.get("autoseg_geometry") or {}).get("problems", []):
             lines.append(f"        autoseg: {p}")
     if "note" in res:
         lines.append(f"note: {res['note']}")
@@ -437,7 +469,8 @@ def main(argv=None) -> int:
 
     print(f"\nautoseg precision {report['autoseg_precision_resolved']} ({args.autoseg_precision}), "
           f"nnU-Net fp32; s/case = wall / cases (start-up included); marginal = (wall_N - wall_1)/(N - 1); "
-          f"start-up = wall_1 - marginal; RSS: peak of the summed process tree / largest single process")
+          f"start-up = wall_1 - marginal; memory: peak of the summed RSS of the process tree (shared library "
+          f"pages counted once per process), of the summed PSS (shared pages split), and the largest single process")
     if "hippocampus" in report:
         print(_table("Hippocampus", report["hippocampus"]))
     if "brats" in report:

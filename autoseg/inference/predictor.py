@@ -95,6 +95,7 @@ class Predictor:
             nets.append(net)
         return cls(plans, configuration, nets, **kwargs)
 
+    @torch.inference_mode()
     def logits(self, data: np.ndarray) -> torch.Tensor:
         """Averaged logits ``(K, Z, Y, X)`` (on the CPU) of preprocessed data ``(C, Z, Y, X)``."""
         total = None
@@ -102,8 +103,8 @@ class Predictor:
             out = predict_logits(net, data, self.plan.patch_size, len(self.plans.labels), step=self.step,
                                  mirror_axes=self.mirror_axes, device=self.device, precision=self.precision)
             out = out.float().cpu()
-            total = out if total is None else total.add_(out)
-        return total.div_(len(self.networks))
+            total = out if total is None else total + out
+        return total / len(self.networks)
 
     def prepare(self, image: np.ndarray, geometry: Geometry, case_id: str = "case"):
         """Check and preprocess one raw image ``(C, z, y, x)``: returns ``(data, properties)`` for :meth:`logits`

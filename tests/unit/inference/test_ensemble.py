@@ -101,3 +101,24 @@ def test_ensemble_predictor_interface():
     assert ens.configuration == "2d+3d_fullres"
     pred = ens.predict(_image()[None], GEOMETRY, probabilities=True)
     assert pred.segmentation[2, 9, 2] == 0 and pred.probabilities.shape == (3, 6, 12, 12)
+
+
+def test_predictor_on_an_image_exactly_the_patch_size():
+    """No padding path: the sliding window's result is an inference tensor and must not be modified in place."""
+    import numpy as np
+    import torch
+
+    from autoseg.inference.predictor import Predictor
+    from autoseg.planning.presets import load_preset
+    from autoseg.planning.planner import make_plans
+    from autoseg.schema.base import load_json
+    from autoseg.schema.fingerprint import Fingerprint
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[3] / "plans" / "examples"
+    plans = make_plans(load_json(Fingerprint, examples / "hippocampus.fingerprint.json"), load_preset("default"), 8)
+    net = torch.nn.Conv3d(1, 3, 1)
+    pred = Predictor(plans, "3d_fullres", [net, net], device="cpu", precision="fp32", mirror=False)
+    data = np.random.default_rng(0).normal(size=(1, 40, 56, 40)).astype(np.float32)
+    logits = pred.logits(data)
+    assert logits.shape == (3, 40, 56, 40)
