@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
 from autoseg.evaluation.folder import evaluate_folder
 from autoseg.parallel import map_cases
-from autoseg.io.image import Geometry, itk_error_reason, write_image
+from autoseg.io.image import Geometry, read_header, write_image
 from autoseg.schema.dataset import DatasetSpec
 from autoseg.workspace import DatasetPaths
 
@@ -192,19 +191,11 @@ def merge_folds(paths: DatasetPaths, config: str, spec: DatasetSpec, num_workers
 
 
 def _header(path: Path) -> tuple[tuple[int, ...], Geometry]:
-    """Shape ``(z, y, x)`` and geometry of a 3D image from its header only."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise AutosegError(f"{path}: cannot be read as an image ({itk_error_reason(e)})") from None
-    if reader.GetDimension() != 3:
-        raise AutosegError(f"{path}: label map is {reader.GetDimension()}D, expected 3D")
-    geometry = Geometry(tuple(float(s) for s in reader.GetSpacing()[::-1]),
-                        tuple(float(o) for o in reader.GetOrigin()),
-                        tuple(float(v) for v in reader.GetDirection()))
-    return tuple(reader.GetSize())[::-1], geometry
+    """Shape ``(z, y, x)`` and geometry of a 3D label map from its header only."""
+    h = read_header(path)
+    if h.dimension != 3:
+        raise AutosegError(f"{path}: label map is {h.dimension}D, expected 3D")
+    return h.size, h.geometry
 
 
 def load_probabilities(path: Path) -> np.ndarray:

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
 from autoseg.parallel import map_cases
 from autoseg.evaluation.metrics import label_metrics
-from autoseg.io.image import itk_error_reason, read_label
+from autoseg.io.image import read_header, read_label
 from autoseg.schema.base import save_json
 from autoseg.schema.evaluation import CaseEvaluation, ClassMetrics, EvaluationSummary, MeanMetrics
 
@@ -136,13 +135,8 @@ def _match_cases(pred_dir: Path, gt_dir: Path, file_ending: str,
 
 def _header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """Size and spacing in numpy order ``(z, y, x)`` from the file header only."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise AutosegError(f"{path}: cannot be read as an image ({itk_error_reason(e)})") from None
-    return tuple(reader.GetSize())[::-1], tuple(reader.GetSpacing())[::-1]
+    h = read_header(path)
+    return h.size, h.geometry.spacing
 
 
 def _check_geometry(cases: list[tuple[str, Path, Path]]) -> None:

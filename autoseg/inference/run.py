@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import SimpleITK as sitk
 from tqdm import tqdm
 
 from autoseg.errors import AutosegError
 from autoseg.inference.predictor import Predictor
-from autoseg.io.image import itk_error_reason, read_image, write_image
+from autoseg.io.image import read_header, read_image, write_image
 
 
 @dataclass(frozen=True)
@@ -66,20 +65,17 @@ def check_inputs(cases: Sequence[InputCase], num_channels: int) -> None:
     for case in cases:
         channels = 0
         for f in case.files:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(f))
             try:
-                reader.ReadImageInformation()
-            except RuntimeError as e:
-                problems.append(f"{f}: cannot be read as an image ({itk_error_reason(e)})")
+                header = read_header(f)
+            except AutosegError as e:
+                problems.extend(e.problems)
                 channels = None
                 break
-            dim = reader.GetDimension()
-            if dim not in (3, 4):
-                problems.append(f"{f}: {dim}D image, expected 3D (or 4D with channels)")
+            if header.dimension not in (3, 4):
+                problems.append(f"{f}: {header.dimension}D image, expected 3D (or 4D with channels)")
                 channels = None
                 break
-            channels += reader.GetSize()[3] if dim == 4 else 1
+            channels += header.channels
         if channels is not None and channels != num_channels:
             problems.append(f"{case.files[0]}: {channels} channel(s), the model expects {num_channels}")
     if problems:

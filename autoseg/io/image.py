@@ -83,6 +83,50 @@ def _read(path: Path) -> sitk.Image:
         raise AutosegError(f"{path}: cannot be read as an image ({itk_error_reason(e)})") from None
 
 
+@dataclass(frozen=True)
+class Header:
+    """What a file's header says, without reading pixel data.
+
+    Attributes
+    ----------
+    dimension
+        3, or 4 for a multi-channel file.
+    size
+        Spatial size ``(z, y, x)``, voxels.
+    channels
+        Size of the 4th ITK dimension (1 for a 3D file).
+    geometry
+        Spacing, origin and direction of the spatial axes.
+    """
+
+    dimension: int
+    size: tuple[int, ...]
+    channels: int
+    geometry: Geometry
+
+
+def read_header(path: Path) -> Header:
+    """Read an image file's header only.
+
+    Raises
+    ------
+    AutosegError
+        The file cannot be read as an image (one line naming it).
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise AutosegError(f"{path}: cannot be read as an image ({itk_error_reason(e)})") from None
+    dim = reader.GetDimension()
+    d = np.asarray(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+    geometry = Geometry(tuple(float(v) for v in reader.GetSpacing()[:3][::-1]),
+                        tuple(float(v) for v in reader.GetOrigin()[:3]), tuple(float(v) for v in d.ravel()))
+    size = tuple(int(v) for v in reader.GetSize())
+    return Header(dim, size[:3][::-1], size[3] if dim == 4 else 1, geometry)
+
+
 def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
     """Read one case's image channels.
 
