@@ -22,6 +22,8 @@ from autoseg.training.losses import DeepSupervisionLoss, DiceCELoss
 
 #: Part of a budget kept for the folds' final validations and model selection.
 VALIDATION_RESERVE = 0.15
+#: Below this many training iterations per fold the printed plan warns that the budget is too small.
+MIN_USEFUL_ITERATIONS = 300
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,11 @@ def jobs_table(jobs: Sequence[Job], skipped: Sequence[str]) -> str:
         lines.append(f"{j.configuration:20s} {j.fold:>4s} {j.minutes if j.minutes else float('nan'):8.1f} "
                      f"{j.step_seconds if j.step_seconds else float('nan'):12.2f} {its:>12s}")
     lines += [f"skipped: {s}" for s in skipped]
+    few = [j for j in jobs if j.minutes and j.step_seconds and j.minutes * 60 / j.step_seconds < MIN_USEFUL_ITERATIONS]
+    if few:
+        lines.append(f"warning: {len(few)} fold(s) get fewer than {MIN_USEFUL_ITERATIONS} iterations, too few for a "
+                     f"network to learn much (on Hippocampus, ~40 iterations per fold gave Dice 0); raise --budget "
+                     f"or train fewer configurations (-c) or folds (-f)")
     return "\n".join(lines)
 
 

@@ -114,3 +114,12 @@ def test_plan_budget(budget, step, expect_iters, expect_epochs):
 def test_epochs_that_fit():
     assert epochs_that_fit(2, 100.0, 500.0) == 10
     assert epochs_that_fit(3, 100.0, 50.0) == 3
+
+
+def test_training_plan_warns_when_folds_get_too_few_iterations():
+    from autoseg.training.automl import Job, jobs_table, plan_jobs
+
+    jobs = plan_jobs(["2d", "3d_fullres"], ["0", "1"], 10.0, {"2d": 2.0, "3d_fullres": 2.0})
+    assert len(jobs) == 4 and all(abs(j.minutes - 10.0 * 0.85 / 4) < 1e-9 for j in jobs)
+    assert "warning" in jobs_table(jobs, [])
+    assert "warning" not in jobs_table(plan_jobs(["2d"], ["0"], 60.0, {"2d": 2.0}), [])
