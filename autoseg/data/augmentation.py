@@ -40,6 +40,7 @@ from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, G
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform
 
+from autoseg.planning.topology import deep_supervision_scales
 from autoseg.data.sampling import one_hot_channels, pre_augmentation_patch_size
 from autoseg.data.spatial import SpatialParams, spatial_augment
 
@@ -86,16 +87,6 @@ def needs_2d_style_augmentation(patch_size: Sequence[int], spacing: Sequence[flo
     if spacing is not None:
         extent = extent * np.asarray(spacing, dtype=float)
     return bool(extent.max() / extent[0] > threshold)
-
-
-def deep_supervision_scales(strides: Sequence[Sequence[int]]) -> tuple[tuple[float, ...], ...]:
-    """Scale of the segmentation target at every deep-supervision output, full resolution first.
-
-    Output ``k`` (``k = 0 .. n_stages - 2``; the bottleneck has none) sits at ``1 / prod(strides[0..k])`` per
-    axis (``strides[0]`` is all ones).
-    """
-    cumulative = np.cumprod(np.asarray(strides, dtype=float), axis=0)
-    return tuple(tuple(float(1.0 / v) for v in row) for row in cumulative[:-1])
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from torch import nn
 
 from autoseg.nn.blocks import (ConvNormAct, StackedConvs, StackedResidualBlocks, conv_op, init_weights,
                                transposed_conv_op, zero_last_norm_of_residual_blocks)
+from autoseg.planning.topology import deep_supervision_scales as topology_scales
 from autoseg.schema.plans import ArchitecturePlan
 
 NETWORKS = ("plain_unet", "resenc_unet")
@@ -136,16 +137,9 @@ def build_network(arch: ArchitecturePlan, in_channels: int, num_classes: int,
     return UNet(arch, in_channels, num_classes, deep_supervision)
 
 
-def deep_supervision_scales(arch: ArchitecturePlan) -> list[tuple[float, ...]]:
-    """Per deep-supervision output (full resolution first): its size relative to the input, per axis.
-
-    These are the factors to downsample the target with so it matches each output of :class:`UNet`.
-    """
-    scales, cum = [], [1] * len(arch.strides[0])
-    for s in range(arch.n_stages - 1):
-        cum = [c * st for c, st in zip(cum, arch.strides[s])]
-        scales.append(tuple(1.0 / c for c in cum))
-    return scales
+def deep_supervision_scales(arch: ArchitecturePlan) -> tuple[tuple[float, ...], ...]:
+    """Per output of :class:`UNet` (full resolution first): its size relative to the input, per axis."""
+    return topology_scales(arch.strides)
 
 
 def count_feature_map_voxels(net: nn.Module, patch_size: Sequence[int], deep_supervision: bool = False) -> int:

@@ -90,3 +90,16 @@ def pool_and_conv_props(spacing: Sequence[float], patch_size: Sequence[int],
     kernels.append((3,) * dim)
     divisor = tuple(2 ** p for p in pools)
     return Topology(tuple(pools), tuple(strides), tuple(kernels), pad_to_multiple(patch_size, divisor), divisor)
+
+
+def deep_supervision_scales(strides: Sequence[Sequence[int]]) -> tuple[tuple[float, ...], ...]:
+    """Size of every deep-supervision output relative to the input, per axis, full resolution first.
+
+    Output ``k`` (``k = 0 .. n_stages - 2``; the bottleneck has none) sits at ``1 / prod(strides[0..k])`` per
+    axis (``strides[0]`` is all ones): the factors to downsample the target with so it matches each output.
+    """
+    scales, cum = [], [1] * len(strides[0])
+    for stride in strides[:-1]:
+        cum = [c * st for c, st in zip(cum, stride)]
+        scales.append(tuple(1.0 / c for c in cum))
+    return tuple(scales)
