@@ -269,12 +269,7 @@ def train(workspace: Path, dataset: str, configuration: str, fold: str = "0", de
 
 def trained_folds(workspace: Path, dataset: str, configuration: str) -> list[str]:
     """Folds of ``configuration`` with a final checkpoint."""
-    paths = Workspace(Path(workspace)).dataset(dataset)
-    root = paths.model(configuration, 0).parent
-    if not root.is_dir():
-        return []
-    return sorted(p.name[len("fold_"):] for p in root.iterdir()
-                  if p.name.startswith("fold_") and (p / "checkpoint_final.pt").is_file())
+    return Workspace(Path(workspace)).dataset(dataset).trained_folds(configuration)
 
 
 BEST = "best"
@@ -334,10 +329,9 @@ def load_predictor(workspace: Path, dataset: str, configuration: str = "3d_fullr
 
     ``configuration="best"``: the choice of ``best.json`` (its folds unless ``folds`` is given); two configurations
     give an :class:`autoseg.inference.ensemble.EnsemblePredictor`. Postprocessing is not part of the predictor
-    (see :func:`load_best`).
+    (see :func:`load_best`). A cascade stage comes with its previous stage (see
+    :func:`autoseg.inference.cascade.load_folds`).
     """
-    from autoseg.inference.predictor import Predictor
-
     if configuration == BEST:
         from autoseg.inference.ensemble import EnsemblePredictor
 
@@ -345,15 +339,19 @@ def load_predictor(workspace: Path, dataset: str, configuration: str = "3d_fullr
         members = [load_predictor(workspace, dataset, c, folds or list(best.folds.get(c, ())) or None, device,
                                   precision, step, mirror) for c in best.chosen]
         return members[0] if len(members) == 1 else EnsemblePredictor(members)
+    from autoseg.inference.cascade import load_folds
+
     plans = load_plans(workspace, dataset)
     paths = Workspace(Path(workspace)).dataset(dataset)
-    folds = [str(f) for f in folds] if folds else trained_folds(workspace, dataset, configuration)
+    if configuration not in plans.configurations:
+        raise AutosegError(f"{paths.plans}: no configuration '{configuration}' (planned: "
+                           f"{', '.join(plans.configurations)})")
+    folds = [str(f) for f in folds] if folds else paths.trained_folds(configuration)
     if not folds:
         raise AutosegError(f"{paths.model(configuration, 0).parent}: no trained fold of {configuration}; run "
                            f"`autoseg train {dataset} -c {configuration}` first")
-    ckpts = [paths.model(configuration, f) / "checkpoint_final.pt" for f in folds]
-    return Predictor.from_checkpoints(plans, configuration, ckpts, device=device, precision=precision, step=step,
-                                      mirror=mirror)
+    return load_folds(paths, plans, configuration, folds, device=device, precision=precision, step=step,
+                      mirror=mirror)
 
 
 def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, configuration: str | None = None,
@@ -442,8 +440,8 @@ def report(workspace: Path, dataset: str, configuration: str, fold: str = "0") -
 
 
 def train_all(workspace: Path, dataset: str, configurations: list[str] | None = None, folds: list[str] | None = None,
-              budget_minutes: float | None = None, device: str = "auto", progress: bool = True, select: bool = True,
-              report=print, **overrides):
+              budget_minutes: float | None = None, device: str = "auto", progress: bool = True, validate: bool = True,
+              select: bool = True, report=print, **overrides):
     """Train every planned configuration (or ``configurations``) x 5 folds (or ``folds``), then select.
 
     Finished folds are skipped and killed ones resumed. With ``budget_minutes`` the training time is split over
@@ -461,28 +459,26 @@ def train_all(workspace: Path, dataset: str, configurations: list[str] | None = 
 
     plans = load_plans(workspace, dataset)
     paths = Workspace(Path(workspace)).dataset(dataset)
-    names, skipped = trainable_configurations(plans)
     if configurations:
         unknown = [c for c in configurations if c not in plans.configurations]
         if unknown:
             raise AutosegError(f"{paths.plans}: no configuration {', '.join(unknown)} (planned: "
                                f"{', '.join(plans.configurations)})")
-        skipped = [s for s in skipped if s.split()[0] in configurations]
-        names = [c for c in configurations if c in names]
     folds = [str(f) for f in (folds or ["0", "1", "2", "3", "4"])]
-    finished = finished_folds(paths.root / "models", names, folds)
+    finished = finished_folds(paths, list(plans.configurations), sorted(set(folds) | set("01234")))
+    names, skipped = trainable_configurations(plans, folds, finished, configurations or None)
     todo_configs = sorted({c for c in names for f in folds if (c, f) not in finished}, key=names.index)
     steps = {c: measure_step_seconds(plans, c, device, overrides.get("precision") or "auto")
              for c in todo_configs} if budget_minutes is not None else {}
     jobs = plan_jobs(names, folds, budget_minutes, steps, finished)
-    report(f"training plan for {dataset} ({len(finished)} fold(s) already finished):\n" + jobs_table(jobs, skipped))
+    done = sum((c, f) in finished for c in names for f in folds)
+    report(f"training plan for {dataset} ({done} fold(s) already finished):\n" + jobs_table(jobs, skipped))
     results = []
     for job in jobs:
         report(f"\n== {job.configuration} fold {job.fold}")
         results.append(train(workspace, dataset, job.configuration, job.fold, device=device, resume=True,
-                             progress=progress, budget_minutes=job.minutes, **overrides))
+                             validate=validate, progress=progress, budget_minutes=job.minutes, **overrides))
     best = None
-    if select and any(all((c, f) in finished_folds(paths.root / "models", [c], [f]) for f in "01234")
-                      for c in names):
+    if validate and select and any(len(finished_folds(paths, [c], list("01234"))) == 5 for c in names):
         best = find_best(workspace, dataset, progress=progress)
     return results, best

@@ -226,7 +226,7 @@ def _cmd_train(args) -> int:
         if args.overwrite:
             raise AutosegError("--overwrite applies to one fold: give one -c and one -f")
         _, best = api.train_all(args.workspace, args.dataset, args.config, args.fold, budget_minutes=args.budget,
-                                device=args.device, select=not args.no_validation, **overrides)
+                                device=args.device, validate=not args.no_validation, **overrides)
         if best is not None:
             from autoseg.evaluation.selection import selection_table
 

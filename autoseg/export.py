@@ -144,11 +144,8 @@ def _best_choice(paths: DatasetPaths) -> tuple[list[str], dict[str, list[str]]] 
 
 
 def _trained_folds(paths: DatasetPaths, configuration: str, checkpoint: str) -> list[str]:
-    root = paths.model(configuration, 0).parent
-    if not root.is_dir():
-        return []
-    return sorted(p.name[len("fold_"):] for p in root.iterdir() if p.name.startswith("fold_")
-                  and (p / "checkpoint_final.pt").is_file() and (p / f"checkpoint_{checkpoint}.pt").is_file())
+    return [f for f in paths.trained_folds(configuration)
+            if (paths.model(configuration, f) / f"checkpoint_{checkpoint}.pt").is_file()]
 
 
 def _select(paths: DatasetPaths, plans: Plans, configurations: list[str] | None, checkpoint: str
@@ -179,6 +176,13 @@ def _select(paths: DatasetPaths, plans: Plans, configurations: list[str] | None,
             raise AutosegError(f"{paths.model(name, 0).parent}: no trained fold of {name} with a "
                                f"checkpoint_{checkpoint}.pt")
         selected[name] = folds
+    for name in list(selected):  # a cascade stage cannot predict without the stage before it
+        previous = plans.configurations[name].previous_stage
+        if previous is not None and previous not in selected:
+            selected[previous] = _trained_folds(paths, previous, checkpoint)
+            if not selected[previous]:
+                raise AutosegError(f"{paths.model(previous, 0).parent}: {name} needs {previous}, which has no "
+                                   f"trained fold with a checkpoint_{checkpoint}.pt")
     return {c: selected[c] for c in plans.configurations if c in selected}
 
 

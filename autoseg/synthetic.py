@@ -444,6 +444,10 @@ PRESETS: dict[str, SyntheticSpec] = {
     # margin against the per-case size spread (at 256 some seeds drop it). CT, so cropping to nonzero keeps the size.
     "large": SyntheticSpec(name="Large", num_training=5, num_test=1, shape=(272, 272, 272), channels=("CT",),
                            num_organs=3),
+    # Small, but planned with a tiny memory target (`autoseg plan --gpu-memory 0.02`) the full-res patch covers
+    # little of a case, so 3d_lowres + 3d_cascade_fullres are planned: the cascade's tests use it.
+    "cascade": SyntheticSpec(name="Cascade", num_training=10, num_test=2, shape=(40, 48, 48), spacing=(2.0, 0.9, 0.9),
+                             spacing_jitter=0.1, channels=("CT",), num_organs=3),
     # BraTS-like: four MRI channels, four nested tumour classes, zero outside the brain.
     "brats-like": SyntheticSpec(name="BraTSLike", num_training=10, num_test=2, shape=(48, 56, 48),
                                 channels=("FLAIR", "T1w", "T1gd", "T2w"), num_organs=4, anatomy="brain"),

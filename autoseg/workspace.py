@@ -56,6 +56,23 @@ class DatasetPaths:
     def model(self, config: str, fold: int | str) -> Path:
         return self.root / "models" / config / f"fold_{fold}"
 
+    def final_checkpoint(self, config: str, fold: int | str) -> Path:
+        """A fold is trained when this file exists."""
+        return self.model(config, fold) / "checkpoint_final.pt"
+
+    def trained_folds(self, config: str) -> list[str]:
+        """Folds of ``config`` with a final checkpoint, sorted (``"0"`` ... ``"4"``, ``"all"``)."""
+        root = self.root / "models" / config
+        if not root.is_dir():
+            return []
+        return sorted(p.name[len("fold_"):] for p in root.iterdir()
+                      if p.name.startswith("fold_") and (p / "checkpoint_final.pt").is_file())
+
+    def next_stage(self, config: str, fold: int | str) -> Path:
+        """Folder of a cascade's low-res fold holding its validation cases' segmentations on the next stage's grid
+        (``<case>.npy``), the extra input the next stage trains on."""
+        return self.model(config, fold) / "next_stage"
+
     @property
     def crossval(self) -> Path:
         return self.root / "crossval"

@@ -341,6 +341,9 @@ def sample_patch(data: np.ndarray, seg: np.ndarray, locs: Mapping[int, np.ndarra
     data, seg
         ``(C, *box)`` float32 and ``(1 or 2, *box)`` int8 (channel 1: ``extra_seg``).
     """
+    if extra_seg is not None and tuple(extra_seg.shape[1:]) != tuple(seg.shape[1:]):
+        raise ValueError(f"previous-stage segmentation has shape {tuple(extra_seg.shape[1:])}, the case "
+                         f"{tuple(seg.shape[1:])} (made from other plans? retrain the previous stage)")
     patch, box = config.patch_size, config.box
     voxel = _choose_voxel(locs, rng) if force_fg else None
     if len(patch) == 2:

@@ -25,7 +25,7 @@ from autoseg.workspace import DatasetPaths, Workspace
 
 def untrained_folds(paths: DatasetPaths, config: str, n_folds: int) -> list[int]:
     """Folds ``0 .. n_folds-1`` of ``config`` without a final checkpoint (fold ``all`` never counts)."""
-    return [k for k in range(n_folds) if not (paths.model(config, k) / "checkpoint_final.pt").is_file()]
+    return [k for k in range(n_folds) if not paths.final_checkpoint(config, k).is_file()]
 
 
 def _candidate(name: str, configs: tuple[str, ...], folder: Path) -> Candidate:

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from autoseg.errors import AutosegError
-from autoseg.inference.predictor import Prediction
+from autoseg.inference.predictor import Prediction, Predictor
 from autoseg.io.image import Geometry
 
 
@@ -66,8 +66,4 @@ class EnsemblePredictor:
         total /= len(self.members)
         return Prediction(total.argmax(0).astype(np.uint8), total if probabilities else None)
 
-    def predict(self, image: np.ndarray, geometry: Geometry, case_id: str = "case",
-                probabilities: bool = False) -> Prediction:
-        """Segment one raw image ``(C, z, y, x)`` (spacing ``(z, y, x)`` mm in ``geometry``)."""
-        data, props = self.prepare(image, geometry, case_id)
-        return self.finish(self.logits(data), props, probabilities)
+    predict = Predictor.predict  # prepare -> logits -> finish, the same sequence for every predictor kind

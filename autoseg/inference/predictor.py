@@ -88,7 +88,7 @@ class Predictor:
         nets = []
         for path in checkpoints:
             ckpt = load_checkpoint(Path(path), plans_sha256=sha)
-            net = build_network(plan.architecture, len(plans.channel_names), len(plans.labels),
+            net = build_network(plan.architecture, plans.input_channels(configuration), len(plans.labels),
                                 deep_supervision=False)
             # a deep-supervision network has the same parameters: its auxiliary heads are simply unused here
             net.load_state_dict(ckpt["model"])

@@ -167,3 +167,9 @@ class Plans:
     fingerprint_sha256: str
     autoseg_version: str
     schema_version: int = field(default=SCHEMA_VERSION)
+
+    def input_channels(self, configuration: str) -> int:
+        """Network input channels of a configuration: the image channels, plus for a cascade stage one one-hot
+        channel per foreground label of the previous stage's segmentation (as in nnU-Net)."""
+        extra = len(self.labels) - 1 if self.configurations[configuration].previous_stage else 0
+        return len(self.channel_names) + extra

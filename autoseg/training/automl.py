@@ -19,6 +19,7 @@ from autoseg.nn.speed import benchmark_step
 from autoseg.nn.unet import build_network
 from autoseg.schema.plans import Plans
 from autoseg.training.losses import DeepSupervisionLoss, DiceCELoss
+from autoseg.workspace import DatasetPaths
 
 #: Part of a budget kept for the folds' final validations and model selection.
 VALIDATION_RESERVE = 0.15
@@ -36,14 +37,35 @@ class Job:
     step_seconds: float | None = None
 
 
-def trainable_configurations(plans: Plans) -> tuple[list[str], list[str]]:
-    """(configurations to train in order, configurations skipped with the reason in the name)."""
+def trainable_configurations(plans: Plans, folds: Sequence[str], finished: set[tuple[str, str]] = frozenset(),
+                             requested: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+    """(configurations to train, in the plans' order; skipped ones, each with the reason after its name).
+
+    A cascade stage trains on the cross-validation predictions of its previous stage, so it is trained only when
+    all five folds of that stage are finished or trained earlier in the same run.
+
+    Parameters
+    ----------
+    plans
+        The dataset's plans (their order puts a low-res stage before its cascade).
+    folds
+        Folds this run trains.
+    finished
+        ``(configuration, fold)`` pairs already trained.
+    requested
+        Configurations asked for; ``None``: all planned ones.
+    """
     names, skipped = [], []
     for name, plan in plans.configurations.items():
-        if plan.previous_stage is not None:
-            skipped.append(f"{name} (cascade training is not available yet)")
-        else:
-            names.append(name)
+        if requested is not None and name not in requested:
+            continue
+        previous = plan.previous_stage
+        if previous is not None and not all((previous, k) in finished or (previous in names and k in folds)
+                                            for k in "01234"):
+            skipped.append(f"{name} (needs all five folds of {previous} trained first: train {previous} with "
+                           f"every fold)")
+            continue
+        names.append(name)
     return names, skipped
 
 
@@ -54,8 +76,8 @@ def measure_step_seconds(plans: Plans, configuration: str, device: str, precisio
     prec = resolve_precision(precision, dev)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        net = build_network(plan.architecture, len(plans.channel_names), len(plans.labels))
-    shape = (plan.batch_size, len(plans.channel_names), *plan.patch_size)
+        net = build_network(plan.architecture, plans.input_channels(configuration), len(plans.labels))
+    shape = (plan.batch_size, plans.input_channels(configuration), *plan.patch_size)
     return benchmark_step(net, DeepSupervisionLoss(DiceCELoss(batch_dice=plan.batch_dice)), shape, dev, prec,
                           resolve_channels_last(None, dev, prec), iterations=2, warmup=1)
 
@@ -97,7 +119,6 @@ def jobs_table(jobs: Sequence[Job], skipped: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def finished_folds(models_root: Path, configurations: Sequence[str], folds: Sequence[str]) -> set[tuple[str, str]]:
-    """(configuration, fold) pairs whose final checkpoint exists under ``models_root`` (``WS/<ds>/models``)."""
-    return {(c, f) for c in configurations for f in folds
-            if (Path(models_root) / c / f"fold_{f}" / "checkpoint_final.pt").is_file()}
+def finished_folds(paths: DatasetPaths, configurations: Sequence[str], folds: Sequence[str]) -> set[tuple[str, str]]:
+    """(configuration, fold) pairs whose final checkpoint exists."""
+    return {(c, f) for c in configurations for f in folds if paths.final_checkpoint(c, f).is_file()}

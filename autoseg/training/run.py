@@ -161,9 +161,6 @@ def train_fold(workspace: Path, dataset: str, configuration: str, fold: str, ove
     if fold not in FOLDS:
         raise AutosegError(f"fold {fold}: must be one of {', '.join(FOLDS)}")
     plan = plans.configurations[configuration]
-    if plan.previous_stage is not None:
-        raise AutosegError(f"{configuration}: cascade training is not available yet; train 3d_fullres or "
-                           f"{plan.previous_stage}")
     store = CaseStore(paths.preprocessed(configuration))
     available = store.case_ids()
     if not available:
@@ -200,7 +197,7 @@ def train_fold(workspace: Path, dataset: str, configuration: str, fold: str, ove
                 summary = folder / "validation" / "summary.json"
                 dice = _validation_dice(summary) if summary.is_file() else None
                 if validate and dice is None and fold != "all" and is_main:
-                    dice = validate_fold(plans, configuration, folder, spec, val_ids, device, progress)
+                    dice = validate_fold(paths, plans, configuration, fold, spec, val_ids, device, progress)
                 return TrainResult(folder, state, config, dice, already_finished=True)
     else:
         config = make_config(plans, dataset, configuration, fold, overrides)
@@ -229,7 +226,7 @@ def train_fold(workspace: Path, dataset: str, configuration: str, fold: str, ove
 
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)  # identical initial weights on every rank, not touching the caller's RNG
-        network = build_network(plan.architecture, len(plans.channel_names), len(plans.labels),
+        network = build_network(plan.architecture, plans.input_channels(configuration), len(plans.labels),
                                 deep_supervision=config.deep_supervision)
     if ckpt is not None:
         network.load_state_dict(ckpt["model"])
@@ -253,16 +250,23 @@ def train_fold(workspace: Path, dataset: str, configuration: str, fold: str, ove
     loss = DeepSupervisionLoss(DiceCELoss(batch_dice=plan.batch_dice))
 
     workers = config.num_workers if config.num_workers is not None else _default_loader_workers()
-    source = StoreSource(store)
+    extra_seg, num_extra = None, 0
+    if plan.previous_stage is not None:
+        from autoseg.training.cascade import previous_stage_segmentations
+
+        extra_seg = previous_stage_segmentations(paths, plans, spec, configuration, device, progress and is_main)
+        num_extra = len(plans.labels)
+    source = StoreSource(store, extra_seg=extra_seg)
     # every rank draws its own batch stream; the stream position resumes where the checkpoint left it
     stream_seed = config.seed + 7919 * rank
     train_loader = training_loader(source, plan, case_ids=train_ids, seed=stream_seed, num_workers=workers,
                                    deterministic=config.deterministic or workers == 0, batch_size=local_batch,
                                    first_batch=state.batches_drawn,
-                                   oversample_foreground=config.oversample_foreground)
+                                   oversample_foreground=config.oversample_foreground,
+                                   num_extra_classes=num_extra)
     val_loader = validation_loader(source, plan, case_ids=val_ids, seed=stream_seed + 1, num_workers=0,
                                    batch_size=local_batch, first_batch=state.val_batches_drawn,
-                                   oversample_foreground=config.oversample_foreground)
+                                   oversample_foreground=config.oversample_foreground, num_extra_classes=num_extra)
     callbacks: list[Callback] = []
     if is_main:
         folder.mkdir(parents=True, exist_ok=True)
@@ -292,7 +296,7 @@ def train_fold(workspace: Path, dataset: str, configuration: str, fold: str, ove
 
     dice = None
     if validate and fold != "all" and is_main:
-        dice = validate_fold(plans, configuration, folder, spec, val_ids, device, progress)
+        dice = validate_fold(paths, plans, configuration, fold, spec, val_ids, device, progress)
     return TrainResult(folder, state, config, dice)
 
 
@@ -328,25 +332,38 @@ def _validation_dice(summary_path: Path) -> dict[str, float | None]:
     return {summary.label_names.get(k, k): m.dice for k, m in summary.mean.items()}
 
 
-def validate_fold(plans: Plans, configuration: str, folder: Path, spec: DatasetSpec, val_ids: list[str],
-                  device: str, progress: bool) -> dict[str, float] | None:
+def validate_fold(paths: DatasetPaths, plans: Plans, configuration: str, fold: str, spec: DatasetSpec,
+                  val_ids: list[str], device: str, progress: bool) -> dict[str, float] | None:
     """Predict the fold's validation cases with the final weights (sliding window, mirror TTA), write them in the
-    raw geometry with their probabilities, and score them against the raw labels (``validation/summary.json``)."""
+    raw geometry with their probabilities, and score them against the raw labels (``validation/summary.json``).
+
+    A cascade's low-res stage also writes each case's prediction on the next stage's grid
+    (:func:`autoseg.training.cascade.save_next_stage`); a cascade stage is validated behind the previous stage's
+    fold of the same number.
+    """
     from tqdm import tqdm
 
     from autoseg.evaluation.folder import evaluate_folder
-    from autoseg.inference.predictor import Predictor
+    from autoseg.inference.cascade import load_folds
     from autoseg.io.image import read_image, write_image
+    from autoseg.training.cascade import save_next_stage
 
+    folder = paths.model(configuration, fold)
     out = folder / "validation"
     out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor.from_checkpoints(plans, configuration, [folder / "checkpoint_final.pt"], device=device)
+    predictor = load_folds(paths, plans, configuration, [fold], device=device)
+    has_next = plans.configurations[configuration].next_stage is not None
     raw = Path(spec.raw_dir)
     cases = {c.case_id: c for c in spec.training}
     for case_id in tqdm(val_ids, desc="validation", unit="case", disable=not progress, dynamic_ncols=True):
         case = cases[case_id]
         image, geometry = read_image([raw / p for p in case.images])
-        pred = predictor.predict(image, geometry, case_id, probabilities=True)
+        data, props = predictor.prepare(image, geometry, case_id)
+        logits = predictor.logits(data)
+        if has_next:
+            save_next_stage(paths.next_stage(configuration, fold), logits, props, plans, configuration)
+        pred = predictor.finish(logits, props, probabilities=True)
+        del data, logits
         write_image(pred.segmentation, geometry, out / f"{case_id}{spec.file_ending}")
         # probabilities for ensembling configurations later; float16 halves the disk space
         tmp = out / f".{case_id}.probs.tmp.npz"
@@ -354,8 +371,7 @@ def validate_fold(plans: Plans, configuration: str, folder: Path, spec: DatasetS
         os.replace(tmp, out / f"{case_id}.npz")
     gt_dir = raw / Path(cases[val_ids[0]].label).parent
     evaluate_folder(out, gt_dir, labels=list(range(1, len(plans.labels))), file_ending=spec.file_ending,
-                              label_names=list(plans.labels), case_ids=val_ids, output=out / "summary.json",
-                              progress=progress)
+                    label_names=list(plans.labels), case_ids=val_ids, output=out / "summary.json", progress=progress)
     from autoseg.report import write_fold_report
 
     write_fold_report(folder, spec)

@@ -131,6 +131,14 @@ def test_cascade_extra_seg_travels_as_second_channel_and_one_hot():
     assert np.array_equal(oh[:, 1], (p == 2).astype(np.float32))
 
 
+def test_cascade_extra_seg_of_another_grid_is_refused():
+    rng = np.random.default_rng(6)
+    data, seg, locs = make_case(rng)
+    src = ArraySource({"a": (data, seg, locs)}, extra_segs={"a": seg[:, :-1]})
+    with pytest.raises(SampleError, match="case 'a'.*previous-stage segmentation has shape"):
+        sample_batch(src, ["a"], SamplingConfig((8, 8, 8), batch_size=2, num_extra_classes=3), rng)
+
+
 def test_sampling_errors_name_the_case():
     class Broken(ArraySource):
         def load(self, case_id):

@@ -1,0 +1,34 @@
+"""Which configurations a training run takes on: a cascade stage waits for all five folds of its low-res stage."""
+
+from pathlib import Path
+
+import pytest
+
+from autoseg.schema.base import load_json
+from autoseg.schema.plans import Plans
+from autoseg.training.automl import trainable_configurations
+
+PLANS = load_json(Plans, Path(__file__).resolve().parents[3] / "plans" / "examples" / "large-lowres.plans.json")
+ALL = ("0", "1", "2", "3", "4")
+LOW = {("3d_lowres", f) for f in ALL}
+
+
+@pytest.mark.parametrize("folds, finished, requested, expected", [
+    (ALL, set(), None, ["2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres"]),  # low-res trains first
+    (("0",), set(), None, ["2d", "3d_lowres", "3d_fullres"]),  # one low-res fold is not enough
+    (("0",), LOW, None, ["2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres"]),  # ... unless all are trained
+    (ALL, set(), ["3d_cascade_fullres"], []),
+    (ALL, LOW - {("3d_lowres", "4")}, ["3d_cascade_fullres"], []),
+    (ALL, LOW, ["3d_cascade_fullres"], ["3d_cascade_fullres"]),
+    (ALL, set(), ["3d_cascade_fullres", "3d_lowres"], ["3d_lowres", "3d_cascade_fullres"]),  # plans' order
+])
+def test_trainable_configurations(folds, finished, requested, expected):
+    names, skipped = trainable_configurations(PLANS, folds, finished, requested)
+    assert names == expected
+    if "3d_cascade_fullres" not in expected and (requested is None or "3d_cascade_fullres" in requested):
+        assert skipped and skipped[0].startswith("3d_cascade_fullres (needs all five folds of 3d_lowres")
+
+
+def test_input_channels():
+    assert PLANS.input_channels("3d_lowres") == len(PLANS.channel_names)
+    assert PLANS.input_channels("3d_cascade_fullres") == len(PLANS.channel_names) + len(PLANS.labels) - 1
