@@ -13,8 +13,8 @@ centre-crops the box to the patch -- autoseg's own :mod:`autoseg.data.spatial`, 
 batchgenerators' ``SpatialTransform`` on segmentations; then batchgenerators transforms: Gaussian noise p 0.1,
 Gaussian blur p 0.2, multiplicative brightness p 0.15, contrast p 0.15, low-resolution simulation p 0.25 (nearest down, linear up, as nnU-Net v2), gamma on
 the inverted image p 0.1, gamma p 0.3, mirroring of every axis (p 0.5 each); then optional masking of channels
-normalised inside the nonzero mask; -1 -> 0 in the segmentation; cascade one-hot; deep-supervision downsampling of
-the segmentation (nearest neighbour).
+normalised inside the nonzero mask; -1 -> 0 in the segmentation; cascade one-hot, randomly damaged in training
+(:mod:`autoseg.data.previous_stage`); deep-supervision downsampling of the segmentation (nearest neighbour).
 
 Reproducibility. The spatial step draws from the batch's :class:`numpy.random.Generator` directly.
 batchgenerators draws from numpy's legacy global RNG (``np.random.*``) and from Python's
@@ -40,9 +40,10 @@ from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, G
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform
 
-from autoseg.planning.topology import deep_supervision_scales
+from autoseg.data.previous_stage import perturb_previous_stage
 from autoseg.data.sampling import one_hot_channels, pre_augmentation_patch_size
 from autoseg.data.spatial import SpatialParams, spatial_augment
+from autoseg.planning.topology import deep_supervision_scales
 
 ANISOTROPY_THRESHOLD = 3.0  # a 3D patch this many times longer in-plane than along axis 0 is augmented 2D-style
 
@@ -117,6 +118,9 @@ class AugmentationParams:
     p_noise, noise_variance, p_blur, blur_sigma, p_blur_per_channel, p_brightness, brightness_range, p_contrast,
     contrast_range, p_low_res, low_res_zoom, p_low_res_per_channel, p_gamma_inverted, p_gamma, gamma_range
         Intensity transforms (probabilities per sample unless named per channel); sigma in voxels.
+    p_previous_morphology, previous_radius_range, p_previous_remove_component, previous_max_component_fraction
+        Cascade: random damage to the previous stage's one-hot input (see
+        :func:`autoseg.data.previous_stage.perturb_previous_stage`).
     """
 
     patch_size: tuple[int, ...]
@@ -145,6 +149,10 @@ class AugmentationParams:
     p_gamma: float = 0.3
     gamma_range: tuple[float, float] = (0.7, 1.5)
     pre_patch_scale_range: tuple[float, float] = field(default=(0.85, 1.25))
+    p_previous_morphology: float = 0.4
+    previous_radius_range: tuple[float, float] = (1.0, 8.0)
+    p_previous_remove_component: float = 0.2
+    previous_max_component_fraction: float = 0.15
 
     def __post_init__(self) -> None:
         if len(self.patch_size) not in (2, 3):
@@ -321,6 +329,10 @@ class TrainingAugmentation:
                 d = self._mirror(**d)
         out = finalize_batch(d["data"], d["seg"], p.num_extra_classes,
                              p.deep_supervision_scales, p.mask_channels)
+        if p.num_extra_classes > 1:
+            perturb_previous_stage(out["data"][:, -(p.num_extra_classes - 1):], rng, p.p_previous_morphology,
+                                   p.previous_radius_range, p.p_previous_remove_component,
+                                   p.previous_max_component_fraction)
         if "keys" in batch:
             out["keys"] = batch["keys"]
         return out

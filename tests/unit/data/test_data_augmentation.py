@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -103,10 +104,18 @@ def test_cascade_one_hot_follows_the_augmented_segmentation():
 
     cases = {k: src.load(k) for k in src.case_ids()}
     casc = ArraySource(cases, extra_segs={k: v[1] for k, v in cases.items()})
-    params = training_params((16, 20, 16), STRIDES_3D, num_extra_classes=3)
-    out = TrainingAugmentation(params)(_batch(params, 6, 3, source=casc), np.random.default_rng(0))
+    # the random damage to the previous stage (tested on its own) is off here
+    params = replace(training_params((16, 20, 16), STRIDES_3D, num_extra_classes=3), p_previous_morphology=0.0,
+                     p_previous_remove_component=0.0)
+    batch = _batch(params, 6, 3, source=casc)
+    out = TrainingAugmentation(params)(batch, np.random.default_rng(0))
     assert out["data"].shape == (6, 3, 16, 20, 16)
     np.testing.assert_array_equal(out["data"][:, 1:], one_hot_channels(out["target"][0][:, 0], 3))
+    # with it on, some samples' previous-stage channels differ from the target, and stay one-hot
+    damaged = replace(params, p_previous_morphology=1.0, p_previous_remove_component=1.0)
+    out = TrainingAugmentation(damaged)(batch, np.random.default_rng(0))
+    assert not np.array_equal(out["data"][:, 1:], one_hot_channels(out["target"][0][:, 0], 3))
+    assert set(np.unique(out["data"][:, 1:])) <= {0.0, 1.0} and out["data"][:, 1:].sum(1).max() <= 1
 
 
 def test_finalize_masks_removes_minus_one_and_requires_extra_seg():
