@@ -161,9 +161,13 @@ def _replace_plans(paths: DatasetPaths, plans: Plans) -> None:
 
 def load_plans(workspace: Path, dataset: str) -> Plans:
     """The plans of ``dataset`` in ``workspace`` (a clear error when it was never planned)."""
-    paths = Workspace(Path(workspace)).dataset(dataset)
+    ws = Workspace(Path(workspace))
+    paths = ws.dataset(dataset)
     if not paths.plans.is_file():
-        raise AutosegError(f"{paths.plans}: no plans for dataset '{dataset}'; run `autoseg plan RAW_DIR` first")
+        known = ws.datasets()
+        raise AutosegError(f"{paths.plans}: no plans for dataset '{dataset}' ("
+                           + (f"planned in {ws.root}: {', '.join(known)}" if known else f"nothing planned in {ws.root}")
+                           + "); run `autoseg plan RAW_DIR` first")
     return load_json(Plans, paths.plans)
 
 

@@ -10,6 +10,7 @@ Layout::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,4 +94,15 @@ class Workspace:
     root: Path
 
     def dataset(self, name: str) -> DatasetPaths:
-        return DatasetPaths(Path(self.root) / name)
+        """A dataset's folder. The raw folder's name works too: ``Task04_Hippocampus`` (MSD) or
+        ``Dataset004_Hippocampus`` (nnU-Net v2) finds ``Hippocampus`` when only that one exists."""
+        root = Path(self.root)
+        match = re.fullmatch(r"(?:Task\d+|Dataset\d+)_(.+)", name)
+        if match and not (root / name).exists() and (root / match.group(1)).is_dir():
+            name = match.group(1)
+        return DatasetPaths(root / name)
+
+    def datasets(self) -> list[str]:
+        """Names of the planned datasets in this workspace."""
+        root = Path(self.root)
+        return sorted(p.name for p in root.iterdir() if (p / "plans.json").is_file()) if root.is_dir() else []
