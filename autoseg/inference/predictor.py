@@ -15,7 +15,8 @@ import torch
 from autoseg.errors import AutosegError
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.io.image import Geometry
-from autoseg.nn.device import resolve_device, resolve_precision
+from autoseg.nn.device import resolve_channels_last, resolve_device, resolve_precision
+from autoseg.nn.speed import prepare_for_device
 from autoseg.nn.unet import build_network
 from autoseg.preprocessing.case import preprocess_for_inference, revert_case
 from autoseg.schema.base import sha256_of
@@ -58,10 +59,13 @@ class Predictor:
         Sliding-window step as a fraction of the patch.
     mirror
         Test-time augmentation: average over mirrorings along every axis.
+    channels_last
+        Lay convolution weights out channels-last; ``None``: as in training (with bf16 or on CUDA; 2-10% faster
+        prediction with bf16 on this project's CPU).
     """
 
     def __init__(self, plans: Plans, configuration: str, networks: Sequence[torch.nn.Module], device: str = "auto",
-                 precision: str = "auto", step: float = 0.5, mirror: bool = True):
+                 precision: str = "auto", step: float = 0.5, mirror: bool = True, channels_last: bool | None = None):
         if configuration not in plans.configurations:
             raise AutosegError(f"configuration '{configuration}' is not in the plans of {plans.dataset_name} "
                                f"(planned: {', '.join(plans.configurations)})")
@@ -76,7 +80,8 @@ class Predictor:
             self.precision = "bf16"  # fp16 logits can overflow; bf16 has fp32's range
         self.step = step
         self.mirror_axes = tuple(range(self.plan.dims)) if mirror else None
-        self.networks = [n.to(self.device).eval() for n in networks]
+        layout = resolve_channels_last(channels_last, self.device, self.precision)
+        self.networks = [prepare_for_device(n, self.device, layout).eval() for n in networks]
 
     @classmethod
     def from_checkpoints(cls, plans: Plans, configuration: str, checkpoints: Sequence[Path], **kwargs) -> "Predictor":
