@@ -104,8 +104,8 @@ def fold_sources(paths: DatasetPaths, config: str, spec: DatasetSpec,
     problems, sources = [], {}
     for k, fold in enumerate(splits):
         folder = paths.model(config, k)
-        if not (folder / "checkpoint_final.pt").is_file():
-            problems.append(f"fold {k} of {config} not trained ({folder / 'checkpoint_final.pt'} missing); run "
+        if not paths.final_checkpoint(config, k).is_file():
+            problems.append(f"fold {k} of {config} not trained ({paths.final_checkpoint(config, k)} missing); run "
                             f"`autoseg train {spec.name} -c {config} -f {k}`")
             continue
         val = folder / "validation"
