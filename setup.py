@@ -14,6 +14,7 @@ setup(
         "torch==2.13.0",
         "numpy",
         "SimpleITK",
+        "nibabel",
         "scipy",
         "batchgenerators",
         "scikit-image",

@@ -16,6 +16,19 @@ from autoseg.errors import AutosegError
 
 EXIT_USER_ERROR = 2
 
+#: How the library's parameters (named in its errors with :func:`autoseg.errors.option`) are spelled here.
+FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "continue_": "--continue", "budget_minutes": "--budget",
+         "epochs": "--epochs", "configurations": "-c", "folds": "-f", "memory_gb": "--gpu-memory",
+         "pretrained": "--pretrained", "device": "--device", "precision": "--precision", "preset": "--preset",
+         "num_workers": "-j"}
+
+
+def _flag(name: str) -> str:
+    """``"overwrite=True"`` -> ``--overwrite``; ``"num_workers=1"`` -> ``-j 1``; ``"device"`` -> ``--device``."""
+    key, _, value = name.partition("=")
+    flag = FLAGS.get(key, key)
+    return flag if value in ("", "True") else f"{flag} {value}"
+
 
 def _workers(value: str) -> int:
     n = int(value)
@@ -307,7 +320,7 @@ def _cmd_find_best(args) -> int:
     best = api.find_best(args.workspace, args.dataset, args.configs, num_workers=args.workers)
     _, pp = api.load_best(args.workspace, args.dataset)
     print(selection_table(best, pp))
-    print(f"\nwrote {api.Workspace(args.workspace).dataset(args.dataset).best} and its postprocessing.json")
+    print(f"\nwrote {api.load_context(args.workspace, args.dataset).paths.best} and its postprocessing.json")
     return 0
 
 
@@ -349,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except AutosegError as e:
-        for line in e.problems:
+        for line in e.render(_flag):
             print(f"error: {line}", file=sys.stderr)
         if len(e.problems) > 1:
             print(f"error: {len(e.problems)} problems found; nothing was written", file=sys.stderr)

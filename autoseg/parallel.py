@@ -10,7 +10,14 @@ from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, option
+
+_WAITING, _RUNNING, _DONE = 0, 1, 2
+
+# Per worker process: the job-state array shared with the parent (``_WAITING`` / ``_RUNNING`` / ``_DONE`` per job),
+# handed over by the pool initializer (fork: inherited memory). It lets the parent name exactly the cases in flight
+# when a worker is killed.
+_job_state = None
 
 
 def worker_count(num_workers: int | None, n_jobs: int) -> int:
@@ -18,13 +25,44 @@ def worker_count(num_workers: int | None, n_jobs: int) -> int:
     return max(1, min(num_workers or len(os.sched_getaffinity(0)), n_jobs))
 
 
+def one_blas_thread() -> None:
+    """Limit this process's BLAS / OpenMP thread pools to one thread (a worker initializer: the worker processes
+    are the parallelism). A no-op without threadpoolctl (it comes with scikit-learn)."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1)
+    except ImportError:
+        pass
+
+
+def _init_pool_worker(job_state, initializer: Callable[[], None] | None) -> None:
+    global _job_state
+    _job_state = job_state
+    if initializer is not None:
+        initializer()
+
+
+def _run_job(fn: Callable[..., Any], index: int, job: tuple) -> Any:
+    _job_state[index] = _RUNNING
+    try:
+        return fn(*job)
+    finally:
+        _job_state[index] = _DONE
+
+
 def map_cases(fn: Callable[..., Any], jobs: Sequence[tuple], case_ids: Sequence[str], num_workers: int | None = None,
-              desc: str = "cases", progress: bool = True,
-              initializer: Callable[[], None] | None = None) -> list[Any]:
+              desc: str = "cases", progress: bool = True, initializer: Callable[[], None] | None = None,
+              on_result: Callable[[int, Any], None] | None = None,
+              died_message: Callable[[list[str]], str] | None = None) -> list[Any]:
     """``[fn(*job) for job in jobs]`` with up to ``num_workers`` processes (default: one per core).
 
     Workers are forked (they start in milliseconds and see the parent's modules); ``fn`` must use numpy, scipy
-    and SimpleITK only. The first exception raised by ``fn`` is re-raised here.
+    and SimpleITK only. With one worker (or one job) everything runs in this process, leaving its thread settings
+    alone.
+
+    The run stops at the first error: the first exception raised by ``fn`` or ``on_result`` is re-raised here
+    (as is a KeyboardInterrupt) once the jobs already running have finished; no new job starts.
 
     Parameters
     ----------
@@ -34,10 +72,21 @@ def map_cases(fn: Callable[..., Any], jobs: Sequence[tuple], case_ids: Sequence[
         Arguments of each call.
     case_ids
         The case of each job, to name in the error when a worker dies.
+    num_workers
+        Worker processes; default one per usable core (never more than one per job).
     desc
         Progress-bar label.
+    progress
+        Show the progress bar.
     initializer
         Called once in every worker process before its first job (not in this process when running in-process).
+    on_result
+        ``on_result(index, result)``, in this process as each job finishes (in completion order), before the
+        progress bar advances.
+    died_message
+        The error message when a worker process dies, from the cases running at that moment (in job order; empty
+        when none had started); default: ``"<desc>: a worker process died (most likely out of memory) while
+        working on one of <cases>; retry with fewer workers (-j 1)"`` (``num_workers=1`` in Python).
 
     Raises
     ------
@@ -47,28 +96,41 @@ def map_cases(fn: Callable[..., Any], jobs: Sequence[tuple], case_ids: Sequence[
     workers = worker_count(num_workers, len(jobs))
     results: list[Any] = [None] * len(jobs)
     bar = tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True)
+
+    def finished(i: int, result: Any) -> None:
+        results[i] = result
+        if on_result is not None:
+            on_result(i, result)
+        bar.update()
+
     try:
         if workers <= 1:
             for i, job in enumerate(jobs):
-                results[i] = fn(*job)
-                bar.update()
+                finished(i, fn(*job))
             return results
-        with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=initializer) as pool:
-            pending = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+        ctx = get_context("fork")
+        state = ctx.RawArray("b", len(jobs))
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
+                                 initargs=(state, initializer)) as pool:
+            pending: dict = {}
             try:
+                for i, job in enumerate(jobs):  # a worker may die while jobs are still being submitted
+                    pending[pool.submit(_run_job, fn, i, job)] = i
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
                         i = pending.pop(fut)
-                        results[i] = fut.result()
-                        bar.update()
+                        finished(i, fut.result())
             except BrokenProcessPool:
-                running = sorted(case_ids[i] for i in pending)[:workers]
+                running = [case_ids[i] for i in range(len(jobs)) if state[i] == _RUNNING]
+                if died_message is not None:
+                    raise AutosegError(died_message(running)) from None
+                # none marked running (the worker died before its first job): the next ones in line
+                named = sorted(running) or sorted(case_ids[i] for i in pending)[:workers]
                 raise AutosegError(f"{desc}: a worker process died (most likely out of memory) while working on one "
-                                   f"of {', '.join(running)}; retry with fewer workers (-j 1)") from None
+                                   f"of {', '.join(named)}; retry with fewer workers ({option('num_workers=1')})") from None
             except BaseException:
-                for fut in pending:
-                    fut.cancel()
+                pool.shutdown(wait=True, cancel_futures=True)  # running jobs finish, no new ones start
                 raise
         return results
     finally:

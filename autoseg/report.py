@@ -10,22 +10,18 @@ Figures use matplotlib's object API with the Agg canvas (no pyplot state); every
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from autoseg.errors import AutosegError
-from autoseg.schema.base import atomic_write_text, from_jsonable, load_json, publish
+from autoseg.schema.base import atomic_path, atomic_write_text, from_jsonable, load_json
 from autoseg.schema.dataset import DatasetSpec
 from autoseg.schema.evaluation import EvaluationSummary
 from autoseg.schema.training import EpochLog, TrainConfig
-from autoseg.workspace import Workspace
+from autoseg.workspace import FoldPaths
 
-REPORT = "report.md"
-BOXPLOT = "dice_boxplot.png"
-OVERLAYS = "overlays"
 #: Cases shown at each end of the per-case ranking.
 N_EXTREME = 2
 _COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf")
@@ -38,57 +34,47 @@ class _Run:
     state: dict | None
 
 
-def write_report(workspace: Path, dataset: str, configuration: str, fold: str) -> Path:
+def write_fold_report(folder: FoldPaths, spec: DatasetSpec | None = None) -> Path:
     """Write the report of one trained fold; returns the path of ``report.md``.
+
+    ``spec`` locates the raw images for the overlays (without it, or without the raw data, they are skipped).
 
     Raises
     ------
     AutosegError
         The fold folder does not exist (never trained).
     """
-    paths = Workspace(Path(workspace)).dataset(dataset)
-    folder = paths.model(configuration, fold)
-    if not folder.is_dir():
-        raise AutosegError(f"{folder}: no such fold folder; run `autoseg train {dataset} -c {configuration} "
-                           f"-f {fold}` first")
-    spec = load_json(DatasetSpec, paths.dataset_spec) if paths.dataset_spec.is_file() else None
-    return write_fold_report(folder, spec)
-
-
-def write_fold_report(folder: Path, spec: DatasetSpec | None = None) -> Path:
-    """:func:`write_report` for a fold folder; ``spec`` locates the raw images for the overlays."""
-    folder = Path(folder)
+    if not folder.root.is_dir():
+        raise AutosegError(f"{folder.root}: no such fold folder (never trained)")
     run = _read_run(folder)
     title = (f"{run.config.dataset} {run.config.configuration} fold {run.config.fold}" if run.config
-             else folder.name)
+             else folder.root.name)
     lines = [f"# {title}", "", "## Run", "", *_run_table(run), ""]
-    if (folder / "progress.png").is_file():
-        lines += ["## Training progress", "", "![training progress](progress.png)", ""]
-    summary_path = folder / "validation" / "summary.json"
+    if folder.progress_plot.is_file():
+        lines += ["## Training progress", "", f"![training progress]({folder.relative(folder.progress_plot)})", ""]
     lines += ["## Validation", ""]
-    if not summary_path.is_file():
+    if not folder.validation_summary.is_file():
         lines += ["No validation summary (fold `all`, or training ran with `--no-validation`).", ""]
     else:
-        summary = load_json(EvaluationSummary, summary_path)
+        summary = load_json(EvaluationSummary, folder.validation_summary)
         lines += [*_metrics_table(summary), ""]
-        if _dice_boxplot(summary, folder / BOXPLOT):
-            lines += ["![Dice per validation case and class](" + BOXPLOT + ")", ""]
+        if _dice_boxplot(summary, folder.dice_boxplot):
+            lines += [f"![Dice per validation case and class]({folder.relative(folder.dice_boxplot)})", ""]
         lines += ["## Worst and best validation cases", "", *_overlays(summary, folder, spec), ""]
-    out = folder / REPORT
-    atomic_write_text(out, "\n".join(lines).rstrip() + "\n")
-    return out
+    atomic_write_text(folder.report, "\n".join(lines).rstrip() + "\n")
+    return folder.report
 
 
 # ----------------------------------------------------------------------------------------------------- reading
 
 
-def _read_run(folder: Path) -> _Run:
+def _read_run(folder: FoldPaths) -> _Run:
     config = None
-    if (folder / "train_config.json").is_file():
-        config = load_json(TrainConfig, folder / "train_config.json")
+    if folder.train_config.is_file():
+        config = load_json(TrainConfig, folder.train_config)
     log = []
-    if (folder / "log.jsonl").is_file():
-        for line in (folder / "log.jsonl").read_text().splitlines():
+    if folder.log.is_file():
+        for line in folder.log.read_text().splitlines():
             try:
                 log.append(from_jsonable(EpochLog, json.loads(line)))
             except (ValueError, TypeError, KeyError):
@@ -96,12 +82,12 @@ def _read_run(folder: Path) -> _Run:
     return _Run(config, log, _checkpoint_state(folder))
 
 
-def _checkpoint_state(folder: Path) -> dict | None:
+def _checkpoint_state(folder: FoldPaths) -> dict | None:
     """The run state saved in the final (else latest) checkpoint; ``None`` without a readable one."""
     for kind in ("final", "latest"):
-        path = folder / f"checkpoint_{kind}.pt"
+        path = folder.checkpoint(kind)
         if path.is_file():
-            from autoseg.training.checkpoint import load_checkpoint
+            from autoseg.nn.checkpoint import load_checkpoint
 
             try:
                 return json.loads(load_checkpoint(path)["state"])
@@ -176,16 +162,8 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.png",
-                                     delete=False) as f:
-        tmp = f.name
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:
         fig.savefig(tmp)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _dice_boxplot(summary: EvaluationSummary, path: Path) -> bool:
@@ -224,7 +202,7 @@ def _case_scores(summary: EvaluationSummary) -> list[tuple[str, float]]:
     return sorted(scores, key=lambda s: (s[1], s[0]))
 
 
-def _overlays(summary: EvaluationSummary, folder: Path, spec: DatasetSpec | None) -> list[str]:
+def _overlays(summary: EvaluationSummary, folder: FoldPaths, spec: DatasetSpec | None) -> list[str]:
     scores = _case_scores(summary)
     if not scores:
         return ["No case with a defined Dice."]
@@ -241,23 +219,23 @@ def _overlays(summary: EvaluationSummary, folder: Path, spec: DatasetSpec | None
     lines = []
     for kind, (case_id, dice) in picked:
         case = cases.get(case_id)
-        pred = folder / "validation" / f"{case_id}{spec.file_ending}"
+        pred = folder.validation_segmentation(case_id, spec.file_ending)
         lines.append(f"### {kind}: {case_id} (mean foreground Dice {dice:.3f})")
         lines.append("")
         if case is None or case.label is None or not pred.is_file():
             lines += [f"Overlay skipped: {'prediction' if case else 'case'} not found.", ""]
             continue
         try:
-            name = _overlay(raw, case, pred, summary.label_names, folder / OVERLAYS / f"{case_id}.png")
+            out = _overlay(raw, case, pred, summary.label_names, folder.overlay(case_id))
         except AutosegError as e:
             lines += [f"Overlay skipped: {e.problems[0] if e.problems else e}.", ""]
             continue
-        lines += [f"![{case_id}]({OVERLAYS}/{name})", ""]
+        lines += [f"![{case_id}]({folder.relative(out)})", ""]
     return lines
 
 
-def _overlay(raw: Path, case, pred_path: Path, label_names: dict[str, str], out: Path) -> str:
-    """Image slice with reference (solid) and prediction (dashed) contours; returns the PNG's file name."""
+def _overlay(raw: Path, case, pred_path: Path, label_names: dict[str, str], out: Path) -> Path:
+    """Image slice with reference (solid) and prediction (dashed) contours, drawn to ``out``; returns it."""
     from matplotlib.lines import Line2D
 
     from autoseg.io.image import read_image, read_label
@@ -293,4 +271,4 @@ def _overlay(raw: Path, case, pred_path: Path, label_names: dict[str, str], out:
     ax.set_axis_off()
     fig.tight_layout()
     _save(fig, out)
-    return out.name
+    return out

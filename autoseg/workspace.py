@@ -1,11 +1,14 @@
-"""Every on-disk path of a workspace, as methods. No other module builds workspace paths from strings.
+"""Every on-disk path of a workspace, as methods. No other module spells a workspace file name.
 
 Layout::
 
     WS/<dataset>/dataset_spec.json, fingerprint.json, plans.json, splits.json
     WS/<dataset>/preprocessed/<config>/<case>.{npy,json}
-    WS/<dataset>/models/<config>/fold_<k>/...
+    WS/<dataset>/models/<config>/fold_<k>/...          (FoldPaths)
     WS/<dataset>/crossval/..., best.json, postprocessing.json
+
+An exported model zip mirrors this layout (its member names are these paths relative to the dataset folder), so
+:class:`DatasetPaths` built on an empty root gives the member names.
 """
 
 from __future__ import annotations
@@ -14,10 +17,116 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_WORKSPACE = Path("autoseg_workspace")
-
 #: Configurations whose preprocessed data are those of another configuration (same spacing and normalisation).
 SHARED_PREPROCESSED = {"3d_cascade_fullres": "3d_fullres"}
+
+
+def segmentation_file(folder: Path, case_id: str, file_ending: str) -> Path:
+    """A case's label map in a folder of predictions (fold validation, cross-validation, ``autoseg predict``)."""
+    return Path(folder) / f"{case_id}{file_ending}"
+
+
+def probabilities_file(folder: Path, case_id: str) -> Path:
+    """A case's class probabilities (``.npz``) beside its label map."""
+    return Path(folder) / f"{case_id}.npz"
+
+
+def summary_file(folder: Path) -> Path:
+    """The evaluation of a folder of predictions."""
+    return Path(folder) / "summary.json"
+
+
+#: Checkpoint kinds of a fold folder: ``latest`` (a run in progress), ``best`` (best smoothed pseudo-Dice),
+#: ``final`` (the run finished; what prediction loads).
+CHECKPOINT_KINDS = ("latest", "best", "final")
+
+
+@dataclass(frozen=True)
+class FoldPaths:
+    """Files of one trained fold: ``WS/<dataset>/models/<config>/fold_<k>/``."""
+
+    root: Path
+
+    def checkpoint(self, kind: str) -> Path:
+        """``checkpoint_<kind>.pt`` (see :data:`CHECKPOINT_KINDS`)."""
+        if kind not in CHECKPOINT_KINDS:
+            raise ValueError(f"checkpoint kind {kind!r}: one of {', '.join(CHECKPOINT_KINDS)}")
+        return self.root / f"checkpoint_{kind}.pt"
+
+    @property
+    def final_checkpoint(self) -> Path:
+        """A fold is trained when this file exists."""
+        return self.checkpoint("final")
+
+    @property
+    def latest_checkpoint(self) -> Path:
+        return self.checkpoint("latest")
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoint("best")
+
+    @property
+    def is_trained(self) -> bool:
+        return self.final_checkpoint.is_file()
+
+    @property
+    def train_config(self) -> Path:
+        return self.root / "train_config.json"
+
+    @property
+    def log(self) -> Path:
+        """``log.jsonl``: one :class:`autoseg.schema.training.EpochLog` per line."""
+        return self.root / "log.jsonl"
+
+    @property
+    def progress_plot(self) -> Path:
+        return self.root / "progress.png"
+
+    @property
+    def validation(self) -> Path:
+        """Folder of the final validation: label maps in the raw geometry, probabilities, ``summary.json``."""
+        return self.root / "validation"
+
+    @property
+    def validation_summary(self) -> Path:
+        return summary_file(self.validation)
+
+    def validation_segmentation(self, case_id: str, file_ending: str) -> Path:
+        return segmentation_file(self.validation, case_id, file_ending)
+
+    def validation_probabilities(self, case_id: str) -> Path:
+        return probabilities_file(self.validation, case_id)
+
+    @property
+    def next_stage(self) -> Path:
+        """Folder of a cascade's low-res fold holding its validation cases' segmentations on the next stage's grid
+        (``<case>.npy``), the extra input the next stage trains on."""
+        return self.root / "next_stage"
+
+    def next_stage_segmentation(self, case_id: str) -> Path:
+        return self.next_stage / f"{case_id}.npy"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def dice_boxplot(self) -> Path:
+        return self.root / "dice_boxplot.png"
+
+    def overlay(self, case_id: str) -> Path:
+        return self.root / "overlays" / f"{case_id}.png"
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the fold folder, ``/``-separated (how the report links its figures)."""
+        return Path(path).relative_to(self.root).as_posix()
+
+    @property
+    def exported_files(self) -> tuple[Path, ...]:
+        """Files an exported model carries besides the checkpoint, when present (no patient images: validation
+        predictions and overlays stay behind)."""
+        return (self.train_config, self.log, self.progress_plot, self.validation_summary)
 
 
 @dataclass(frozen=True)
@@ -54,29 +163,28 @@ class DatasetPaths:
         """
         return self.root / "preprocessed" / SHARED_PREPROCESSED.get(config, config)
 
-    def model(self, config: str, fold: int | str) -> Path:
-        return self.root / "models" / config / f"fold_{fold}"
+    def models(self, config: str) -> Path:
+        """Folder of a configuration's fold folders."""
+        return self.root / "models" / config
 
-    def final_checkpoint(self, config: str, fold: int | str) -> Path:
-        """A fold is trained when this file exists."""
-        return self.model(config, fold) / "checkpoint_final.pt"
+    def fold(self, config: str, fold: int | str) -> FoldPaths:
+        return FoldPaths(self.models(config) / f"fold_{fold}")
 
     def trained_folds(self, config: str) -> list[str]:
         """Folds of ``config`` with a final checkpoint, sorted (``"0"`` ... ``"4"``, ``"all"``)."""
-        root = self.root / "models" / config
+        root = self.models(config)
         if not root.is_dir():
             return []
         return sorted(p.name[len("fold_"):] for p in root.iterdir()
-                      if p.name.startswith("fold_") and (p / "checkpoint_final.pt").is_file())
-
-    def next_stage(self, config: str, fold: int | str) -> Path:
-        """Folder of a cascade's low-res fold holding its validation cases' segmentations on the next stage's grid
-        (``<case>.npy``), the extra input the next stage trains on."""
-        return self.model(config, fold) / "next_stage"
+                      if p.name.startswith("fold_") and FoldPaths(p).is_trained)
 
     @property
     def crossval(self) -> Path:
         return self.root / "crossval"
+
+    def crossval_candidate(self, name: str) -> Path:
+        """Merged cross-validation predictions of a configuration or an ensemble (``crossval/<name>/``)."""
+        return self.crossval / name
 
     @property
     def best(self) -> Path:

@@ -67,8 +67,9 @@ def _autoseg_sources(workspace: Path, raw: Path, configs: list[str]) -> tuple[di
     except Exception as e:  # noqa: BLE001 -- fall back, loudly
         print(f"[autoseg] preprocessed data unavailable ({type(e).__name__}: {e}); FALLBACK to raw images "
               f"with a per-image z-score", flush=True)
-    from autoseg.data.sampling import ArraySource, class_locations
+    from autoseg.data.sampling import ArraySource
     from autoseg.io.image import read_image, read_label
+    from autoseg.preprocessing.case import class_locations
 
     cases = {}
     for img in sorted((raw / "imagesTr").glob("*.nii.gz")):
@@ -78,7 +79,8 @@ def _autoseg_sources(workspace: Path, raw: Path, configs: list[str]) -> tuple[di
         seg, _ = read_label(raw / "labelsTr" / img.name)
         data = (data - data.mean()) / max(float(data.std()), 1e-8)
         seg = seg[None].astype(np.int8)
-        cases[img.name[:-7]] = (data.astype(np.float32), seg, class_locations(seg))
+        locs = class_locations(seg[0], int(seg.max()) + 1, np.random.default_rng(0))
+        cases[img.name[:-7]] = (data.astype(np.float32), seg, locs)
     src = ArraySource(cases)
     return {c: src for c in configs}, {c: HIPPOCAMPUS_FALLBACK[c] for c in configs}, "raw z-score (fallback)"
 

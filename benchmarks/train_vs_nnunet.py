@@ -189,8 +189,10 @@ def nnunet_validation_dice(work: Path, config: str) -> dict:
 
 
 def autoseg_validation_dice(work: Path, config: str) -> dict:
-    data = json.loads((work / "autoseg_ws" / "Hippocampus" / "models" / config / "fold_0" / "validation" /
-                       "summary.json").read_text())
+    from autoseg.workspace import Workspace
+
+    fold = Workspace(work / "autoseg_ws").dataset("Hippocampus").fold(config, 0)
+    data = json.loads(fold.validation_summary.read_text())
     return {data["label_names"].get(k, k): v["dice"] for k, v in data["mean"].items()}
 
 

@@ -5,45 +5,54 @@ deep-supervision scale, full resolution first], "keys": case ids, "index": batch
 ``(Z, Y, X)`` (2D: ``(Y, X)``) after the plans' ``transpose_forward``. Batches are numpy arrays; the trainer converts
 them to torch.
 
+Design. A :class:`torch.utils.data.DataLoader` with ``batch_size=None`` over a dataset whose item ``k`` is batch ``k``
+(:func:`produce_batch`), indexed by a sampler that counts ``first_batch, first_batch + 1, ...`` (endless, or
+``num_batches`` of them): a resumed training run continues its stream where it stopped. ``num_workers=0`` makes the
+batches in the calling thread. Workers are forked by default (no pickling of the source; fast start); pass
+``start_method="spawn"`` or ``"forkserver"`` where forking the consumer is unwelcome (then source and transforms must
+be picklable). Each worker runs one BLAS/OpenMP thread, ignores Ctrl-C (the consumer's to handle; it then closes the
+loader) and keeps its own cache of open cases.
+
 Determinism. Batch ``k`` is a pure function of ``(source, case ids, config, transforms, seed, k)``: its generator is
 ``PCG64(SeedSequence(seed, spawn_key=(k,)))``, which draws the cases, the patch positions and every augmentation
-parameter (batchgenerators' draws through :func:`autoseg.data.augmentation.legacy_rng_seeded`). Worker ``w`` of ``n`` produces
-batches ``w, w + n, w + 2n, ...``, so which process makes a batch never changes its content. With
-``deterministic=True`` batches are delivered in index order (each worker has its own queue and the consumer reads
-them in turn), so the stream is bitwise identical for 0, 1 or any number of workers. With ``deterministic=False``
-they are delivered as they complete (one shared queue; a slow batch does not hold up the others); each batch is
-still the same function of its ``"index"``.
+parameter (batchgenerators' draws through :func:`autoseg.data.augmentation.legacy_rng_seeded`), so which process
+makes a batch never changes its content. With ``deterministic=True`` batches are delivered in index order, so the
+stream is bitwise identical for 0, 1 or any number of workers. With ``deterministic=False`` they are delivered as
+they complete (the DataLoader's ``in_order=False``: a slow batch does not hold up the others); each batch is still
+the same function of its ``"index"``. The loader draws nothing from the global numpy, ``random`` or torch generators.
 
-Failure. A worker that raises sends the error (batch index, case id, cause, traceback) and stops; a worker that
-dies (killed, segfault) is noticed by a liveness check every ``poll_interval`` seconds while the consumer waits.
-Both raise :class:`LoaderWorkerError` in the consumer and shut the loader down. No batch within ``timeout`` seconds
-from live workers raises :class:`LoaderTimeoutError`. ``close()`` (also on ``with`` exit, on garbage collection
-and at interpreter exit) stops and joins every worker, terminating those that do not stop in time.
+Failure. A worker whose batch raises sends the failure (batch index, case id, cause, traceback) as that batch; it
+raises :class:`LoaderWorkerError` in the consumer when the batch is due. A worker that dies (killed, segfault) is
+noticed by a liveness check every ``poll_interval`` seconds while the consumer waits (the DataLoader's
+asynchronous SIGCHLD check is switched off for these workers, so the error comes out of ``next()``, never out of
+unrelated code) and raises :class:`LoaderWorkerError` too. No batch within ``timeout`` seconds from live workers
+raises :class:`LoaderTimeoutError`. These errors close the loader (with ``num_workers=0`` the next ``next()``
+tries the failed batch again). ``close()`` (also on ``with`` exit, on garbage
+collection and at interpreter exit) stops and joins every worker; a worker that does not stop in time (a timed-out
+one at once) is terminated.
 
-Transport. Workers write each batch to a file in a private temporary folder (``/dev/shm`` when writable) and send
-only its name through a bounded queue (``prefetch`` batches per worker): a large queue message cut short by a worker
-killed mid-write would block the consumer's read forever, beyond any timeout. The folder is removed on close.
-Workers are forked by default (no pickling of the source; fast start); pass ``start_method="spawn"`` or
-``"forkserver"`` where forking the consumer is unwelcome (then source and transforms must be picklable).
+Transport. A worker copies the arrays of its batch into one ``uint8`` tensor made in shared memory; the DataLoader
+passes its file descriptor to the consumer, which gets the arrays back as numpy views of that block (no copy).
+Pickled numpy arrays would instead be copied several times through a pipe. The block is anonymous shared memory,
+freed with the last reference to it, whatever happened to the worker.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
-import os
-import pickle
-import queue
-import shutil
 import signal
-import tempfile
 import time
 import traceback
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data._utils import signal_handling
 
 from autoseg.data.augmentation import (TrainingAugmentation, ValidationTransforms, deep_supervision_scales,
                                        training_params_from_plan)
@@ -95,7 +104,7 @@ class LoaderConfig:
     first_batch
         Index of the first batch delivered: a resumed training run continues its batch stream where it stopped.
     prefetch
-        Batches each worker may have ready ahead of the consumer.
+        Batches each worker may have ready ahead of the consumer (the DataLoader's ``prefetch_factor``).
     timeout
         Seconds to wait for the next batch from live workers before raising ``LoaderTimeoutError``.
     poll_interval
@@ -130,6 +139,8 @@ class LoaderConfig:
             raise ValueError(f"prefetch must be >= 1, got {self.prefetch}")
         if self.num_batches is not None and self.num_batches < 0:
             raise ValueError(f"num_batches must be >= 0 or None, got {self.num_batches}")
+        if self.poll_interval <= 0:
+            raise ValueError(f"poll_interval must be > 0, got {self.poll_interval}")
         self.sampling  # validates the patch geometry early
 
     @property
@@ -197,109 +208,122 @@ def _describe_failure(e: BaseException, index: int) -> tuple[str, str | None]:
 
 
 # --------------------------------------------------------------------------- worker side
-#
-# Batches travel as files in a private temporary folder (memory-backed /dev/shm where available); the queues carry
-# only short messages. A queue message larger than the pipe's atomic write size could be cut in half by a worker
-# killed mid-write, and the consumer's read would then block forever, beyond any timeout.
 
 
-def _put(q, item, stop, parent: int) -> bool:
-    """Put with backpressure, giving up when asked to stop or when the consumer's process is gone."""
-    while True:
+class _Failure(NamedTuple):
+    """What a worker sends instead of a batch that raised (exceptions themselves may not survive pickling)."""
+
+    worker: int
+    index: int
+    message: str
+    case_id: str | None
+    traceback: str
+
+
+class _Slot(NamedTuple):
+    """Where an array lies in a packed batch's block."""
+
+    offset: int
+    nbytes: int
+    dtype: str
+    shape: tuple[int, ...]
+
+
+class _Packed(NamedTuple):
+    """A batch in transit: its numeric arrays in one tensor (sent through shared memory), ``_Slot`` in their place."""
+
+    block: torch.Tensor
+    batch: dict
+
+
+_ALIGN = 64  # bytes; every array starts on a cache line
+
+
+def _map(batch: dict, f: Callable) -> dict:
+    """``f`` applied to every value of ``batch`` and to every element of its list and tuple values."""
+    return {k: type(v)(map(f, v)) if type(v) in (list, tuple) else f(v) for k, v in batch.items()}
+
+
+def _pack(batch: dict) -> _Packed:
+    arrays: list[tuple[np.ndarray, _Slot]] = []
+    size = 0
+
+    def slot(v):
+        nonlocal size
+        if not (isinstance(v, np.ndarray) and v.dtype.kind in "biufc"):
+            return v
+        arrays.append((v, _Slot(size, v.nbytes, v.dtype.str, v.shape)))
+        size += -(-v.nbytes // _ALIGN) * _ALIGN
+        return arrays[-1][1]
+
+    skeleton = _map(batch, slot)
+    # moved to shared memory while still empty (a copy of uninitialised bytes), so the filled block is never copied:
+    # the DataLoader hands its file descriptor to the consumer
+    block = torch.empty(max(size, 1), dtype=torch.uint8).share_memory_()
+    raw = block.numpy()
+    for a, s in arrays:
+        np.copyto(raw[s.offset:s.offset + s.nbytes].view(a.dtype).reshape(a.shape), a)
+    return _Packed(block, skeleton)
+
+
+def _unpack(packed: _Packed) -> dict:
+    raw = packed.block.numpy()
+    return _map(packed.batch, lambda v: raw[v.offset:v.offset + v.nbytes].view(v.dtype).reshape(v.shape)
+                if isinstance(v, _Slot) else v)
+
+
+class _Batches(Dataset):
+    """Item ``k`` is batch ``k``. In a worker, a batch comes packed (``_Packed``) and a failure as ``_Failure``;
+    in the calling thread, the batch dict itself and failures raise."""
+
+    def __init__(self, source: CaseSource, case_ids: Sequence[str], config: LoaderConfig,
+                 transforms: BatchTransform | None):
+        self.source, self.case_ids, self.config, self.transforms = source, case_ids, config, transforms
+        self._cache: _CachedSource | None = None  # made in the process that uses it: one per worker
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": None}
+
+    def __getitem__(self, index: int):
+        if self._cache is None:
+            self._cache = _CachedSource(self.source, self.config.cache_cases)
+        worker = get_worker_info()
+        if worker is None:
+            return produce_batch(self._cache, self.case_ids, self.config, self.transforms, index)
         try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            if stop.is_set() or os.getppid() != parent:
-                return False
+            return _pack(produce_batch(self._cache, self.case_ids, self.config, self.transforms, index))
+        except Exception as e:  # noqa: BLE001 -- every failure goes to the consumer
+            message, case = _describe_failure(e, index)
+            return _Failure(worker.id, index, message, case, traceback.format_exc())
 
 
-def _write_batch(folder: str, worker: int, index: int, batch: dict) -> str:
-    path = os.path.join(folder, f"batch_{index}.pkl")
-    tmp = os.path.join(folder, f".w{worker}_{index}.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(batch, f, protocol=pickle.HIGHEST_PROTOCOL)  # transient, same program: never a stored file
-    os.replace(tmp, path)
-    return path
+class _BatchIndices(Sampler[int]):
+    """``start, start + 1, ...``: endless, or ``count`` of them."""
+
+    def __init__(self, start: int, count: int | None):
+        self.start, self.count = start, count
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.count(self.start) if self.count is None else iter(range(self.start,
+                                                                                  self.start + self.count))
 
 
-def _read_batch(path: str) -> dict:
-    with open(path, "rb") as f:
-        batch = pickle.load(f)
-    os.unlink(path)
-    return batch
-
-
-def _worker_main(worker: int, source: CaseSource, case_ids: Sequence[str], config: LoaderConfig,
-                 transforms: BatchTransform | None, out, stop, parent: int, folder: str) -> None:
+def _init_worker(worker_id: int) -> None:
     try:  # one thread per worker: the workers are the parallelism, nested BLAS/OpenMP pools only contend
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(1)
     except ImportError:
         pass
+    torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle; it then closes us
-    cached = _CachedSource(source, config.cache_cases)
-    index = config.first_batch + worker
-    n = max(config.num_workers, 1)
-    end = None if config.num_batches is None else config.first_batch + config.num_batches
-    try:
-        while not stop.is_set() and (end is None or index < end):
-            try:
-                path = _write_batch(folder, worker, index,
-                                    produce_batch(cached, case_ids, config, transforms, index))
-            except BaseException as e:  # noqa: BLE001 -- every failure goes to the consumer
-                message, case = _describe_failure(e, index)
-                _put(out, ("error", worker, index, message, case, traceback.format_exc()), stop, parent)
-                return
-            if not _put(out, ("batch", worker, index, path), stop, parent):
-                return
-            index += n
-    finally:
-        if stop.is_set():  # at shutdown, do not block process exit on messages nobody will read
-            out.cancel_join_thread()
+
+
+def _identity(item):
+    return item
 
 
 # --------------------------------------------------------------------------- consumer side
-
-
-def _shutdown(procs: list, queues: list, stop, folder: str | None) -> None:
-    """Stop, drain and join workers; terminate (then kill) the ones that do not exit; remove the batch folder."""
-    if stop is not None:
-        stop.set()
-    deadline = time.monotonic() + 1.0  # a worker mid-batch is terminated rather than awaited
-    for p in procs:
-        while p.is_alive() and time.monotonic() < deadline:
-            for q in queues:  # make room so a worker blocked in put() sees the stop flag
-                try:
-                    while True:
-                        q.get_nowait()
-                except (queue.Empty, OSError, ValueError, EOFError):
-                    pass
-            p.join(timeout=0.05)
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-            p.join(timeout=1.0)
-        if p.is_alive():
-            p.kill()
-            p.join(timeout=1.0)
-    for q in queues:
-        q.cancel_join_thread()
-        q.close()
-    for p in procs:
-        try:
-            p.close()
-        except ValueError:
-            pass  # still running after kill: nothing more we can do
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _batch_folder() -> str:
-    shm = "/dev/shm"
-    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-    return tempfile.mkdtemp(prefix="autoseg-loader-", dir=base)
 
 
 class BatchLoader:
@@ -332,16 +356,13 @@ class BatchLoader:
         self.case_ids = list(case_ids) if case_ids is not None else list(source.case_ids())
         if not self.case_ids:
             raise ValueError("BatchLoader: no cases to sample from")
-        self._next_index = config.first_batch  # deterministic: index of the next batch due
+        self._dataset = _Batches(source, self.case_ids, config, transforms)
         self._delivered = 0
-        self._received: list[int] = []  # per worker: messages received from it
-        self._procs: list = []
+        self._iter = None  # the DataLoader's iterator
+        self._start = config.first_batch  # the batch index it started at
         self._pids: list[int] = []
-        self._queues: list = []
-        self._started = False
         self._closed = False
         self._finalizer: weakref.finalize | None = None
-        self._local_source = _CachedSource(source, config.cache_cases) if config.num_workers == 0 else None
 
     # -- lifecycle
 
@@ -349,36 +370,32 @@ class BatchLoader:
         """Start the workers (the first ``next()`` does it otherwise). Returns ``self``."""
         if self._closed:
             raise RuntimeError("BatchLoader is closed")
-        if self._started or self.config.num_workers == 0:
-            self._started = True
+        if self._iter is not None:
             return self
         cfg = self.config
-        method = cfg.start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        ctx = mp.get_context(method)
-        stop = ctx.Event()
-        n = cfg.num_workers
-        if cfg.deterministic:
-            self._queues = [ctx.Queue(maxsize=cfg.prefetch) for _ in range(n)]
-        else:
-            self._queues = [ctx.Queue(maxsize=cfg.prefetch * n)]
-        self._received = [0] * n
-        folder = _batch_folder()
-        # registered before the first process starts, so a failing start still cleans up what exists
-        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._queues, stop, folder)
-        parent = os.getpid()
-        for w in range(n):
-            q = self._queues[w] if cfg.deterministic else self._queues[0]
-            p = ctx.Process(target=_worker_main, name=f"autoseg-loader-{w}", daemon=True,
-                            args=(w, self.source, self.case_ids, cfg, self.transforms, q, stop, parent, folder))
-            p.start()
-            self._procs.append(p)
-            self._pids.append(p.pid)
-        self._started = True
+        self._start = cfg.first_batch + self._delivered
+        indices = _BatchIndices(self._start, None if cfg.num_batches is None else cfg.num_batches - self._delivered)
+        workers = {}
+        if cfg.num_workers > 0:
+            method = cfg.start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            workers = dict(multiprocessing_context=mp.get_context(method), prefetch_factor=cfg.prefetch,
+                           timeout=cfg.poll_interval, worker_init_fn=_init_worker, in_order=cfg.deterministic)
+        loader = DataLoader(self._dataset, batch_size=None, sampler=indices, num_workers=cfg.num_workers,
+                            collate_fn=_identity, generator=torch.Generator(), **workers)
+        self._iter = iter(loader)  # starts the workers; draws its (unused) base seed from the private generator
+        if cfg.num_workers > 0:
+            self._pids = [w.pid for w in self._iter._workers]
+            # stops, joins, and terminates the workers that do not exit in time
+            self._finalizer = weakref.finalize(self, self._iter._shutdown_workers)
+            if self._iter._worker_pids_set:  # no RuntimeError from its SIGCHLD handler in arbitrary code:
+                signal_handling._remove_worker_pids(id(self._iter))  # deaths are noticed in next()
+                self._iter._worker_pids_set = False
         return self
 
     def close(self) -> None:
         """Stop and join every worker. Idempotent; a closed loader cannot be restarted."""
         self._closed = True
+        self._iter = None
         if self._finalizer is not None:
             self._finalizer()
 
@@ -404,79 +421,87 @@ class BatchLoader:
             raise StopIteration
         if self._closed:
             raise RuntimeError("BatchLoader is closed")
-        if not self._started:
-            self.start()
+        self.start()
+        index = cfg.first_batch + self._delivered  # the batch due (in deterministic mode)
         if cfg.num_workers == 0:
-            index = self._next_index
             try:
-                batch = produce_batch(self._local_source, self.case_ids, cfg, self.transforms, index)
+                batch = next(self._iter)
+            except StopIteration:
+                raise
             except Exception as e:
+                self._iter = None  # the next call makes a new stream from this batch on
                 message, case = _describe_failure(e, index)
                 raise LoaderWorkerError(f"loader failed on {message}", None, index, case) from e
-            self._next_index += 1
         else:
-            batch = self._receive()
+            batch = self._receive(index)
         self._delivered += 1
+        if cfg.num_batches is not None and self._delivered >= cfg.num_batches and self._finalizer is not None:
+            self._finalizer()  # all delivered: let the (idle) workers go
         return batch
 
-    def _receive(self) -> dict:
-        cfg = self.config
-        expected = (self._next_index - cfg.first_batch) % cfg.num_workers if cfg.deterministic else None
-        q = self._queues[expected] if cfg.deterministic else self._queues[0]
+    def _receive(self, index: int) -> dict:
+        cfg, it = self.config, self._iter
         deadline = time.monotonic() + cfg.timeout
+        died = self._died(it)  # also when the others keep the batches coming
+        if died is not None:
+            self._fail(False)
+            raise died
         while True:
             try:
-                item = q.get(timeout=cfg.poll_interval)
-            except queue.Empty:
-                item = self._check_workers(q, expected)
-            if item is not None:
-                return self._accept(item)
-            if time.monotonic() > deadline:
-                self.close()
-                which = f"batch {self._next_index}" if cfg.deterministic else "a batch"
-                raise LoaderTimeoutError(f"no {which} from the loader's {cfg.num_workers} live workers within "
-                                         f"{cfg.timeout:g} s", expected, self._next_index)
+                item = next(it)  # waits poll_interval at most, checking that the workers live
+                break
+            except StopIteration:
+                raise
+            except Exception as e:  # RuntimeError: a worker died, or poll_interval passed without a batch
+                timed_out = isinstance(e, RuntimeError) and "timed out" in str(e)
+                # else give a dying worker a moment to be seen dead (e.g. it was gone before its batch's
+                # shared memory could be handed over: ConnectionResetError)
+                died = self._died(it, 0.0 if timed_out else 1.0)
+                if died is None and timed_out:
+                    if time.monotonic() < deadline:
+                        continue
+                    which = f"batch {index}" if cfg.deterministic else "batch"
+                    worker = (index - self._start) % cfg.num_workers if cfg.deterministic else None
+                    self._fail(True)
+                    raise LoaderTimeoutError(f"no {which} from the loader's {cfg.num_workers} live workers within "
+                                             f"{cfg.timeout:g} s", worker, index) from None
+                self._fail(False)
+                if died is None:
+                    raise LoaderWorkerError(f"loader failed: {type(e).__name__}: {e}") from e
+                raise died from e
+        if isinstance(item, _Failure):
+            self._fail(False)
+            raise LoaderWorkerError(f"loader worker {item.worker} failed on {item.message}\n"
+                                    f"--- worker traceback ---\n{item.traceback}", item.worker, item.index,
+                                    item.case_id, item.traceback)
+        return _unpack(item)
 
-    def _accept(self, item: tuple) -> dict:
-        kind, worker, index = item[:3]
-        if kind == "error":
-            _, _, _, message, case, tb = item
-            self.close()
-            raise LoaderWorkerError(f"loader worker {worker} failed on {message}\n--- worker traceback ---\n{tb}",
-                                    worker, index, case, tb)
-        if self.config.deterministic and index != self._next_index:
-            self.close()
-            raise LoaderWorkerError(f"loader received batch {index} where batch {self._next_index} was due "
-                                    f"(worker {worker})", worker, index)
-        self._received[worker] += 1
-        self._next_index += 1
-        return _read_batch(item[3])
-
-    def _check_workers(self, q, expected: int | None) -> tuple | None:
-        """Raise if a worker has died without reporting; return a message it sent just before exiting."""
-        cfg = self.config
-        n = cfg.num_workers
-        for w, p in enumerate(self._procs):
+    def _died(self, it, wait: float = 0.0) -> LoaderWorkerError | None:
+        """The error to raise for a worker that has died without reporting, if one has (within ``wait`` s)."""
+        deadline = time.monotonic() + wait
+        while all(p.is_alive() for p in it._workers):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+        for w, p in enumerate(it._workers):
             if p.is_alive():
                 continue
-            due = w + n * self._received[w]
-            if cfg.num_batches is not None and due >= cfg.num_batches:
-                continue  # finished its share
-            if p.exitcode == 0 and expected is not None and w != expected:
-                continue  # it reported an error; the message waits in its own queue, read in turn
-            if expected is None or w == expected:
-                try:  # a batch or an error sent just before exiting may still be in flight
-                    return q.get(timeout=0.5)
-                except queue.Empty:
-                    pass
             code = p.exitcode
-            how = (f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
-                   else f"exited with code {code}")
-            message = (f"loader worker {w} (pid {self._pids[w]}) {how} while producing batch {due}, "
-                       f"without reporting an error (out of memory? a crash in native code?)")
-            self.close()
-            raise LoaderWorkerError(message, w, due)
+            how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            pending = [t for t, info in it._task_info.items() if info == (w,)]  # its batches not yet received
+            index = self._start + min(pending) if pending else None
+            during = f" while producing batch {index}" if index is not None else ""
+            return LoaderWorkerError(f"loader worker {w} (pid {p.pid}) {how}{during}, without reporting an error "
+                                     f"(out of memory? a crash in native code?)", w, index)
         return None
+
+    def _fail(self, terminate: bool) -> None:
+        """Close the loader after an error; ``terminate``: kill the workers first (they hang)."""
+        if terminate:
+            for w in self._iter._workers:
+                if w.is_alive():
+                    w.terminate()
+        self.close()
 
 
 # --------------------------------------------------------------------------- convenience

@@ -17,34 +17,27 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from autoseg.boxes import bounding_box
+
 OPERATIONS = ("dilate", "erode", "open", "close")
 
 
-def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """Bounding box of a non-empty mask grown by ``margin`` voxels, clipped to the array."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(0, int(hits[0]) - margin), min(mask.shape[axis], int(hits[-1]) + 1 + margin)))
-    return tuple(box)
-
-
 def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
-    if not mask.any():
-        return mask.copy()  # nothing to grow (and no voxel to measure distances to)
     # only voxels within the radius of the mask can change: distances are exact inside that box
-    box = _box(mask, int(np.ceil(radius)) + 1)
+    box = bounding_box(mask, int(np.ceil(radius)) + 1)
+    if box is None:
+        return mask.copy()  # nothing to grow (and no voxel to measure distances to)
     out = np.zeros_like(mask)
     out[box] = ndimage.distance_transform_edt(~mask[box]) <= radius
     return out
 
 
 def _erode(mask: np.ndarray, radius: float) -> np.ndarray:
-    if not mask.any():
-        return mask.copy()
     # the one-voxel shell around the mask's box is background wherever it lies inside the array, so the nearest
     # background voxel of any mask voxel is inside the grown box: distances are exact there
-    box = _box(mask, 1)
+    box = bounding_box(mask, 1)
+    if box is None:
+        return mask.copy()
     inner = mask[box]
     if inner.all():
         return mask.copy()  # nothing outside to erode from
@@ -69,9 +62,9 @@ def morphology(mask: np.ndarray, operation: str, radius: float) -> np.ndarray:
 def remove_random_component(mask: np.ndarray, max_voxels: float, rng: np.random.Generator) -> np.ndarray:
     """``mask`` without one of its connected components (full connectivity) smaller than ``max_voxels``, chosen
     uniformly; unchanged when there is none."""
-    if not mask.any():
+    box = bounding_box(mask)
+    if box is None:
         return mask
-    box = _box(mask, 0)
     labels, n = ndimage.label(mask[box], structure=np.ones((3,) * mask.ndim, dtype=bool))
     sizes = np.bincount(labels.reshape(-1), minlength=n + 1)[1:]
     small = np.flatnonzero(sizes < max_voxels) + 1

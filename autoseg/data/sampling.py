@@ -34,7 +34,8 @@ class CaseSource(Protocol):
 
     ``load`` returns ``data`` ``(C, Z, Y, X)`` float32 (a memory map is fine: only the sampled box is read),
     ``seg`` ``(1, Z, Y, X)`` integer with -1 outside the nonzero region, and ``locs``: label value -> ``(n, 3)``
-    integer ``(z, y, x)`` coordinates of (a subsample of) that label's voxels.
+    integer ``(z, y, x)`` coordinates of (a subsample of) that label's voxels, as made by
+    :func:`autoseg.preprocessing.case.class_locations`.
     """
 
     def case_ids(self) -> list[str]: ...
@@ -75,40 +76,6 @@ class ArraySource:
         if self._extra is None:
             raise KeyError(f"no previous-stage segmentations were given to this source (case {case_id!r})")
         return self._extra[case_id]
-
-
-def class_locations(seg: np.ndarray, labels: Sequence[int] | None = None, max_per_class: int | None = None,
-                    rng: np.random.Generator | None = None) -> dict[int, np.ndarray]:
-    """Voxel coordinates of every foreground label, the ``locs`` a :class:`CaseSource` returns.
-
-    Parameters
-    ----------
-    seg
-        ``(1, Z, Y, X)`` or ``(Z, Y, X)`` label map.
-    labels
-        Labels to index; default every value > 0 present in ``seg``.
-    max_per_class
-        Keep at most this many coordinates per label (a uniform subsample drawn with ``rng``, required then).
-    rng
-        Generator for the subsample.
-
-    Returns
-    -------
-    dict
-        Label -> ``(n, 3)`` int32 ``(z, y, x)`` coordinates.
-    """
-    s = seg[0] if seg.ndim == 4 else seg
-    if labels is None:
-        labels = [int(v) for v in np.unique(s) if v > 0]
-    out: dict[int, np.ndarray] = {}
-    for lab in labels:
-        coords = np.argwhere(s == lab).astype(np.int32)
-        if max_per_class is not None and len(coords) > max_per_class:
-            if rng is None:
-                raise ValueError("class_locations: max_per_class needs an explicit rng for the subsample")
-            coords = coords[np.sort(rng.choice(len(coords), max_per_class, replace=False))]
-        out[int(lab)] = coords
-    return out
 
 
 # --------------------------------------------------------------------------- geometry of the sampled box

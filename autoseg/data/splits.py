@@ -94,6 +94,13 @@ def _read(path: Path) -> object:
         raise AutosegError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
+def read_splits(paths: DatasetPaths, case_ids: Sequence[str]) -> list[dict[str, list[str]]] | None:
+    """The workspace's ``splits.json``, checked against ``case_ids``; ``None`` when there is none."""
+    if not paths.splits.is_file():
+        return None
+    return validate_splits(_read(paths.splits), case_ids, paths.splits)
+
+
 def load_or_create_splits(paths: DatasetPaths, case_ids: Sequence[str], raw_dir: Path | None = None,
                           n_folds: int = DEFAULT_FOLDS, seed: int = DEFAULT_SEED) -> list[dict[str, list[str]]]:
     """The dataset's splits: the workspace's ``splits.json`` if present, else one shipped with the raw data
@@ -108,8 +115,9 @@ def load_or_create_splits(paths: DatasetPaths, case_ids: Sequence[str], raw_dir:
         A split file is malformed or names unknown cases (one line naming the file), or there are fewer cases than
         folds.
     """
-    if paths.splits.is_file():
-        return validate_splits(_read(paths.splits), case_ids, paths.splits)
+    existing = read_splits(paths, case_ids)
+    if existing is not None:
+        return existing
     for name in RAW_SPLIT_FILES if raw_dir is not None else ():
         src = Path(raw_dir) / name
         if src.is_file():

@@ -12,7 +12,6 @@ folder under the final name. Scores are against the raw training labels.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -24,8 +23,9 @@ from autoseg.errors import AutosegError
 from autoseg.evaluation.folder import evaluate_folder
 from autoseg.parallel import map_cases
 from autoseg.io.image import Geometry, read_header, write_image
+from autoseg.io.probabilities import load_probabilities
 from autoseg.schema.dataset import DatasetSpec
-from autoseg.workspace import DatasetPaths
+from autoseg.workspace import DatasetPaths, probabilities_file, segmentation_file, summary_file
 
 #: Cases named in one error line before "and N more".
 _SHOWN = 3
@@ -54,24 +54,16 @@ def reference_dir(spec: DatasetSpec) -> Path:
     return parents.pop()
 
 
-def read_splits(paths: DatasetPaths, spec: DatasetSpec) -> list[dict[str, list[str]]]:
-    """The dataset's ``splits.json``, checked: every training case is validated in exactly one fold.
+def check_partition(splits: Sequence[dict[str, list[str]]], spec: DatasetSpec, where: Path
+                    ) -> Sequence[dict[str, list[str]]]:
+    """``splits`` (already checked against the training cases) validate every training case in exactly one fold.
 
     Raises
     ------
     AutosegError
-        No splits file, a malformed one, or validation sets that do not partition the training cases.
+        Validation sets that do not partition the training cases (one line naming ``where``).
     """
-    from autoseg.data.splits import validate_splits
-
     case_ids = [c.case_id for c in spec.training]
-    if not paths.splits.is_file():
-        raise AutosegError(f"{paths.splits}: no cross-validation splits; run `autoseg preprocess {spec.name}`")
-    try:
-        data = json.loads(paths.splits.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AutosegError(f"{paths.splits}: cannot be read ({e})") from None
-    splits = validate_splits(data, case_ids, paths.splits)
     seen: dict[str, list[int]] = {}
     for k, fold in enumerate(splits):
         for cid in fold["val"]:
@@ -79,10 +71,10 @@ def read_splits(paths: DatasetPaths, spec: DatasetSpec) -> list[dict[str, list[s
     never = sorted(set(case_ids) - set(seen))
     twice = sorted(c for c, ks in seen.items() if len(ks) > 1)
     if never:
-        raise AutosegError(f"{paths.splits}: {_cases(never)} in no fold's validation set; cross-validation needs "
+        raise AutosegError(f"{where}: {_cases(never)} in no fold's validation set; cross-validation needs "
                            f"every training case validated once")
     if twice:
-        raise AutosegError(f"{paths.splits}: {_cases(twice)} in the validation sets of folds "
+        raise AutosegError(f"{where}: {_cases(twice)} in the validation sets of folds "
                            f"{', '.join(map(str, seen[twice[0]]))}; each case must be validated once")
     return splits
 
@@ -103,14 +95,14 @@ def fold_sources(paths: DatasetPaths, config: str, spec: DatasetSpec,
     """
     problems, sources = [], {}
     for k, fold in enumerate(splits):
-        folder = paths.model(config, k)
-        if not paths.final_checkpoint(config, k).is_file():
-            problems.append(f"fold {k} of {config} not trained ({paths.final_checkpoint(config, k)} missing); run "
+        folder = paths.fold(config, k)
+        if not folder.is_trained:
+            problems.append(f"fold {k} of {config} not trained ({folder.final_checkpoint} missing); run "
                             f"`autoseg train {spec.name} -c {config} -f {k}`")
             continue
-        val = folder / "validation"
-        missing = [c for c in fold["val"]
-                   if not (val / f"{c}{spec.file_ending}").is_file() or not (val / f"{c}.npz").is_file()]
+        val = folder.validation
+        missing = [c for c in fold["val"] if not folder.validation_segmentation(c, spec.file_ending).is_file()
+                   or not folder.validation_probabilities(c).is_file()]
         if missing:
             problems.append(f"{val}: fold {k} of {config} lacks the validation prediction (label map and .npz) of "
                             f"{_cases(missing)}; run `autoseg train {spec.name} -c {config} -f {k}` to validate it")
@@ -146,11 +138,11 @@ def _publish(tmp: Path, folder: Path) -> None:
 def _evaluate(folder: Path, spec: DatasetSpec, num_workers: int | None, progress: bool) -> None:
     evaluate_folder(folder, reference_dir(spec), labels=list(range(1, len(spec.labels))), num_workers=num_workers,
                     file_ending=spec.file_ending, label_names=list(spec.labels),
-                    case_ids=[c.case_id for c in spec.training], output=folder / "summary.json", progress=progress)
+                    case_ids=[c.case_id for c in spec.training], output=summary_file(folder), progress=progress)
 
 
-def merge_folds(paths: DatasetPaths, config: str, spec: DatasetSpec, num_workers: int | None = None,
-                progress: bool = True) -> Path:
+def merge_folds(paths: DatasetPaths, config: str, spec: DatasetSpec, splits: Sequence[dict[str, list[str]]],
+                num_workers: int | None = None, progress: bool = True) -> Path:
     """Gather the validation predictions of every fold of ``config`` into ``crossval/<config>/`` and score them.
 
     The label maps and ``.npz`` probabilities are hard-linked (copied across file systems); the folds named in
@@ -164,6 +156,8 @@ def merge_folds(paths: DatasetPaths, config: str, spec: DatasetSpec, num_workers
         Configuration name.
     spec
         The dataset spec (training cases, labels, file ending, raw folder with the reference labels).
+    splits
+        The folds (``splits.json``); their validation sets must partition the training cases.
     num_workers
         Evaluation processes (default: one per core).
     progress
@@ -179,12 +173,12 @@ def merge_folds(paths: DatasetPaths, config: str, spec: DatasetSpec, num_workers
     AutosegError
         A fold not trained or without validation predictions (one line each), or bad splits.
     """
-    sources = fold_sources(paths, config, spec, read_splits(paths, spec))
-    out = paths.crossval / config
+    sources = fold_sources(paths, config, spec, check_partition(splits, spec, paths.splits))
+    out = paths.crossval_candidate(config)
     tmp = _fresh(out)
     for cid, val in sorted(sources.items()):
-        for name in (f"{cid}{spec.file_ending}", f"{cid}.npz"):
-            _link(val / name, tmp / name)
+        for path in (segmentation_file(val, cid, spec.file_ending), probabilities_file(val, cid)):
+            _link(path, tmp / path.name)
     _publish(tmp, out)
     _evaluate(out, spec, num_workers, progress)
     return out
@@ -196,15 +190,6 @@ def _header(path: Path) -> tuple[tuple[int, ...], Geometry]:
     if h.dimension != 3:
         raise AutosegError(f"{path}: label map is {h.dimension}D, expected 3D")
     return h.size, h.geometry
-
-
-def load_probabilities(path: Path) -> np.ndarray:
-    """``probabilities`` ``(K, z, y, x)`` of an ``.npz`` file as float32."""
-    try:
-        with np.load(path) as f:
-            return f["probabilities"].astype(np.float32)
-    except (OSError, KeyError, ValueError) as e:
-        raise AutosegError(f"{path}: cannot read 'probabilities' ({e})") from None
 
 
 def _ensemble_case(npz_files: tuple[Path, ...], ref_path: Path, out_path: Path) -> None:
@@ -237,18 +222,19 @@ def ensemble_pair(paths: DatasetPaths, config_a: str, config_b: str, spec: Datas
     AutosegError
         A configuration not merged, or probabilities whose shape differs from the reference's.
     """
-    dirs = [paths.crossval / c for c in (config_a, config_b)]
+    dirs = [paths.crossval_candidate(c) for c in (config_a, config_b)]
     ids = [c.case_id for c in spec.training]
     for d, c in zip(dirs, (config_a, config_b)):
-        missing = [cid for cid in ids if not (d / f"{cid}.npz").is_file()]
+        missing = [cid for cid in ids if not probabilities_file(d, cid).is_file()]
         if missing:
             raise AutosegError(f"{d}: cross-validation probabilities of {c} missing for {_cases(missing)}; "
                                f"merge its folds first")
     reference_dir(spec)  # the raw labels are there
     raw = Path(spec.raw_dir)
-    out = paths.crossval / ensemble_name(config_a, config_b)
+    out = paths.crossval_candidate(ensemble_name(config_a, config_b))
     tmp = _fresh(out)
-    jobs = [(tuple(d / f"{c.case_id}.npz" for d in dirs), raw / c.label, tmp / f"{c.case_id}{spec.file_ending}")
+    jobs = [(tuple(probabilities_file(d, c.case_id) for d in dirs), raw / c.label,
+             segmentation_file(tmp, c.case_id, spec.file_ending))
             for c in spec.training]
     map_cases(_ensemble_case, jobs, ids, num_workers, desc=f"ensemble {config_a}+{config_b}", progress=progress)
     _publish(tmp, out)

@@ -19,6 +19,7 @@ from autoseg.parallel import map_cases
 from autoseg.evaluation.metrics import label_metrics
 from autoseg.io.image import read_header, read_label
 from autoseg.schema.base import save_json
+from autoseg.workspace import summary_file
 from autoseg.schema.evaluation import CaseEvaluation, ClassMetrics, EvaluationSummary, MeanMetrics
 
 #: Relative tolerance when comparing the spacings of prediction and reference (NIfTI stores float32).
@@ -84,7 +85,7 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
         if not values:
             raise AutosegError(f"{gt_dir}: no reference file contains a nonzero label; give the labels to evaluate")
     summary = _summarise(pred_dir, gt_dir, values, label_names, nsd_tolerance_mm, results)
-    save_json(summary, Path(output) if output is not None else pred_dir / "summary.json")
+    save_json(summary, Path(output) if output is not None else summary_file(pred_dir))
     return summary
 
 

@@ -28,6 +28,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from autoseg.boxes import bounding_box
+
 
 @dataclass(frozen=True)
 class Counts:
@@ -85,7 +87,7 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray,
         1D float arrays, one distance per surface voxel of the prediction / of the reference.
     """
     pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
-    box = _bounding_box(pred | ref)
+    box = bounding_box(pred | ref)
     # Every mask voxel on a face of the box has background beyond it (or the image border), so surfaces found in
     # the crop are those of the whole image.
     sp, sr = surface(pred[box]), surface(ref[box])
@@ -93,16 +95,6 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray,
     dist_to_ref = ndimage.distance_transform_edt(~sr, sampling=spacing)
     dist_to_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)
     return dist_to_ref[sp], dist_to_pred[sr]
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
-    """Slices of the smallest box holding the (non-empty) ``mask``."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(box)
 
 
 def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:

@@ -6,30 +6,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from autoseg.boxes import bounding_box
 from autoseg.schema.fingerprint import CaseFingerprint
 
 
-def nonzero_bbox(image: np.ndarray) -> tuple[slice, ...]:
-    """Bounding box of the voxels that are nonzero in any channel.
+def nonzero_bbox(image: np.ndarray, nonzero: np.ndarray | None = None) -> tuple[slice, ...]:
+    """Bounding box of the voxels that are nonzero in any channel: the crop of preprocessing.
 
     Parameters
     ----------
     image
         ``(C, z, y, x)``.
+    nonzero
+        ``np.any(image != 0, axis=0)``, when the caller has it already.
 
     Returns
     -------
     tuple of slice
         One slice per spatial axis; the whole image when it is zero everywhere.
     """
-    mask = np.any(image != 0, axis=0)
-    slices = []
-    for axis in range(mask.ndim):
-        present = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if present.size == 0:
-            return tuple(slice(0, s) for s in mask.shape)
-        slices.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(slices)
+    nonzero = np.any(image != 0, axis=0) if nonzero is None else nonzero
+    return bounding_box(nonzero) or tuple(slice(0, s) for s in nonzero.shape)
 
 
 @dataclass(frozen=True)

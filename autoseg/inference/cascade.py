@@ -3,26 +3,22 @@
 ``3d_lowres`` predicts the whole case at a coarse spacing; its class probabilities are resampled to the grid of the
 ``3d_cascade_fullres`` stage (same crop, full-resolution spacing) and turned into a label map, which enters the
 full-resolution network as one one-hot channel per foreground label next to the image channels. Training uses the
-same mapping on the low-res stage's cross-validation predictions (see :mod:`autoseg.training.cascade`), so the
+same mapping on the low-res stage's cross-validation predictions (see :mod:`autoseg.workflow.cascade`), so the
 second stage sees at training time what it will see at prediction time.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 
 from autoseg.data.sampling import one_hot_channels
-from autoseg.errors import AutosegError
 from autoseg.inference.predictor import Predictor
 from autoseg.io.image import Geometry
 from autoseg.planning.spacing import resampled_shape
 from autoseg.preprocessing.case import CaseProperties, target_spacing_for
 from autoseg.preprocessing.resample import resample_data
-from autoseg.schema.plans import ConfigurationPlan, Plans
-from autoseg.workspace import DatasetPaths
+from autoseg.schema.plans import ConfigurationPlan
 
 
 def next_stage_segmentation(probabilities: np.ndarray, properties: CaseProperties,
@@ -104,37 +100,3 @@ class CascadePredictor:
 
     finish = staticmethod(Predictor.finish)
     predict = Predictor.predict  # prepare -> logits -> finish, the same sequence for every predictor kind
-
-
-def load_folds(paths: DatasetPaths, plans: Plans, configuration: str, folds: Sequence[str], **kwargs):
-    """A predictor over trained ``folds`` of ``configuration``; a cascade stage gets its previous stage in front.
-
-    The previous stage uses the same folds when it has them all (fold ``k`` of both stages never saw fold ``k``'s
-    validation cases), else every fold it has.
-
-    Parameters
-    ----------
-    paths
-        The dataset's workspace paths.
-    plans
-        The dataset's plans.
-    configuration, folds
-        What to load (each fold needs a final checkpoint).
-    **kwargs
-        :class:`~autoseg.inference.predictor.Predictor` options (device, precision, step, mirror).
-
-    Returns
-    -------
-    Predictor or CascadePredictor
-    """
-    predictor = Predictor.from_checkpoints(plans, configuration, [paths.final_checkpoint(configuration, f)
-                                                                  for f in folds], **kwargs)
-    previous = plans.configurations[configuration].previous_stage
-    if previous is None:
-        return predictor
-    trained = paths.trained_folds(previous)
-    previous_folds = list(folds) if set(folds) <= set(trained) else [f for f in trained if f != "all"] or trained
-    if not previous_folds:
-        raise AutosegError(f"{paths.model(previous, 0).parent}: {configuration} needs {previous}, which has no "
-                           f"trained fold")
-    return CascadePredictor(load_folds(paths, plans, previous, previous_folds, **kwargs), predictor)

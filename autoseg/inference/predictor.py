@@ -21,7 +21,7 @@ from autoseg.nn.unet import build_network
 from autoseg.preprocessing.case import preprocess_for_inference, revert_case
 from autoseg.schema.base import sha256_of
 from autoseg.schema.plans import Plans
-from autoseg.training.checkpoint import load_checkpoint
+from autoseg.nn.checkpoint import load_checkpoint
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,16 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
-import numpy as np
+import torch
 from tqdm import tqdm
 
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, option
 from autoseg.inference.predictor import Predictor
-from autoseg.io.image import read_header, read_image, write_image
+from autoseg.io.image import Geometry, read_header, read_image, write_image
+from autoseg.io import probabilities as probability_files
+from autoseg.workspace import probabilities_file, segmentation_file
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,39 @@ def check_inputs(cases: Sequence[InputCase], num_channels: int) -> None:
         raise AutosegError(*problems)
 
 
+def iter_logits(predictor, cases: Sequence[InputCase], desc: str = "predict", progress: bool = True
+                ) -> Iterator[tuple[InputCase, Geometry, Any, torch.Tensor]]:
+    """``(case, geometry, properties, logits)`` of every case, in order: read -> prepare -> network.
+
+    The next case is read and preprocessed in a background thread while the network predicts the current one, so
+    at most one case waits in memory besides the one being predicted. ``properties`` and ``logits`` are what the
+    predictor's ``finish`` takes (``logits`` ``(K, Z, Y, X)`` on its preprocessed grid for a single
+    configuration).
+
+    Parameters
+    ----------
+    predictor
+        A :class:`~autoseg.inference.predictor.Predictor` or anything with its ``prepare`` / ``logits``.
+    cases
+        The images to segment.
+    desc
+        Progress-bar label.
+    """
+    def load(case: InputCase):
+        image, geometry = read_image(case.files)
+        data, props = predictor.prepare(image, geometry, case.case_id)
+        return case, geometry, data, props
+
+    with ThreadPoolExecutor(1, thread_name_prefix="autoseg-read") as reader:
+        nxt = reader.submit(load, cases[0]) if cases else None
+        for i in tqdm(range(len(cases)), desc=desc, unit="case", disable=not progress, dynamic_ncols=True):
+            case, geometry, data, props = nxt.result()
+            nxt = reader.submit(load, cases[i + 1]) if i + 1 < len(cases) else None
+            logits = predictor.logits(data)
+            del data
+            yield case, geometry, props, logits
+
+
 @dataclass(frozen=True)
 class PredictSummary:
     """What :func:`predict_folder` did: cases written and cases skipped (already present with ``continue``)."""
@@ -117,38 +152,27 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
     n_channels = len(predictor.plans.channel_names)
     cases = find_cases(images_dir, n_channels, file_ending)
     check_inputs(cases, n_channels)
-    outputs = {c.case_id: output_dir / f"{c.case_id}{file_ending}" for c in cases}
+    outputs = {c.case_id: segmentation_file(output_dir, c.case_id, file_ending) for c in cases}
     existing = [cid for cid, p in outputs.items() if p.exists()]
     if existing and not (overwrite or continue_):
         raise AutosegError(f"{outputs[existing[0]]}: {len(existing)} output file(s) already exist in {output_dir}; "
-                           f"pass --continue to skip them or --overwrite to replace them")
+                           f"pass {option('continue_=True')} to skip them or {option('overwrite=True')} to replace them")
     todo = [c for c in cases if overwrite or c.case_id not in existing]
     skipped = tuple(c.case_id for c in cases if c not in todo)
     output_dir.mkdir(parents=True, exist_ok=True)
-
-    def load(case: InputCase):
-        image, geometry = read_image(case.files)
-        data, props = predictor.prepare(image, geometry, case.case_id)
-        return case, geometry, data, props
 
     def write(case_id: str, geometry, prediction) -> None:
         seg = prediction.segmentation if postprocess is None else postprocess(prediction.segmentation)
         write_image(seg, geometry, outputs[case_id])
         if prediction.probabilities is not None:
-            tmp = output_dir / f".{case_id}.npz.tmp.npz"
-            np.savez_compressed(tmp, probabilities=prediction.probabilities.astype(np.float16))
-            tmp.replace(output_dir / f"{case_id}.npz")
+            probability_files.save_probabilities(probabilities_file(output_dir, case_id), prediction.probabilities)
 
     written = []
-    with ThreadPoolExecutor(1, thread_name_prefix="autoseg-read") as reader, \
-            ThreadPoolExecutor(1, thread_name_prefix="autoseg-write") as writer:
+    with ThreadPoolExecutor(1, thread_name_prefix="autoseg-write") as writer:
         pending_write = None
-        nxt = reader.submit(load, todo[0]) if todo else None
-        for i in tqdm(range(len(todo)), desc="predict", unit="case", disable=not progress, dynamic_ncols=True):
-            case, geometry, data, props = nxt.result()
-            nxt = reader.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
-            prediction = predictor.finish(predictor.logits(data), props, save_probabilities)
-            del data
+        for case, geometry, props, logits in iter_logits(predictor, todo, "predict", progress):
+            prediction = predictor.finish(logits, props, save_probabilities)
+            del logits
             if pending_write is not None:
                 pending_write.result()  # surfaces write errors, bounds memory to one case being written
             pending_write = writer.submit(write, case.case_id, geometry, prediction)

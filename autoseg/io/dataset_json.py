@@ -213,18 +213,30 @@ def _check_label_values(values: dict[int, str], bad) -> list[str] | None:
     return names if ok else None
 
 
-def _labels_msd(value: Any, bad) -> list[str] | None:
-    """MSD: ``{"0": "background", "1": "Anterior"}`` (value -> name)."""
+def _labels_object(value: Any, bad, mapping: str, example: str, short_example: str, key) -> bool | None:
+    """Checks shared by both layouts' ``labels``: present, an object, no key declared twice.
+
+    Returns ``None`` when the value cannot be read further, else whether no key was declared twice.
+    """
     if value is None:
-        bad("missing key 'labels' (e.g. {\"0\": \"background\", \"1\": \"tumour\"})")
+        bad(f"missing key 'labels' (e.g. {example})")
         return None
     if not isinstance(value, dict):
-        bad(f"'labels' must be an object of value -> name, e.g. {{\"0\": \"background\"}}, found {_kind(value)}")
+        bad(f"'labels' must be an object of {mapping}, e.g. {short_example}, found {_kind(value)}")
         return None
     ok = True
     for k in sorted(set(getattr(value, "duplicates", ()))):
-        bad(f"label value {k} is declared more than once in 'labels'")
+        bad(f"{key(k)} is declared more than once in 'labels'")
         ok = False
+    return ok
+
+
+def _labels_msd(value: Any, bad) -> list[str] | None:
+    """MSD: ``{"0": "background", "1": "Anterior"}`` (value -> name)."""
+    ok = _labels_object(value, bad, "value -> name", '{"0": "background", "1": "tumour"}', '{"0": "background"}',
+                        lambda k: f"label value {k}")
+    if ok is None:
+        return None
     values: dict[int, str] = {}
     for k, v in value.items():
         try:
@@ -246,16 +258,10 @@ def _labels_msd(value: Any, bad) -> list[str] | None:
 
 def _labels_nnunetv2(value: Any, bad) -> list[str] | None:
     """nnU-Net v2: ``{"background": 0, "liver": 1}`` (name -> value)."""
-    if value is None:
-        bad("missing key 'labels' (e.g. {\"background\": 0, \"liver\": 1})")
+    ok = _labels_object(value, bad, "name -> value", '{"background": 0, "liver": 1}', '{"background": 0}',
+                        lambda k: f"label name {k!r}")
+    if ok is None:
         return None
-    if not isinstance(value, dict):
-        bad(f"'labels' must be an object of name -> value, e.g. {{\"background\": 0}}, found {_kind(value)}")
-        return None
-    ok = True
-    for k in sorted(set(getattr(value, "duplicates", ()))):
-        bad(f"label name {k!r} is declared more than once in 'labels'")
-        ok = False
     if value and all(isinstance(k, str) and k.isdigit() for k in value) and all(isinstance(v, str) for v in
                                                                                value.values()):
         bad("'labels' looks MSD-style (value -> name) but nnU-Net v2 layout ('channel_names') maps name -> value, "

@@ -6,8 +6,6 @@ one place that converts. Everything else in autoseg sees spacing in numpy axis o
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
-from autoseg.schema.base import publish
+from autoseg.schema.base import atomic_path
 
 
 @dataclass(frozen=True)
@@ -167,18 +165,9 @@ def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
 
 
 def _atomic_write_image(img: sitk.Image, path: Path, compress: bool) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the real ending so SimpleITK picks the same writer.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix="_" + path.name)
-    os.close(fd)
-    try:
-        sitk.WriteImage(img, tmp, useCompression=compress)
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # the temporary name keeps the real ending so SimpleITK picks the same writer
+    with atomic_path(Path(path), keep_suffix=True) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=compress)
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: Path, compress: bool = True) -> None:

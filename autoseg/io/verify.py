@@ -7,14 +7,23 @@ problem is one line ``"<file path>: <problem>"`` naming the offending file; noth
 Headers are read first (``sitk.ImageFileReader.ReadImageInformation``) so that files with a wrong dimensionality,
 vector pixels or an invalid spacing are reported without reading their pixel data; the pixel data of every other
 file is then read exactly once.
+
+NIfTI voxels (``.nii``, ``.nii.gz``) are read with nibabel; everything else (other formats, the header checks above,
+all geometry) with SimpleITK. ITK's NIfTI reader turns NaN and infinite float voxels into 0 and silently zero-fills a
+truncated file, so neither could be reported from its arrays; nibabel keeps the stored values, applies
+``scl_slope``/``scl_inter`` scaling and raises on short voxel data or a broken gzip stream. The arrays are otherwise
+those ITK gives (same order, pixel type and scaling arithmetic), so they match what :mod:`autoseg.io.image` reads
+later, e.g. at inference.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
-import os
-import struct
+import logging
+import math
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,29 +231,30 @@ def _compare_grids(f: _File, ref: _File, what: str, problems: list[str]) -> None
 
 
 def _pixels(f: _File, problems: list[str]) -> np.ndarray | None:
-    """The file's array (``(z,y,x)`` or ``(c,z,y,x)``), read once; ``None`` after reporting a failure.
+    """Read the file's voxels once.
 
-    ITK's NIfTI reader silently replaces NaN and infinite float voxels by 0, and zero-fills (or leaves garbage in)
-    the missing part of a truncated file. So float NIfTI files without intensity scaling (the usual case) are read
-    here directly from their bytes, which lets both be reported; every other file goes through ITK after a cheap
-    truncation check. Either way the pixel data is read once.
+    Parameters
+    ----------
+    f
+        A file whose header :func:`_header` accepted.
+    problems
+        Receives one line naming the file when the voxels cannot be read.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``(z, y, x)``, or ``(c, z, y, x)`` for a 4D file, in ITK's array order and pixel type (NIfTI intensity
+        scaling applied); ``None`` after reporting a failure.
+
+    Notes
+    -----
+    ``.nii`` / ``.nii.gz`` files are read with nibabel (:func:`_nifti_pixels`), everything else with ITK, which also
+    gets the NIfTI files whose header nibabel does not accept.
     """
-    try:
-        nifti = _NiftiHeader.read(f.path)
-    except (OSError, EOFError, zlib.error) as e:
-        problems.append(f"{f.path}: corrupt compressed file ({e})")
-        return None
-    if nifti is not None and nifti.float_unscaled and nifti.num_voxels == int(np.prod(f.size)) * f.channels:
-        shape = ((f.channels,) if f.dimension == 4 else ()) + f.size
-        arr, short = nifti.read_float_voxels(f.path, shape)
-        if short is not None:
-            problems.append(f"{f.path}: {short}")
-        return arr
-    if nifti is not None:
-        short = nifti.truncation(f.path)
-        if short is not None:
-            problems.append(f"{f.path}: {short}")
-            return None
+    if f.path.name.lower().endswith((".nii", ".nii.gz")):
+        done, arr = _nifti_pixels(f, problems)
+        if done:
+            return arr
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(f.path))
     try:
@@ -255,110 +265,143 @@ def _pixels(f: _File, problems: list[str]) -> np.ndarray | None:
     return sitk.GetArrayFromImage(img)
 
 
-@dataclass(frozen=True)
-class _NiftiHeader:
-    """The few NIfTI-1/-2 header fields needed to find and check the voxel bytes of a single-file ``.nii(.gz)``."""
+# nibabel.volumeutils.array_from_file raises OSError("Expected <n> bytes, got <m> bytes from <file> ...") when the
+# voxel data is short (a truncated .nii, or a complete gzip stream holding too few bytes).
+_SHORT_READ = re.compile(r"Expected (\d+) bytes, got (\d+) bytes")
 
-    gz: bool
-    endian: str  # "<" or ">"
-    datatype: int
-    bitpix: int
-    num_voxels: int
-    vox_offset: int
-    scl_slope: float
-    scl_inter: float
 
-    @classmethod
-    def read(cls, path: Path) -> "_NiftiHeader | None":
-        """Parse the header of ``path``; ``None`` for other formats or headers not understood (ITK decides)."""
-        name = path.name.lower()
-        if not name.endswith((".nii", ".nii.gz")):
-            return None
-        gz = name.endswith(".gz")
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
-            hdr = fh.read(540)
-        if len(hdr) < 348:
-            return None
-        for e in "<>":
-            size = struct.unpack(e + "i", hdr[:4])[0]
-            if size == 348 and hdr[344:348] == b"n+1\0":
-                dims = struct.unpack(e + "8h", hdr[40:56])
-                datatype, bitpix = struct.unpack(e + "hh", hdr[70:74])
-                vox_offset = int(struct.unpack(e + "f", hdr[108:112])[0])
-                slope, inter = struct.unpack(e + "ff", hdr[112:120])
-                break
-            if size == 540 and len(hdr) == 540 and hdr[4:7] == b"n+2":
-                datatype, bitpix = struct.unpack(e + "hh", hdr[12:16])
-                dims = struct.unpack(e + "8q", hdr[16:80])
-                vox_offset = struct.unpack(e + "q", hdr[168:176])[0]
-                slope, inter = struct.unpack(e + "dd", hdr[176:192])
-                break
+def _nifti_pixels(f: _File, problems: list[str]) -> tuple[bool, np.ndarray | None]:
+    """Read a NIfTI file's voxels with nibabel.
+
+    Why nibabel: ITK's NIfTI reader replaces NaN and infinite float voxels by 0 and zero-fills whatever a truncated
+    file lacks, so neither could be reported from its array. nibabel keeps the stored values and raises when the voxel
+    data is short or the gzip stream is cut off or damaged. Only the voxels come from nibabel; sizes and geometry are
+    ITK's (:func:`_header`), as in the rest of autoseg.
+
+    Integer files are read this way too: nibabel's read replaces ITK's, so a truncated integer file is caught without
+    a second pass over the data. NIfTI scaling (``scl_slope``/``scl_inter``) is applied as ITK applies it
+    (:func:`_scaled`), so the arrays equal ITK's voxel for voxel wherever ITK's are right.
+
+    Parameters
+    ----------
+    f
+        A ``.nii`` or ``.nii.gz`` file whose header :func:`_header` accepted.
+    problems
+        Receives one line naming the file when the voxels cannot be read.
+
+    Returns
+    -------
+    done : bool
+        ``False`` when nibabel does not accept the header (the caller then reads the file with ITK, as before).
+    array : numpy.ndarray or None
+        The voxels, in native byte order; ``None`` after reporting why they cannot be read.
+    """
+    import nibabel  # here, not at module level: only NIfTI files need it, and it takes a while to import
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+
+    gz = f.path.name.lower().endswith(".gz")
+    shape = ((f.channels,) if f.dimension == 4 else ()) + f.size
+    offset = None
+    try:
+        with _quiet_nibabel_header_checks():
+            proxy = nibabel.load(f.path, mmap=False).dataobj  # reads the header; the voxels stay on disk
+        if math.prod(proxy.shape) != math.prod(shape):  # nibabel and ITK disagree on the header: ITK decides
+            return False, None
+        offset = proxy.offset
+        raw = proxy.get_unscaled()  # the one read of the voxel data, in the file's type and byte order
+    except (ImageFileError, HeaderDataError, ValueError):
+        # A header nibabel does not accept (ITK decides, as for other formats), or a .nii.gz stream that ends within
+        # the first KB, which nibabel.load reports as an unknown file type while ITK reads it, zero-filled.
+        reason = _gzip_stream_error(f.path) if gz else None
+        if reason is None:
+            return False, None
+        problems.append(f"{f.path}: truncated or corrupt compressed file ({reason})")
+        return True, None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # BadGzipFile is an OSError: caught before the next clause
+        problems.append(f"{f.path}: truncated or corrupt compressed file ({_one_line(e)})")
+        return True, None
+    except OSError as e:
+        short = _SHORT_READ.match(str(e)) if offset is not None else None
+        if short is None:
+            problems.append(f"{f.path}: pixel data cannot be read ({_one_line(e)})")
         else:
-            return None
-        ndim = dims[0]
-        if not 1 <= ndim <= 7 or bitpix <= 0 or bitpix % 8 or any(d < 1 for d in dims[1:ndim + 1]):
-            return None
-        return cls(gz, e, int(datatype), int(bitpix), int(np.prod(dims[1:ndim + 1], dtype=np.int64)),
-                   max(int(vox_offset), size), float(slope), float(inter))
-
-    @property
-    def nbytes(self) -> int:
-        return self.num_voxels * self.bitpix // 8
-
-    @property
-    def float_unscaled(self) -> bool:
-        """Float voxels stored as they are (ITK applies no rescaling: slope 0 or 1, intercept 0)."""
-        return (self.datatype, self.bitpix) in _NIFTI_FLOATS and self.scl_slope in (0.0, 1.0) and self.scl_inter == 0
-
-    def read_float_voxels(self, path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str | None]:
-        """The voxels as a native-endian float array of ``shape`` (one read), or ``None`` and why not."""
-        buf = bytearray(self.nbytes)
-        view = memoryview(buf)
-        got = 0
-        try:
-            with (gzip.open(path, "rb") if self.gz else open(path, "rb")) as fh:
-                fh.seek(self.vox_offset)
-                while got < len(buf):
-                    n = fh.readinto(view[got:])
-                    if not n:
-                        break
-                    got += n
-        except (OSError, EOFError, zlib.error) as e:
-            return None, f"truncated or corrupt compressed file ({e})"
-        if got < len(buf):
-            return None, (f"file is truncated: {self.vox_offset + got} bytes{' after decompression' if self.gz else ''}"
-                          f", the NIfTI header promises {self.vox_offset + self.nbytes}")
-        arr = np.frombuffer(buf, dtype=self.endian + _NIFTI_FLOATS[(self.datatype, self.bitpix)]).reshape(shape)
-        return (arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))), None
-
-    def truncation(self, path: Path) -> str | None:
-        """Describe a file holding fewer bytes than the header promises, else ``None``.
-
-        Cheap: a ``.nii`` file's size, or a ``.nii.gz`` file's gzip trailer (uncompressed size mod 2^32). Only when
-        the trailer disagrees (a cut-off stream, or a multi-member gzip) is the stream decompressed to count.
-        """
-        expected = self.vox_offset + self.nbytes
-        if not self.gz:
-            actual = os.path.getsize(path)
-        else:
-            with open(path, "rb") as raw:
-                raw.seek(-4, os.SEEK_END)
-                if struct.unpack("<I", raw.read(4))[0] == expected % 2 ** 32:
-                    return None
-            try:
-                actual = 0
-                with gzip.open(path, "rb") as fh:
-                    while chunk := fh.read(1 << 22):
-                        actual += len(chunk)
-            except (OSError, EOFError, zlib.error) as e:
-                return f"truncated or corrupt compressed file ({e})"
-        if actual < expected:
-            return (f"file is truncated: {actual} bytes{' after decompression' if self.gz else ''}, the NIfTI "
-                    f"header promises {expected}")
-        return None
+            expected, got = (offset + int(n) for n in short.groups())
+            problems.append(f"{f.path}: file is truncated: {got} bytes{' after decompression' if gz else ''}, "
+                            f"the NIfTI header promises {expected}")
+        return True, None
+    arr = raw.T.reshape(shape)  # nibabel's (x, y, z[, c]) Fortran-order array, transposed: a view in ITK's order
+    slope, inter = float(proxy.slope), float(proxy.inter)  # (1, 0) when the header asks for no scaling
+    if slope == 1.0 and inter == 0.0:
+        native = arr.dtype.newbyteorder("=")  # spelled "=" like ITK's arrays (nibabel says "<f4"): a view, no copy
+        return True, arr.view(native) if arr.dtype.isnative else arr.astype(native)
+    return True, _scaled(arr, slope, inter)
 
 
-_NIFTI_FLOATS = {(16, 32): "f4", (64, 64): "f8"}  # NIfTI DT_FLOAT32, DT_FLOAT64 -> numpy type code
+def _scaled(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:
+    """Apply NIfTI intensity scaling, ``raw * slope + inter``, with ITK's arithmetic.
+
+    Parameters
+    ----------
+    raw
+        Voxels as stored (any numeric type, either byte order).
+    slope, inter
+        ``scl_slope`` and ``scl_inter`` from the header.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (float64 for float64 voxels), native byte order.
+
+    Notes
+    -----
+    ITK converts the voxels to that type, then multiplies and adds in float64 and rounds once; doing the same keeps
+    the arrays equal to those ITK gives elsewhere in autoseg (float32 arithmetic would differ in the last bit for
+    about a third of the voxels). nibabel's own scaling (``np.asanyarray(img.dataobj)``) returns float64 and holds
+    two float64 copies of the volume on the way; here the float64 values exist for one ``(y, x)`` plane at a time.
+    """
+    out = raw.astype(np.float64 if raw.dtype.kind == "f" and raw.dtype.itemsize == 8 else np.float32, order="C")
+    s, i = np.float64(slope), np.float64(inter)
+    for plane in out.reshape(-1, *out.shape[-2:]):
+        plane[...] = plane * s + i
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_nibabel_header_checks():
+    """Keep nibabel from printing the header fields it fixes while a file is loaded.
+
+    nibabel logs such fixes (``qform_code 77 not valid; setting to 0``) to stderr. They concern the affine nibabel
+    would build, which is not used here (geometry is ITK's), and would only confuse the verification output; header
+    problems nibabel cannot fix still raise. The logger's level is process-wide: set for the call, then restored.
+    """
+    from nibabel.imageglobals import logger
+
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _gzip_stream_error(path: Path) -> str | None:
+    """Why ``path``'s gzip stream cannot be decompressed to its end, or ``None`` when it can.
+
+    Reads the whole stream, so it is only asked about the rare ``.nii.gz`` file that nibabel rejected.
+    """
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (EOFError, zlib.error, OSError) as e:
+        return _one_line(e)
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's first line (problem lines are one line each)."""
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
 
 
 def _check_finite(f: _File, problems: list[str]) -> None:

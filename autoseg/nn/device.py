@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, option
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -14,9 +14,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise AutosegError(f"--device {name}: not a device name (use auto, cpu, cuda or cuda:N)") from None
+        raise AutosegError(f"{option('device')} {name}: not a device name (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise AutosegError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+        raise AutosegError(f"{option('device')} {name}: CUDA is not available on this machine (torch {torch.__version__})")
     return device
 
 
@@ -34,7 +34,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """``"auto"``: bf16 on CPUs with native bf16 and on GPUs that support it, fp16 on older GPUs, else fp32."""
     if precision != "auto":
         if precision == "fp16" and device.type != "cuda":
-            raise AutosegError("--precision fp16: only on CUDA; use bf16 or fp32 on the CPU")
+            raise AutosegError(f"{option('precision')} fp16: only on CUDA; use bf16 or fp32 on the CPU")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

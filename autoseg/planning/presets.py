@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import ClassVar
 
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, option
 from autoseg.schema.base import from_jsonable
 
 
@@ -94,5 +94,5 @@ def load_preset(name: str) -> PlannerPreset:
     """
     f = _preset_dir().joinpath(f"{name}.json")
     if not f.is_file():
-        raise AutosegError(f"--preset {name}: unknown preset; available: {', '.join(available_presets())}")
+        raise AutosegError(f"{option('preset')} {name}: unknown preset; available: {', '.join(available_presets())}")
     return from_jsonable(PlannerPreset, json.loads(f.read_text()))

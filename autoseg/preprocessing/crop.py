@@ -52,7 +52,7 @@ def crop_to_nonzero(image: np.ndarray, label: np.ndarray | None = None) -> CropR
         The whole image when it is zero everywhere (then the mask is all False).
     """
     nonzero = np.any(image != 0, axis=0)
-    bbox = nonzero_bbox(nonzero[None])
+    bbox = nonzero_bbox(image, nonzero)
     # Filling holes in the crop only is equivalent to filling the whole image: everything outside the box is
     # background connected to the image border, so a region touching the box border is never a hole.
     mask = binary_fill_holes(nonzero[bbox])

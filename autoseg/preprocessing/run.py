@@ -12,19 +12,16 @@ from __future__ import annotations
 import time
 import traceback
 import zlib
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, option
 from autoseg.fingerprint.dataset import _available_memory, _init_worker, default_num_workers
 from autoseg.io.verify import load_and_check_case
+from autoseg.parallel import map_cases, one_blas_thread
 from autoseg.planning.spacing import resampled_shape
 from autoseg.preprocessing.case import (data_key, derive_case, preprocess_case, preprocessing_sha256,
                                         target_spacing_for)
@@ -126,21 +123,10 @@ def default_preprocess_workers(fingerprint: Fingerprint, plans: Plans, configs: 
 # --------------------------------------------------------------------------- worker
 
 
-# Per worker process: the shared job-state array handed over by the pool initializer (fork: inherited memory).
-# 0 waiting, 1 running, 2 done; it lets the parent name exactly the cases in flight when a worker is killed.
-_job_state = None
-
-
-def _init_preprocess_worker(job_state) -> None:
-    global _job_state
-    _job_state = job_state
+def _init_preprocess_worker() -> None:
+    """One SimpleITK and one BLAS thread per worker: the workers are the parallelism."""
     _init_worker()
-    try:  # one BLAS thread per worker: the workers are the parallelism (threadpoolctl comes with scikit-learn)
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=1)
-    except ImportError:
-        pass
+    one_blas_thread()
 
 
 def _cause(e: BaseException) -> str:
@@ -152,9 +138,7 @@ def _cause(e: BaseException) -> str:
 
 
 def _preprocess_one(raw_dir: Path, spec: DatasetSpec, case: CaseSpec, plans: Plans, tasks: Sequence[_Task],
-                    seed: int, index: int = -1) -> _Outcome:
-    if _job_state is not None and index >= 0:
-        _job_state[index] = 1
+                    seed: int) -> _Outcome:
     try:
         loaded = load_and_check_case(raw_dir, spec, case)
         if loaded.problems:
@@ -176,51 +160,22 @@ def _preprocess_one(raw_dir: Path, spec: DatasetSpec, case: CaseSpec, plans: Pla
         return _Outcome(case.case_id)
     except Exception as e:  # reported by the parent as one line naming the case
         return _Outcome(case.case_id, _cause(e))
-    finally:
-        if _job_state is not None and index >= 0:
-            _job_state[index] = 2
 
 
 def _run(jobs: list[tuple], num_workers: int, desc: str, progress: bool, raw_dir: Path) -> None:
-    bar = tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True)
-
-    def check(outcome: _Outcome, job: tuple) -> None:
+    def check(i: int, outcome: _Outcome) -> None:
         if outcome.error is not None:
-            case: CaseSpec = job[2]
+            case: CaseSpec = jobs[i][2]
             raise AutosegError(f"{raw_dir / case.images[0]}: preprocessing case '{case.case_id}' failed: "
                                f"{outcome.error}")
 
-    try:
-        if num_workers <= 1 or len(jobs) <= 1:  # in this process, leaving its thread settings alone
-            for job in jobs:
-                check(_preprocess_one(*job), job)
-                bar.update()
-            return
-        # fork: no torch and no autoseg threads in this process, and workers start in milliseconds
-        ctx = get_context("fork")
-        state = ctx.RawArray("b", len(jobs))
-        with ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=ctx, initializer=_init_preprocess_worker,
-                                 initargs=(state,)) as pool:
-            pending = {pool.submit(_preprocess_one, *job, i): i for i, job in enumerate(jobs)}
-            try:
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        outcome = fut.result()
-                        i = pending.pop(fut)
-                        check(outcome, jobs[i])
-                        bar.update()
-            except BrokenProcessPool:
-                running = [jobs[i][2].case_id for i in range(len(jobs)) if state[i] == 1]
-                raise AutosegError(
-                    f"{raw_dir}: a preprocessing worker was killed (by the OS, most likely out of memory) while "
-                    f"processing {', '.join(running) or 'a case'}; retry with fewer workers "
-                    f"(-j {max(1, num_workers // 2)})") from None
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)  # running cases finish (atomically), no new ones
-                raise
-    finally:
-        bar.close()
+    def died(running: list[str]) -> str:
+        return (f"{raw_dir}: a preprocessing worker was killed (by the OS, most likely out of memory) while "
+                f"processing {', '.join(running) or 'a case'}; retry with fewer workers "
+                f"({option(f'num_workers={max(1, num_workers // 2)}')})")
+
+    map_cases(_preprocess_one, jobs, [job[2].case_id for job in jobs], max(1, num_workers), desc, progress,
+              initializer=_init_preprocess_worker, on_result=check, died_message=died)
 
 
 # --------------------------------------------------------------------------- dataset

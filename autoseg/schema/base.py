@@ -6,6 +6,7 @@ autoseg version is a clear error instead of a confusing crash later. No pickle a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -14,7 +15,7 @@ import tempfile
 import types
 import typing
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 from autoseg.errors import AutosegError
 
@@ -50,8 +51,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             try:
                 return _convert(a, value, where)
             except (TypeError, ValueError, KeyError) as e:
-                errors.append(str(e))
-        raise ValueError(f"{where}: {value!r} matches none of {args}")
+                errors.append(e.args[0] if e.args else str(e))
+        # every branch's reason: "expected a number, got 'x'" says more than the list of types alone
+        raise ValueError(f"{where}: {value!r} matches none of {args} ({'; '.join(errors)})")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise TypeError(f"{where}: expected an object, got {type(value).__name__}")
@@ -122,25 +124,45 @@ def publish(tmp: str | Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(f)`` on a temporary binary file in ``path``'s folder, fsync it, then rename it to ``path``.
+@contextlib.contextmanager
+def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write to; renamed to ``path`` when the block ends without an error.
 
-    A process killed at any moment leaves either the old file or the complete new one, never a truncated file;
-    the fsync also orders it before any marker file written afterwards.
+    Serves writers that need a file name (SimpleITK, matplotlib, ``zipfile``) as well as :func:`atomic_write`. The
+    temporary file is ``.<name>.<random>.tmp`` (hidden, and recognisable as an interrupted write), followed by
+    ``path``'s suffixes with ``keep_suffix`` for writers that choose the format by the suffix. After the block
+    the file is fsynced and renamed, so a process killed at any moment leaves either the old file or the complete
+    new one, never a truncated file; on an error the temporary file is removed and ``path`` is untouched.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> target.read_text()
+    'done'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    suffix = ".tmp" + ("".join(path.suffixes) if keep_suffix else "")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:  # the writer may not have synced: order the data before the rename
             os.fsync(f.fileno())
         publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(f)`` on a binary file that replaces ``path`` atomically when done (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

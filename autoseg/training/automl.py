@@ -1,19 +1,19 @@
 """Train every planned configuration's folds (within a wall-clock budget), then pick the best.
 
-``autoseg train DATASET`` without ``-c``: every configuration x 5 folds; finished folds are skipped, killed ones
-resumed, and model selection runs at the end. Folds are independent jobs: on several machines run
-``autoseg train DATASET -c C -f K`` and gather the fold folders before ``autoseg find-best``.
+``autoseg train DATASET`` without ``-c``: every configuration x every cross-validation fold; finished folds are
+skipped, killed ones resumed, and model selection runs at the end (:func:`autoseg.workflow.automl.train_all`). Folds
+are independent jobs: on several machines run ``autoseg train DATASET -c C -f K`` and gather the fold folders before
+``autoseg find-best``. This module holds the rules (which jobs, in which order, with which share of the budget).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, option
 from autoseg.nn.device import resolve_channels_last, resolve_device, resolve_precision
 from autoseg.nn.speed import benchmark_step
 from autoseg.nn.unet import build_network
@@ -38,11 +38,12 @@ class Job:
 
 
 def trainable_configurations(plans: Plans, folds: Sequence[str], finished: set[tuple[str, str]] = frozenset(),
-                             requested: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+                             requested: Sequence[str] | None = None,
+                             all_folds: Sequence[str] = ("0", "1", "2", "3", "4")) -> tuple[list[str], list[str]]:
     """(configurations to train, in the plans' order; skipped ones, each with the reason after its name).
 
     A cascade stage trains on the cross-validation predictions of its previous stage, so it is trained only when
-    all five folds of that stage are finished or trained earlier in the same run.
+    every fold of that stage is finished or trained earlier in the same run.
 
     Parameters
     ----------
@@ -54,6 +55,8 @@ def trainable_configurations(plans: Plans, folds: Sequence[str], finished: set[t
         ``(configuration, fold)`` pairs already trained.
     requested
         Configurations asked for; ``None``: all planned ones.
+    all_folds
+        The cross-validation folds of the splits.
     """
     names, skipped = [], []
     for name, plan in plans.configurations.items():
@@ -61,9 +64,10 @@ def trainable_configurations(plans: Plans, folds: Sequence[str], finished: set[t
             continue
         previous = plan.previous_stage
         if previous is not None and not all((previous, k) in finished or (previous in names and k in folds)
-                                            for k in "01234"):
-            skipped.append(f"{name} (needs all five folds of {previous} trained first: train {previous} with "
-                           f"every fold)")
+                                            for k in all_folds):
+            n = len(all_folds)
+            skipped.append(f"{name} (needs all {'five' if n == 5 else n} folds of {previous} trained first: train "
+                           f"{previous} with every fold)")
             continue
         names.append(name)
     return names, skipped
@@ -97,8 +101,9 @@ def plan_jobs(configurations: Sequence[str], folds: Sequence[str], budget_minute
     if budget_minutes is not None:
         minutes = budget_minutes * (1 - VALIDATION_RESERVE) / len(todo)
         if minutes < 0.5:
-            raise AutosegError(f"--budget {budget_minutes:g}: {minutes * 60:.0f} s per fold for {len(todo)} folds "
-                               f"is too little; raise the budget or train fewer configurations (-c) or folds (-f)")
+            raise AutosegError(f"a budget of {budget_minutes:g} minutes gives {minutes * 60:.0f} s per fold for "
+                               f"{len(todo)} folds, too little; raise {option('budget_minutes')} or train fewer "
+                               f"configurations ({option('configurations')}) or folds ({option('folds')})")
     step_seconds = step_seconds or {}
     return [Job(c, f, minutes, step_seconds.get(c)) for c, f in todo]
 
@@ -121,4 +126,4 @@ def jobs_table(jobs: Sequence[Job], skipped: Sequence[str]) -> str:
 
 def finished_folds(paths: DatasetPaths, configurations: Sequence[str], folds: Sequence[str]) -> set[tuple[str, str]]:
     """(configuration, fold) pairs whose final checkpoint exists."""
-    return {(c, f) for c in configurations for f in folds if paths.final_checkpoint(c, f).is_file()}
+    return {(c, f) for c in configurations for f in folds if paths.fold(c, f).is_trained}

@@ -1,4 +1,5 @@
-"""Trainer callbacks: checkpoints, ``log.jsonl``, ``progress.png``. Only the main process gets them."""
+"""Trainer callbacks: checkpoints, ``log.jsonl``, ``progress.png``, the console line. Only the main process gets
+them."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from autoseg.schema.base import atomic_write_text, from_jsonable, publish, to_jsonable
+from autoseg.nn.checkpoint import save_checkpoint, to_json_field
+from autoseg.schema.base import atomic_path, atomic_write_text, from_jsonable, to_jsonable
 from autoseg.schema.training import EpochLog
-from autoseg.training.checkpoint import save_checkpoint, to_json_field
 from autoseg.training.trainer import Callback, Trainer
+from autoseg.workspace import FoldPaths
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -37,24 +39,22 @@ class CheckpointCallback(Callback):
     """``checkpoint_latest.pt`` every ``every`` epochs, ``checkpoint_best.pt`` when the smoothed pseudo-Dice
     improves, ``checkpoint_final.pt`` at the end."""
 
-    def __init__(self, folder: Path, every: int):
-        self.folder = Path(folder)
+    def __init__(self, folder: FoldPaths, every: int):
+        self.folder = folder
         self.every = max(1, every)
 
     def on_epoch_end(self, trainer: Trainer, log: EpochLog) -> None:
         st = trainer.state
         if st.ema_pseudo_dice is not None and st.ema_pseudo_dice > st.best_ema_pseudo_dice:
             st.best_ema_pseudo_dice = st.ema_pseudo_dice
-            save_checkpoint(self.folder / "checkpoint_best.pt", checkpoint_payload(trainer))
+            save_checkpoint(self.folder.best_checkpoint, checkpoint_payload(trainer))
         if st.epoch % self.every == 0 and st.epoch < st.total_epochs:
-            save_checkpoint(self.folder / "checkpoint_latest.pt", checkpoint_payload(trainer))
+            save_checkpoint(self.folder.latest_checkpoint, checkpoint_payload(trainer))
 
     def on_train_end(self, trainer: Trainer) -> None:
-        save_checkpoint(self.folder / "checkpoint_final.pt", checkpoint_payload(trainer))
+        save_checkpoint(self.folder.final_checkpoint, checkpoint_payload(trainer))
         # the final checkpoint supersedes the latest one (and is what an extension resumes from)
-        latest = self.folder / "checkpoint_latest.pt"
-        if latest.exists():
-            latest.unlink()
+        self.folder.latest_checkpoint.unlink(missing_ok=True)
 
 
 class JsonlLogCallback(Callback):
@@ -128,6 +128,35 @@ def plot_progress(history: list[EpochLog], path: Path) -> None:
     ax3.set_ylabel("learning rate")
     ax3.set_xlabel("epoch")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    publish(tmp, path)
+    with atomic_path(Path(path), keep_suffix=True) as tmp:
+        fig.savefig(tmp)
+
+
+class ConsoleCallback(Callback):
+    """One line per epoch with losses, pseudo-Dice, times and the run's ETA."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def on_epoch_end(self, trainer: Trainer, log: EpochLog) -> None:
+        if not self.enabled:
+            return
+        st = trainer.state
+        per_epoch = st.train_seconds / max(1, st.epoch)
+        eta = per_epoch * (st.total_epochs - st.epoch)
+        dice = "/".join(f"{d:.3f}" for d in log.pseudo_dice)
+        print(f"epoch {log.epoch + 1}/{st.total_epochs}: loss {log.train_loss:.4f} (val {log.val_loss:.4f}), "
+              f"pseudo-Dice {dice} (smoothed {log.ema_pseudo_dice:.3f}), lr {log.learning_rate:.2e}, "
+              f"{log.epoch_seconds:.1f} s (data wait {log.data_wait_seconds:.1f} s), ETA {hms(eta)}", flush=True)
+
+
+def hms(seconds: float) -> str:
+    """``H:MM:SS``."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def fold_callbacks(folder: FoldPaths, checkpoint_every: int, progress: bool) -> list[Callback]:
+    """What the main process of a fold's run records: checkpoints, ``log.jsonl``, ``progress.png``, the console."""
+    return [CheckpointCallback(folder, checkpoint_every), JsonlLogCallback(folder.log),
+            ProgressPlotCallback(folder.progress_plot), ConsoleCallback(progress)]

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 
 from autoseg.errors import AutosegError
+from autoseg.io.archive import ModelArchive
+from autoseg.nn.checkpoint import load_checkpoint_bytes
 from autoseg.schema.plans import ArchitecturePlan
 
 _TOPOLOGY_FIELDS = ("network", "features_per_stage", "kernel_sizes", "strides", "blocks_per_stage_encoder",
@@ -53,15 +55,14 @@ def load_pretrained(network: torch.nn.Module, zip_path: Path, configuration: str
     AutosegError
         Unreadable or tampered zip, missing configuration or fold, or another topology (one line).
     """
-    from autoseg.export import ModelArchive
-
     zip_path = Path(zip_path)
     with ModelArchive(zip_path) as archive:
         if configuration not in archive.manifest.folds:
             raise AutosegError(f"{zip_path}: holds no configuration '{configuration}' (exported: "
                                f"{', '.join(archive.manifest.configurations)}); name one as {zip_path}:CONFIG")
         source_arch = archive.plans.configurations[configuration].architecture
-        ckpt = archive.checkpoint(configuration, str(fold))
+        data, where = archive.checkpoint_bytes(configuration, str(fold))
+    ckpt = load_checkpoint_bytes(data, where, plans_sha256=archive.manifest.plans_sha256)
     if architecture is not None:
         differ = [f for f in _TOPOLOGY_FIELDS if getattr(architecture, f) != getattr(source_arch, f)]
         if differ:

@@ -14,7 +14,9 @@ import pytest
 from autoseg import api
 from autoseg.cli import main
 from autoseg.errors import AutosegError
-from autoseg.export import ModelArchive, export_model, import_model
+from autoseg.api import export_model, import_model
+from autoseg.io.archive import ModelArchive
+from autoseg.nn.checkpoint import load_checkpoint_bytes
 from autoseg.io.image import read_label
 
 TRAIN = ["-c", "3d_fullres", "-f", "0", "--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations",
@@ -67,7 +69,7 @@ def test_export_holds_a_verifiable_small_model(trained, exported, tmp_path):
     assert not any(n.endswith(".nii.gz") or "overlays" in n for n in names)  # no (derived) patient images
     assert spec["raw_dir"] == ""
     with ModelArchive(exported) as archive:
-        ckpt = archive.checkpoint("3d_fullres", "0")
+        ckpt = load_checkpoint_bytes(*archive.checkpoint_bytes("3d_fullres", "0"))
     assert "optimizer" not in ckpt and "grad_scaler" not in ckpt and "torch_rng" not in ckpt
     assert ckpt["plans_sha256"] == manifest["plans_sha256"] and json.loads(ckpt["train_config"])["fold"] == "0"
     original = ws / "Tiny" / "models" / "3d_fullres" / "fold_0" / "checkpoint_final.pt"
@@ -170,7 +172,7 @@ def test_pretrained_loads_matching_tensors_and_skips_heads_for_other_labels(trai
     loaded, skipped = load_pretrained(same, exported, "3d_fullres", "0", arch)
     assert skipped == [] and len(loaded) == len(same.state_dict())
     with ModelArchive(exported) as archive:
-        source = archive.checkpoint("3d_fullres", "0")["model"]
+        source = load_checkpoint_bytes(*archive.checkpoint_bytes("3d_fullres", "0"))["model"]
     assert all(np.array_equal(same.state_dict()[k].numpy(), source[k].numpy()) for k in loaded)
 
     other = build_network(arch, 1, len(plans.labels) + 2)

@@ -26,3 +26,20 @@ def test_unplanned_dataset_error_lists_the_planned_ones(tmp_path):
         api.load_plans(tmp_path, "Prostate")
     with pytest.raises(AutosegError, match="nothing planned in"):
         api.load_plans(tmp_path / "empty", "Prostate")
+
+
+def test_fold_paths_name_every_file_of_a_fold_folder(tmp_path):
+    fold = Workspace(tmp_path).dataset("D").fold("3d_fullres", 2)
+    root = tmp_path / "D" / "models" / "3d_fullres" / "fold_2"
+    assert fold.root == root and Workspace(tmp_path).dataset("D").models("3d_fullres") == root.parent
+    assert fold.final_checkpoint == root / "checkpoint_final.pt" and fold.latest_checkpoint.name == "checkpoint_latest.pt"
+    assert fold.validation_segmentation("c1", ".nii.gz") == root / "validation" / "c1.nii.gz"
+    assert fold.validation_probabilities("c1") == root / "validation" / "c1.npz"
+    assert fold.next_stage_segmentation("c1") == root / "next_stage" / "c1.npy"
+    assert fold.relative(fold.overlay("c1")) == "overlays/c1.png"
+    assert not fold.is_trained and Workspace(tmp_path).dataset("D").trained_folds("3d_fullres") == []
+    fold.root.mkdir(parents=True)
+    fold.final_checkpoint.write_bytes(b"x")
+    assert fold.is_trained and Workspace(tmp_path).dataset("D").trained_folds("3d_fullres") == ["2"]
+    with pytest.raises(ValueError, match="checkpoint kind"):
+        fold.checkpoint("newest")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from autoseg.data.sampling import ArraySource, class_locations
+from autoseg.data.sampling import ArraySource
+from autoseg.preprocessing.case import class_locations
 
 
 def make_case(rng: np.random.Generator, shape=(20, 24, 22), channels=1, blobs=((1, 3), (2, 3)),
@@ -16,7 +17,7 @@ def make_case(rng: np.random.Generator, shape=(20, 24, 22), channels=1, blobs=((
         lo = [int(rng.integers(outside_rows if a == 0 else 0, n - edge + 1)) for a, n in enumerate(shape)]
         seg[(0, *[slice(a, a + edge) for a in lo])] = label
     seg[0, :outside_rows] = -1
-    return data, seg, class_locations(seg)
+    return data, seg, class_locations(seg[0], int(seg.max()) + 1, np.random.default_rng(0))
 
 
 def make_source(seed=0, n=5, **kw) -> ArraySource:

@@ -13,7 +13,8 @@ from _data_cases import make_source
 
 from autoseg.data.augmentation import TrainingAugmentation, training_params
 from autoseg.data.loader import BatchLoader, LoaderConfig, LoaderTimeoutError, LoaderWorkerError
-from autoseg.data.sampling import ArraySource, class_locations
+from autoseg.data.sampling import ArraySource
+from autoseg.preprocessing.case import class_locations
 
 STRIDES_3D = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
 STRIDES_2D = [[1, 1], [2, 2], [2, 2]]
@@ -36,9 +37,10 @@ def _gone(pid: int) -> bool:
     return not os.path.exists(f"/proc/{pid}")
 
 
+@pytest.mark.parametrize("workers", [0, 2])  # 2: the arrays travel through shared memory and come back as numpy
 @pytest.mark.parametrize("patch,strides", [((16, 20, 16), STRIDES_3D), ((24, 20), STRIDES_2D)])
-def test_shapes_and_dtypes(patch, strides):
-    with _loader(patch, strides, batch=5, num_batches=3) as loader:
+def test_shapes_and_dtypes(patch, strides, workers):
+    with _loader(patch, strides, workers=workers, batch=5, num_batches=3) as loader:
         batches = list(loader)
     assert len(batches) == 3 and [b["index"] for b in batches] == [0, 1, 2]
     for b in batches:
@@ -63,7 +65,8 @@ def test_foreground_fraction_when_forced():
         seg = np.zeros((1, 30, 36, 34), np.int8)
         z, y, x = rng.integers(0, 28), rng.integers(0, 34), rng.integers(0, 32)
         seg[0, z:z + 2, y:y + 2, x:x + 2] = 1
-        cases[f"c{i}"] = (rng.normal(size=(1, 30, 36, 34)).astype(np.float32), seg, class_locations(seg))
+        cases[f"c{i}"] = (rng.normal(size=(1, 30, 36, 34)).astype(np.float32), seg,
+                          class_locations(seg[0], 2, np.random.default_rng(0)))
     src = ArraySource(cases)
     for batch, forced in ((3, 1), (6, 2), (2, 1)):
         cfg = LoaderConfig((12, 12, 12), batch, num_workers=0, num_batches=60, seed=batch)
@@ -109,6 +112,15 @@ def test_in_process_loading_leaves_global_rng_alone():
     np_after = np.random.get_state()
     assert np.array_equal(np_before[1], np_after[1]) and np_before[2:] == np_after[2:]
     assert random.getstate() == py_before
+
+
+def test_worker_loading_leaves_torch_rng_alone():
+    import torch
+
+    before = torch.get_rng_state()
+    with _loader((16, 20, 16), STRIDES_3D, workers=1, num_batches=2) as loader:
+        list(loader)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 class _Failing(ArraySource):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from _data_cases import make_case
 
-from autoseg.data.sampling import (ArraySource, SamplingConfig, SampleError, class_locations, crop_with_padding,
-                                   forced_foreground, one_hot_channels, pre_augmentation_patch_size, sample_batch,
-                                   sample_patch)
+from autoseg.data.sampling import (ArraySource, SamplingConfig, SampleError, crop_with_padding, forced_foreground,
+                                   one_hot_channels, pre_augmentation_patch_size, sample_batch, sample_patch)
+from autoseg.preprocessing.case import class_locations
 
 
 def test_pre_augmentation_patch_known_values():
@@ -152,7 +152,7 @@ def test_class_locations():
     seg = np.zeros((1, 4, 5, 6), np.int8)
     seg[0, 1, 2, 3] = 2
     seg[0, 0, 0, :4] = 1
-    locs = class_locations(seg)
+    locs = class_locations(seg[0], 3, np.random.default_rng(0))
     assert sorted(locs) == [1, 2] and locs[2].tolist() == [[1, 2, 3]] and locs[1].dtype == np.int32
-    sub = class_locations(seg, max_per_class=2, rng=np.random.default_rng(0))
+    sub = class_locations(seg[0], 3, np.random.default_rng(0), max_per_class=2)
     assert len(sub[1]) == 2

@@ -81,7 +81,7 @@ def make_workspace(tmp_path: Path, n_cases: int = 10) -> tuple[Path, list[str]]:
         for k, fold in enumerate(splits):
             if config == "3d_lowres" and k > 2:
                 continue
-            folder = paths.model(config, k)
+            folder = paths.fold(config, k).root
             (folder / "validation").mkdir(parents=True)
             (folder / "checkpoint_final.pt").write_bytes(b"")
             for cid in fold["val"]:
@@ -91,4 +91,4 @@ def make_workspace(tmp_path: Path, n_cases: int = 10) -> tuple[Path, list[str]]:
 
 
 def remove_fold(ws: Path, config: str, fold: int) -> None:
-    shutil.rmtree(Workspace(ws).dataset(DATASET).model(config, fold))
+    shutil.rmtree(Workspace(ws).dataset(DATASET).fold(config, fold).root)

@@ -14,6 +14,7 @@ def test_nonzero_bbox(nonzero, expected):
     if nonzero is not None:
         img[(1,) + nonzero] = 1.0  # only the second channel is nonzero there: any channel counts
     assert nonzero_bbox(img) == expected
+    assert nonzero_bbox(img, np.any(img != 0, axis=0)) == expected  # the mask given (the crop's call)
 
 
 def test_analyze_case_crop_and_exact_statistics():

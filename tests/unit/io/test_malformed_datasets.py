@@ -9,11 +9,13 @@ must exit with code 2, print the problem lines without a traceback, and leave th
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import shutil
 from pathlib import Path
 from typing import Callable
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -127,6 +129,31 @@ def _truncated_payload(root: Path) -> None:
     p.write_bytes(gzip.compress(raw[: len(raw) // 2]))  # a valid gzip holding half of the voxels
 
 
+def _truncated_gzip_integer(root: Path) -> None:
+    _rewrite_image(root, _image(1)[0].astype(np.int16))  # integer voxels: ITK would zero-fill the cut-off part
+    _truncated_gzip(root)
+
+
+def _truncated_nii(root: Path) -> None:
+    """The image as an uncompressed .nii, cut inside its voxel data."""
+    p = root / "imagesTr" / "case_001.nii"
+    write_image(_image(1)[0], GEOM, p)
+    p.write_bytes(p.read_bytes()[:-100])
+    (root / "imagesTr" / "case_001.nii.gz").unlink()
+    _edit_json(root, lambda d: d["training"][1].update(image="./imagesTr/case_001.nii"))
+
+
+def _nan_in_scaled_image(root: Path) -> None:
+    """NaN voxels in a float image whose header asks for intensity scaling (scl_slope/scl_inter)."""
+    _nan_image(root)
+    p = root / "imagesTr" / "case_001.nii.gz"
+    data = bytearray(gzip.decompress(p.read_bytes()))
+    hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(data))
+    hdr["scl_slope"], hdr["scl_inter"] = 2.0, -50.0
+    data[:hdr.sizeof_hdr] = hdr.binaryblock
+    p.write_bytes(gzip.compress(bytes(data)))
+
+
 def _zero_spacing(root: Path) -> None:
     # NIfTI cannot carry a zero spacing through ITK (it reads pixdim 0 as 1), MetaImage can: list an .mha image
     img = sitk.GetImageFromArray(_image(1)[0])
@@ -172,6 +199,8 @@ VARIANTS: dict[str, tuple[str, int, Callable[[Path], None], str, str]] = {
                      "labelsTr/case_002.nii.gz", "cannot be read"),
     "truncated_gzip": ("msd", 1, _truncated_gzip, "imagesTr/case_001.nii.gz", "truncated"),
     "truncated_payload": ("msd", 1, _truncated_payload, "imagesTr/case_001.nii.gz", "truncated"),
+    "truncated_gzip_integer": ("msd", 1, _truncated_gzip_integer, "imagesTr/case_001.nii.gz", "truncated"),
+    "truncated_nii": ("msd", 1, _truncated_nii, "imagesTr/case_001.nii", "truncated"),
     "size_mismatch": ("msd", 1, lambda r: _rewrite_label(r, _label(1)[:, :, :15]), "labelsTr/case_001.nii.gz",
                       "size"),
     "spacing_mismatch": ("msd", 1, lambda r: _rewrite_label(r, spacing=(3.0, 1.0, 1.0)),
@@ -190,6 +219,7 @@ VARIANTS: dict[str, tuple[str, int, Callable[[Path], None], str, str]] = {
                  "labelsTr/case_001.nii.gz", "4D"),
     "nan_in_image": ("msd", 1, _nan_image, "imagesTr/case_001.nii.gz", "NaN"),
     "inf_in_image": ("msd", 1, _inf_image, "imagesTr/case_001.nii.gz", "infinite"),
+    "nan_in_scaled_image": ("msd", 1, _nan_in_scaled_image, "imagesTr/case_001.nii.gz", "NaN"),
     "nan_in_test_image": ("msd", 1, lambda r: write_image(np.full(SHAPE, np.nan, np.float32), GEOM,
                                                           r / "imagesTs" / "test_000.nii.gz"),
                           "imagesTs/test_000.nii.gz", "NaN"),

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
+import logging
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -43,6 +46,22 @@ def _case(tmp_path: Path, image: np.ndarray, label: np.ndarray | None = None, la
 
 def _rand(shape=SHAPE, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 1, shape).astype(np.float32)
+
+
+def _edit_nifti_header(path: Path, **fields) -> None:
+    """Set NIfTI-1 header fields (e.g. ``scl_slope``) in place, the voxel bytes untouched.
+
+    nibabel's writer would choose its own scaling, so the header block is rewritten directly.
+    """
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        data = bytearray(fh.read())
+    hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(data))
+    for key, value in fields.items():
+        hdr[key] = value
+    data[:hdr.sizeof_hdr] = hdr.binaryblock
+    with opener(path, "wb") as fh:
+        fh.write(data)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,6 +200,94 @@ def test_unreadable_files_give_none_arrays(tmp_path):
     loaded = load_and_check_case(tmp_path, _spec(tmp_path), case)
     assert loaded.image is None and loaded.label is None and loaded.geometry is None
     assert len(loaded.problems) == 2 and all("cannot be read as an image" in p for p in loaded.problems)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_truncated_nii_inside_voxel_data(tmp_path, dtype):
+    """An uncompressed .nii cut short: the line gives the byte counts (ITK would zero-fill the rest)."""
+    case = _case(tmp_path, (_rand() * 100).astype(dtype), _label(), ending=".nii")
+    p = tmp_path / case.images[0]
+    size = p.stat().st_size
+    p.write_bytes(p.read_bytes()[:-40])
+    loaded = load_and_check_case(tmp_path, _spec(tmp_path), case)
+    assert loaded.problems == (f"{p}: file is truncated: {size - 40} bytes, the NIfTI header promises {size}",)
+    assert loaded.image is None and loaded.label is not None
+
+
+@pytest.mark.parametrize("shape", [(4, 4, 4), (20, 30, 40)], ids=["within-first-kb", "within-voxels"])
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_nii_gz_cut_mid_stream(tmp_path, shape, dtype):
+    """A .nii.gz whose gzip stream is cut off: one line naming the file, whichever voxel type and wherever the cut.
+
+    A file under 1 KB is cut within the first KB, where nibabel.load only says it cannot identify the file; in a
+    larger one the stream ends inside the voxel data, which nibabel's read reports.
+    """
+    case = _case(tmp_path, (_rand(shape) * 100).astype(dtype))
+    p = tmp_path / case.images[0]
+    b = p.read_bytes()
+    p.write_bytes(b[: len(b) * 2 // 3])
+    loaded = check_test_case(tmp_path, _spec(tmp_path), case)
+    assert loaded.problems == (f"{p}: truncated or corrupt compressed file (Compressed file ended before the "
+                               f"end-of-stream marker was reached)",)
+    assert loaded.image is None
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
+def test_scaled_float_nifti_nan_found(tmp_path, ending):
+    """scl_slope/scl_inter on float voxels: NaN still found (ITK hides it here too)."""
+    img = _rand()
+    img[2, 3, 4:6] = np.nan
+    case = _case(tmp_path, img, _label(), ending=ending)
+    p = tmp_path / case.images[0]
+    _edit_nifti_header(p, scl_slope=2.0, scl_inter=10.0)
+    assert not np.isnan(read_image([p])[0]).any()
+    loaded = load_and_check_case(tmp_path, _spec(tmp_path), case)
+    assert loaded.problems == (f"{p}: image contains 2 NaN voxel values (of {np.prod(SHAPE)}); intensities must "
+                               f"be finite",)
+
+
+@pytest.mark.parametrize("dtype, slope, inter", [(np.float32, 2.0, 10.0), (np.int16, 0.3, -7.1),
+                                                 (np.uint8, 1.5, 0.0), (np.float64, 0.25, 3.0)])
+def test_scaled_nifti_equals_itk(tmp_path, dtype, slope, inter):
+    """Scaled images come out as ITK reads them, voxel for voxel (float32, or float64 for float64 voxels)."""
+    raw = (np.abs(_rand()) * 100).astype(dtype)
+    case = _case(tmp_path, raw, _label())
+    p = tmp_path / case.images[0]
+    _edit_nifti_header(p, scl_slope=slope, scl_inter=inter)
+    loaded = load_and_check_case(tmp_path, _spec(tmp_path), case)
+    assert loaded.ok, loaded.problems
+    np.testing.assert_array_equal(loaded.image, read_image([p])[0])
+    np.testing.assert_allclose(loaded.image[0], raw * slope + inter, rtol=1e-6, atol=1e-4)
+
+
+def test_big_endian_float_nifti(tmp_path):
+    img = _rand()
+    p = tmp_path / "imagesTr" / "c.nii.gz"
+    p.parent.mkdir()
+    nib.save(nib.Nifti1Image(img.T.astype(">f4"), np.eye(4), nib.Nifti1Header(endianness=">")), p)
+    case = CaseSpec("c", ("imagesTr/c.nii.gz",), None)
+    loaded = check_test_case(tmp_path, _spec(tmp_path), case)
+    assert loaded.ok, loaded.problems
+    assert loaded.image.dtype == np.float32 and loaded.image.dtype.isnative
+    np.testing.assert_array_equal(loaded.image[0], img)
+    img[0, 1, 2] = np.inf
+    nib.save(nib.Nifti1Image(img.T.astype(">f4"), np.eye(4), nib.Nifti1Header(endianness=">")), p)
+    assert "1 infinite" in check_test_case(tmp_path, _spec(tmp_path), case).problems[0]
+
+
+def test_nibabel_header_fixes_not_logged(tmp_path, caplog):
+    """nibabel's notes on header fields it fixes for its own affine (unused here) do not reach the output."""
+    case = _case(tmp_path, _rand(), _label())
+    p = tmp_path / case.images[0]
+    _edit_nifti_header(p, qform_code=77)
+    with caplog.at_level(logging.DEBUG, logger="nibabel.global"):
+        nib.load(p)
+        assert any("qform_code" in r.getMessage() for r in caplog.records)  # nibabel does complain
+        caplog.clear()
+        loaded = load_and_check_case(tmp_path, _spec(tmp_path), case)
+        assert loaded.ok, loaded.problems
+        assert not caplog.records
+        assert logging.getLogger("nibabel.global").level == logging.DEBUG  # restored after the load
 
 
 def test_file_deleted_after_parsing(tmp_path):

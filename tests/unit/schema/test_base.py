@@ -41,3 +41,31 @@ def test_bad_files_are_one_line_errors_naming_the_file(tmp_path, content, fragme
 def test_missing_file(tmp_path):
     with pytest.raises(AutosegError, match="not found"):
         load_json(Fingerprint, tmp_path / "nope.json")
+
+
+def test_atomic_path_keeps_the_old_file_on_error_and_the_suffix_for_writers(tmp_path):
+    from autoseg.schema.base import atomic_path
+
+    target = tmp_path / "case.nii.gz"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target, keep_suffix=True) as tmp:
+            assert tmp.parent == tmp_path and tmp.name.startswith(".case.nii.gz.") and tmp.name.endswith(".tmp.nii.gz")
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["case.nii.gz"]
+    with atomic_path(target) as tmp:
+        assert tmp.name.endswith(".tmp")
+        tmp.write_text("new")
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["case.nii.gz"]
+
+
+def test_a_failed_union_says_why_each_branch_failed(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class R:
+        x: int | tuple[int, int] | None = None
+
+    with pytest.raises(ValueError, match=r"R\.x: 'a' matches none of .*expected an integer, got 'a'.*expected a list"):
+        from_jsonable(R, {"x": "a"})

@@ -9,7 +9,8 @@ import torch
 
 from autoseg.schema.training import TrainConfig
 from autoseg.training.callbacks import CheckpointCallback, JsonlLogCallback, ProgressPlotCallback
-from autoseg.training.checkpoint import load_checkpoint
+from autoseg.nn.checkpoint import load_checkpoint
+from autoseg.workspace import FoldPaths
 from autoseg.training.schedule import epochs_that_fit, plan_budget, poly_lr
 from autoseg.training.trainer import Trainer, TrainState
 
@@ -36,7 +37,7 @@ def make_trainer(tmp_path, epochs=3, budget=None, state=None, callbacks=True):
                       budget_minutes=budget, checkpoint_every=1)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=0.9, nesterov=True)
     st = state or TrainState(cfg.epochs, cfg.iterations_per_epoch, cfg.validation_iterations)
-    cbs = [CheckpointCallback(tmp_path, 1), JsonlLogCallback(tmp_path / "log.jsonl"),
+    cbs = [CheckpointCallback(FoldPaths(tmp_path), 1), JsonlLogCallback(tmp_path / "log.jsonl"),
            ProgressPlotCallback(tmp_path / "progress.png")] if callbacks else []
     return Trainer(model=model, loss=ce, optimizer=opt, train_batches=batches(1), val_batches=batches(2), config=cfg,
                    state=st, device=torch.device("cpu"), precision="fp32", channels_last=False, num_classes=2,

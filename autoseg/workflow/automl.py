@@ -1,0 +1,56 @@
+"""The AutoML run: every planned configuration x every cross-validation fold (within a wall-clock budget), then
+model selection. The rules (which jobs, their order and share of the budget) are :mod:`autoseg.training.automl`'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from autoseg.schema.selection import BestChoice
+from autoseg.training.automl import (finished_folds, jobs_table, measure_step_seconds, plan_jobs,
+                                     trainable_configurations)
+from autoseg.workflow.context import DatasetContext
+from autoseg.workflow.fold import TrainResult, run_fold
+from autoseg.workflow.selection import find_best
+
+
+def train_all(ctx: DatasetContext, configurations: Sequence[str] | None = None, folds: Sequence[str] | None = None,
+              budget_minutes: float | None = None, device: str = "auto", progress: bool = True,
+              validate: bool = True, select: bool = True, report: Callable[[str], Any] = print,
+              **overrides) -> tuple[list[TrainResult], BestChoice | None]:
+    """Train every planned configuration (or ``configurations``) x every fold of the splits (or ``folds``), then
+    select.
+
+    Finished folds are skipped and killed ones resumed. With ``budget_minutes`` the training time is split over
+    the folds still to run (the measured speed of each configuration is shown in the printed plan). Model
+    selection (:func:`autoseg.workflow.selection.find_best`) runs when at least one configuration has all folds.
+
+    Returns
+    -------
+    tuple
+        ``(results, best)``: the :class:`TrainResult` of every fold run, and the
+        :class:`autoseg.schema.selection.BestChoice` (``None`` when nothing was complete enough to select).
+    """
+    if configurations:
+        ctx.check_configurations(configurations)
+    all_folds = ctx.folds
+    folds = [str(f) for f in (folds or all_folds)]
+    for fold in folds:
+        ctx.check_fold(fold)
+    finished = finished_folds(ctx.paths, ctx.configurations, sorted(set(folds) | set(all_folds)))
+    names, skipped = trainable_configurations(ctx.plans, folds, finished, configurations or None, all_folds)
+    todo_configs = sorted({c for c in names for f in folds if (c, f) not in finished}, key=names.index)
+    steps = {c: measure_step_seconds(ctx.plans, c, device, overrides.get("precision") or "auto")
+             for c in todo_configs} if budget_minutes is not None else {}
+    jobs = plan_jobs(names, folds, budget_minutes, steps, finished)
+    done = sum((c, f) in finished for c in names for f in folds)
+    report(f"training plan for {ctx.name} ({done} fold(s) already finished):\n" + jobs_table(jobs, skipped))
+    results = []
+    for job in jobs:
+        report(f"\n== {job.configuration} fold {job.fold}")
+        results.append(run_fold(ctx, job.configuration, job.fold, dict(overrides, budget_minutes=job.minutes),
+                                device=device, resume=True, validate=validate, progress=progress))
+    best = None
+    if validate and select and any(len(finished_folds(ctx.paths, [c], all_folds)) == len(all_folds) for c in names):
+        best = find_best(ctx, progress=progress)
+    return results, best

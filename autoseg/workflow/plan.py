@@ -1,0 +1,198 @@
+"""Planning a raw dataset: verify -> fingerprint -> plans -> preprocessed data and splits.
+
+Problems with the user's input raise :class:`autoseg.errors.AutosegError`; nothing is written before all checks of
+a step have passed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoseg.data.splits import load_or_create_splits
+from autoseg.errors import AutosegError, option
+from autoseg.fingerprint.dataset import check_and_fingerprint, default_num_workers, source_hash
+from autoseg.io.dataset_json import read_dataset_spec
+from autoseg.planning.planner import make_plans
+from autoseg.planning.presets import PlannerPreset, load_preset
+from autoseg.preprocessing.run import PreprocessResult, preprocess_dataset
+from autoseg.schema.base import load_json, save_json, sha256_of
+from autoseg.schema.dataset import DatasetSpec
+from autoseg.schema.fingerprint import Fingerprint
+from autoseg.schema.plans import Plans
+from autoseg.workflow.context import DatasetContext
+from autoseg.workspace import DatasetPaths, Workspace
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """What :func:`plan` produced.
+
+    Attributes
+    ----------
+    plans
+        The plans written to ``paths.plans``.
+    paths
+        The dataset's workspace paths.
+    fingerprint_reused
+        The dataset was unchanged since the last run, so its fingerprint (and verification) was reused.
+    preprocessing
+        What :func:`preprocess` did, ``None`` when planning ran with ``preprocess=False``.
+    """
+
+    plans: Plans
+    paths: DatasetPaths
+    fingerprint_reused: bool
+    preprocessing: PreprocessResult | None = None
+
+
+def verify(raw_dir: Path, num_workers: int | None = None, progress: bool = True) -> DatasetSpec:
+    """Check a raw dataset completely (every listed file, training and test); writes nothing.
+
+    Raises
+    ------
+    DatasetError
+        Every problem found, one line each naming the file.
+    """
+    raw_dir = Path(raw_dir)
+    spec = read_dataset_spec(raw_dir)
+    workers = num_workers or default_num_workers(raw_dir, spec)
+    check_and_fingerprint(raw_dir, spec, workers, progress=progress, source_sha256="")
+    return spec
+
+
+def cuda_memory_gb() -> float | None:
+    """Memory of CUDA device 0 in GB, or ``None`` without a usable CUDA device.
+
+    torch is imported only when an NVIDIA driver is present: importing it costs seconds on a CPU machine.
+    """
+    if not os.path.exists("/proc/driver/nvidia/version"):
+        return None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(0).total_memory / 1024 ** 3
+    except Exception:  # a broken CUDA install must not stop planning; the reference target is used instead
+        return None
+    return None
+
+
+def memory_target(preset: PlannerPreset, memory_gb: float | None) -> float:
+    """The memory target: explicit value, else the preset's own, else the CUDA device's, else the reference."""
+    if memory_gb is not None:
+        if memory_gb <= 0:
+            raise AutosegError(f"{option('memory_gb')} {memory_gb}: must be a positive number of GB")
+        return float(memory_gb)
+    if preset.memory_target_gb is not None:
+        return float(preset.memory_target_gb)
+    return cuda_memory_gb() or preset.reference_memory_gb
+
+
+def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: float | None = None,
+         num_workers: int | None = None, progress: bool = True, preprocess: bool = True) -> PlanResult:
+    """Verify a raw dataset, fingerprint it and plan every configuration (then preprocess them).
+
+    Writes ``dataset_spec.json``, ``fingerprint.json`` and ``plans.json`` under ``workspace/<dataset name>/``,
+    each atomically, and only after every check passed. An unchanged dataset reuses its fingerprint. A changed
+    ``plans.json`` keeps the previous one as ``plans.<hash>.json``.
+
+    Parameters
+    ----------
+    raw_dir
+        MSD or nnU-Net v2 raw folder.
+    workspace
+        Workspace root.
+    preset
+        Planner preset name (``plans/presets``).
+    memory_gb
+        Accelerator memory target, GB (default: see :func:`memory_target`).
+    num_workers
+        Parallel processes for verification and fingerprinting (default from cores and free memory).
+    progress
+        Show progress bars.
+    preprocess
+        Also preprocess every planned configuration.
+    """
+    raw_dir = Path(raw_dir)
+    planner_preset = load_preset(preset)
+    target_gb = memory_target(planner_preset, memory_gb)
+    spec = read_dataset_spec(raw_dir)
+    paths = Workspace(Path(workspace)).dataset(spec.name)
+    src = source_hash(raw_dir, spec)
+
+    fingerprint = _reusable_fingerprint(paths, src)
+    reused = fingerprint is not None
+    if fingerprint is None:
+        workers = num_workers or default_num_workers(raw_dir, spec)
+        fingerprint = check_and_fingerprint(raw_dir, spec, workers, progress=progress, source_sha256=src)
+    plans = make_plans(fingerprint, planner_preset, target_gb)
+
+    save_json(spec, paths.dataset_spec)
+    if not reused:
+        save_json(fingerprint, paths.fingerprint)
+    _replace_plans(paths, plans)
+    pre = (preprocess_planned(raw_dir, spec, plans, paths, None, num_workers, progress, fingerprint)
+           if preprocess else None)
+    return PlanResult(plans, paths, reused, pre)
+
+
+def _reusable_fingerprint(paths: DatasetPaths, src: str) -> Fingerprint | None:
+    if not paths.fingerprint.is_file():
+        return None
+    try:
+        fp = load_json(Fingerprint, paths.fingerprint)
+    except AutosegError:
+        return None  # unreadable or from another version: measure again
+    return fp if fp.source_sha256 == src else None
+
+
+def _replace_plans(paths: DatasetPaths, plans: Plans) -> None:
+    if paths.plans.is_file():
+        try:
+            old = load_json(Plans, paths.plans)
+        except AutosegError:
+            old = None
+        if old is not None and sha256_of(old) != sha256_of(plans):
+            os.replace(paths.plans, paths.superseded_plans(sha256_of(old)))
+    save_json(plans, paths.plans)
+
+
+def preprocess(ctx: DatasetContext, configs: list[str] | None = None, num_workers: int | None = None,
+               progress: bool = True) -> PreprocessResult:
+    """Preprocess a planned dataset's training cases into ``workspace/<dataset>/preprocessed/<config>/``.
+
+    Complete cases of unchanged plans are reused, so a killed run continues where it stopped; data of changed plans
+    are replaced. Also creates (or validates) the cross-validation ``splits.json``.
+
+    Parameters
+    ----------
+    ctx
+        The planned dataset.
+    configs
+        Configurations to preprocess (default: every planned one).
+    num_workers
+        Parallel processes (default from cores, free memory and the largest case).
+    progress
+        Show a progress bar.
+    """
+    paths = ctx.paths
+    if configs:
+        ctx.check_configurations(configs)
+    fingerprint = load_json(Fingerprint, paths.fingerprint) if paths.fingerprint.is_file() else None
+    return preprocess_planned(ctx.raw_dir, ctx.spec, ctx.plans, paths, configs, num_workers, progress, fingerprint)
+
+
+def preprocess_planned(raw_dir: Path, spec: DatasetSpec, plans: Plans, paths: DatasetPaths,
+                       configs: list[str] | None, num_workers: int | None, progress: bool,
+                       fingerprint: Fingerprint | None) -> PreprocessResult:
+    """:func:`preprocess` with everything already loaded (:func:`plan` calls it right after planning)."""
+    if not (Path(raw_dir) / "dataset.json").is_file():
+        raise AutosegError(f"{Path(raw_dir) / 'dataset.json'}: raw dataset not found (moved?); run "
+                           f"`autoseg plan RAW_DIR` from its new place")
+    names = list(configs) if configs else list(plans.configurations)
+    result = preprocess_dataset(raw_dir, spec, plans, paths, names, num_workers=num_workers, progress=progress,
+                                fingerprint=fingerprint)
+    load_or_create_splits(paths, [c.case_id for c in spec.training], raw_dir)
+    return result

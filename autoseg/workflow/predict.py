@@ -1,0 +1,109 @@
+"""Prediction with a dataset's trained models: which models (``best.json``'s choice, a configuration, folds, the
+stage before a cascade), loaded once as a predictor, run over a folder of images with the chosen postprocessing."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+from autoseg.errors import AutosegError
+from autoseg.inference.cascade import CascadePredictor
+from autoseg.inference.ensemble import EnsemblePredictor
+from autoseg.inference.predictor import Predictor
+from autoseg.inference.run import PredictSummary, predict_folder
+from autoseg.workflow.context import ALL, BEST, DEFAULT_CONFIGURATION, DatasetContext
+from autoseg.workflow.selection import load_best
+
+def default_configuration(ctx: DatasetContext) -> str:
+    """``"best"`` once ``autoseg find-best`` wrote ``best.json``, else ``"3d_fullres"``."""
+    return BEST if ctx.paths.best.is_file() else DEFAULT_CONFIGURATION
+
+
+def describe_configuration(ctx: DatasetContext, configuration: str | None) -> str:
+    """One line saying what :func:`predict` uses for ``configuration`` (``None``: the default)."""
+    if configuration is None:
+        configuration = default_configuration(ctx)
+        if configuration != BEST:
+            return (f"using {configuration} (no best.json yet: run `autoseg find-best {ctx.name}` once every fold "
+                    f"is trained to choose)")
+    if configuration != BEST:
+        return f"using {configuration}"
+    best, pp = load_best(ctx)
+    rules = "none" if pp is None or pp.is_identity else ", ".join(
+        (["keep the largest foreground component"] if pp.keep_largest_foreground else [])
+        + [f"keep the largest component of label {v}" for v in pp.keep_largest_per_class])
+    return f"using best.json: {' + '.join(best.chosen)}; postprocessing: {rules}"
+
+
+def load_folds(ctx: DatasetContext, configuration: str, folds: Sequence[str], **kwargs):
+    """A predictor over trained ``folds`` of ``configuration``; a cascade stage gets its previous stage in front.
+
+    The previous stage uses the same folds when it has them all (fold ``k`` of both stages never saw fold ``k``'s
+    validation cases), else every fold it has.
+
+    Parameters
+    ----------
+    ctx
+        The dataset.
+    configuration, folds
+        What to load (each fold needs a final checkpoint).
+    **kwargs
+        :class:`~autoseg.inference.predictor.Predictor` options (device, precision, step, mirror).
+
+    Returns
+    -------
+    Predictor or CascadePredictor
+    """
+    predictor = Predictor.from_checkpoints(ctx.plans, configuration,
+                                           [ctx.fold(configuration, f).final_checkpoint for f in folds], **kwargs)
+    previous = ctx.plans.configurations[configuration].previous_stage
+    if previous is None:
+        return predictor
+    trained = ctx.trained_folds(previous)
+    previous_folds = list(folds) if set(folds) <= set(trained) else [f for f in trained if f != ALL] or trained
+    if not previous_folds:
+        raise AutosegError(f"{ctx.paths.models(previous)}: {configuration} needs {previous}, which has no "
+                           f"trained fold")
+    return CascadePredictor(load_folds(ctx, previous, previous_folds, **kwargs), predictor)
+
+
+def load_predictor(ctx: DatasetContext, configuration: str = DEFAULT_CONFIGURATION,
+                   folds: Sequence[str] | None = None, device: str = "auto", precision: str = "auto",
+                   step: float = 0.5, mirror: bool = True):
+    """A :class:`autoseg.inference.predictor.Predictor` over trained folds (default: every finished fold).
+
+    ``configuration="best"``: the choice of ``best.json`` (its folds unless ``folds`` is given); two configurations
+    give an :class:`autoseg.inference.ensemble.EnsemblePredictor`. Postprocessing is not part of the predictor
+    (see :func:`autoseg.workflow.selection.load_best`). A cascade stage comes with its previous stage
+    (:func:`load_folds`).
+    """
+    if configuration == BEST:
+        best, _ = load_best(ctx)
+        members = [load_predictor(ctx, c, folds or list(best.folds.get(c, ())) or None, device, precision, step,
+                                  mirror) for c in best.chosen]
+        return members[0] if len(members) == 1 else EnsemblePredictor(members)
+    ctx.configuration(configuration)
+    folds = [str(f) for f in folds] if folds else ctx.trained_folds(configuration)
+    if not folds:
+        raise AutosegError(f"{ctx.paths.models(configuration)}: no trained fold of {configuration}; run "
+                           f"`autoseg train {ctx.name} -c {configuration}` first")
+    return load_folds(ctx, configuration, folds, device=device, precision=precision, step=step, mirror=mirror)
+
+
+def predict(ctx: DatasetContext, images_dir: Path, output_dir: Path, configuration: str | None = None,
+            folds: Sequence[str] | None = None, save_probabilities: bool = False, step: float = 0.5,
+            tta: bool = True, overwrite: bool = False, continue_: bool = False, device: str = "auto",
+            precision: str = "auto", progress: bool = True) -> PredictSummary:
+    """Segment every image in ``images_dir`` into ``output_dir`` (see :func:`autoseg.api.predict`)."""
+    configuration = configuration or default_configuration(ctx)
+    postprocess = None
+    if configuration == BEST:
+        from autoseg.postprocessing.components import apply_postprocessing
+
+        _, pp = load_best(ctx)
+        if pp is not None and not pp.is_identity:
+            postprocess = partial(apply_postprocessing, pp=pp)
+    predictor = load_predictor(ctx, configuration, folds, device, precision, step, tta)
+    return predict_folder(predictor, Path(images_dir), Path(output_dir), ctx.spec.file_ending, save_probabilities,
+                          overwrite, continue_, progress, postprocess=postprocess)
