@@ -141,10 +141,9 @@ def resolve_runtime(config: TrainConfig, plan: ConfigurationPlan, device: str, f
 
 def build_model(plans: Plans, configuration: str, config: TrainConfig, dev: torch.device,
                 checkpoint: dict | None, initialise: Callable[[torch.nn.Module], None] | None = None,
-                distributed: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """``(network, model)``: the network from the plans (weights of ``checkpoint``, else ``initialise``'s, else
-    seeded fresh ones identical on every rank) on ``dev``, and the module to train (DDP-wrapped when
-    ``distributed``)."""
+                distributed: bool = False) -> torch.nn.Module:
+    """The module to train: the network from the plans (weights of ``checkpoint``, else ``initialise``'s, else
+    seeded fresh ones identical on every rank) on ``dev``, DDP-wrapped when ``distributed``."""
     plan = plans.configurations[configuration]
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)  # identical initial weights on every rank, not touching the caller's RNG
@@ -156,9 +155,9 @@ def build_model(plans: Plans, configuration: str, config: TrainConfig, dev: torc
         initialise(network)
     network = prepare_for_device(network, dev, config.channels_last)
     if not distributed:
-        return network, network
+        return network
     # the coarsest deep-supervision head has loss weight 0, so its parameters get no gradient
-    return network, torch.nn.parallel.DistributedDataParallel(
+    return torch.nn.parallel.DistributedDataParallel(
         network, device_ids=[dev] if dev.type == "cuda" else None, find_unused_parameters=config.deep_supervision)
 
 

@@ -114,8 +114,8 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
     state = start.state or TrainState(config.epochs, config.iterations_per_epoch, config.validation_iterations)
     if distributed:
         dist_utils.init(distributed, dev)
-    network, model = build_model(plans, configuration, config, dev, start.checkpoint,
-                                 _pretrained(config, configuration, plan, is_main), distributed is not None)
+    model = build_model(plans, configuration, config, dev, start.checkpoint,
+                        _pretrained(config, configuration, plan, is_main), distributed is not None)
     source, num_extra = _training_source(ctx, configuration, store, device, progress and is_main)
     train_loader, val_loader = build_loaders(source, plan, train_ids, val_ids, config, state, num_extra, distributed)
     recorders = []
