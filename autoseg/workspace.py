@@ -108,6 +108,11 @@ class FoldPaths:
         return self.next_stage / f"{case_id}.npy"
 
     @property
+    def transfer_report(self) -> Path:
+        """What fine-tuning took from a pretrained model (:class:`autoseg.schema.training.TransferReport`)."""
+        return self.root / "pretrained_transfer.json"
+
+    @property
     def report(self) -> Path:
         return self.root / "report.md"
 

@@ -115,3 +115,56 @@ class EpochLog:
     data_wait_seconds: float
     total_epochs: int
     step_seconds: float = float("nan")
+
+
+@dataclass(frozen=True)
+class TransferredTensor:
+    """One tensor of a fine-tuned network: taken from the pretrained checkpoint, or left as initialised.
+
+    Attributes
+    ----------
+    name
+        State-dict name (``encoder.0.0.conv.weight`` ...).
+    shape
+        Its shape in the network being trained.
+    source_shape
+        Its shape in the pretrained network; ``None`` when that network has no tensor of this name.
+    transferred
+        Loaded from the checkpoint (name and shape match).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    source_shape: tuple[int, ...] | None
+    transferred: bool
+
+
+@dataclass(frozen=True)
+class TransferReport:
+    """What fine-tuning took from a pretrained model (``pretrained_transfer.json`` in the fold folder).
+
+    Attributes
+    ----------
+    source
+        The exported model (``model.zip``).
+    configuration, fold
+        Which of its checkpoints.
+    tensors
+        Every tensor of the network being trained, in state-dict order.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    source: str
+    configuration: str
+    fold: str
+    tensors: tuple[TransferredTensor, ...]
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    @property
+    def loaded(self) -> list[str]:
+        return [t.name for t in self.tensors if t.transferred]
+
+    @property
+    def skipped(self) -> list[str]:
+        return [t.name for t in self.tensors if not t.transferred]

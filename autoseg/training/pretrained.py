@@ -1,8 +1,11 @@
 """Fine-tuning: initialise a network from a checkpoint inside an exported model zip (``autoseg export``).
 
-Every tensor whose name and shape match is loaded. Tensors that may differ are the segmentation heads (another
-number of labels) and the input convolution (another number of channels): they keep their fresh initialisation.
-Any other difference means another topology, which is an error.
+Every tensor whose name and shape match is transferred; every other one keeps its fresh initialisation. The
+networks may differ in topology, the classic case of transfer between datasets with different plans (a model
+trained on Hippocampus fine-tuned on a heart dataset): other numbers of labels change the segmentation heads, other
+channels the input convolution, another patch or spacing the number of stages, kernels or widths. What was taken
+and what not is returned as a :class:`~autoseg.schema.training.TransferReport` (saved in the fold folder, and
+summarised per network block for the console).
 """
 
 from __future__ import annotations
@@ -14,10 +17,7 @@ import torch
 from autoseg.errors import AutosegError
 from autoseg.io.archive import ModelArchive
 from autoseg.nn.checkpoint import load_checkpoint_bytes
-from autoseg.schema.plans import ArchitecturePlan
-
-_TOPOLOGY_FIELDS = ("network", "features_per_stage", "kernel_sizes", "strides", "blocks_per_stage_encoder",
-                    "blocks_per_stage_decoder")
+from autoseg.schema.training import TransferredTensor, TransferReport
 
 
 def parse_pretrained(value: str) -> tuple[Path, str | None]:
@@ -28,8 +28,8 @@ def parse_pretrained(value: str) -> tuple[Path, str | None]:
     return Path(value), None
 
 
-def load_pretrained(network: torch.nn.Module, zip_path: Path, configuration: str, fold: str = "0",
-                    architecture: ArchitecturePlan | None = None) -> tuple[list[str], list[str]]:
+def load_pretrained(network: torch.nn.Module, zip_path: Path, configuration: str, fold: str = "0"
+                    ) -> TransferReport:
     """Load the weights of an exported fold into ``network`` where names and shapes match.
 
     Parameters
@@ -40,82 +40,63 @@ def load_pretrained(network: torch.nn.Module, zip_path: Path, configuration: str
         An exported model (checked completely: manifest and member hashes).
     configuration, fold
         Which of the zip's checkpoints to take.
-    architecture
-        The architecture ``network`` was built from; when given, it must equal the exported one in topology
-        (network type, stages, features, kernels, strides, blocks).
 
     Returns
     -------
-    loaded, skipped
-        Names of the state-dict tensors taken from the checkpoint, and of those left as initialised
-        (segmentation heads for another label count, the input convolution for another channel count).
+    TransferReport
+        Every tensor of ``network``, transferred or left as initialised, with both shapes.
 
     Raises
     ------
     AutosegError
-        Unreadable or tampered zip, missing configuration or fold, or another topology (one line).
+        Unreadable or tampered zip, missing configuration or fold, or no tensor in common (one line).
     """
     zip_path = Path(zip_path)
     with ModelArchive(zip_path) as archive:
         if configuration not in archive.manifest.folds:
             raise AutosegError(f"{zip_path}: holds no configuration '{configuration}' (exported: "
                                f"{', '.join(archive.manifest.configurations)}); name one as {zip_path}:CONFIG")
-        source_arch = archive.plans.configurations[configuration].architecture
         data, where = archive.checkpoint_bytes(configuration, str(fold))
-    ckpt = load_checkpoint_bytes(data, where, plans_sha256=archive.manifest.plans_sha256)
-    if architecture is not None:
-        differ = [f for f in _TOPOLOGY_FIELDS if getattr(architecture, f) != getattr(source_arch, f)]
-        if differ:
-            f = differ[0]
-            raise AutosegError(f"{zip_path}: {configuration} network has another topology ({f} "
-                               f"{_plain(getattr(source_arch, f))}, this network {_plain(getattr(architecture, f))})"
-                               f"; fine-tuning needs the same stages and features")
-    source = ckpt.get("model")
+    source = load_checkpoint_bytes(data, where, plans_sha256=archive.manifest.plans_sha256).get("model")
     if not isinstance(source, dict):
         raise AutosegError(f"{zip_path}: checkpoint of {configuration} fold {fold} holds no weights")
     target = network.state_dict()
-    if set(source) != set(target):
-        extra = sorted(set(source) ^ set(target))
-        raise AutosegError(f"{zip_path}: {configuration} network has another topology (e.g. tensor {extra[0]} is "
-                           f"only in one of them); fine-tuning needs the same stages and features")
-    input_layer = next(n for n, t in target.items() if t.ndim >= 3)  # the first convolution's weight
-    loaded, skipped, state = [], [], dict(target)
+    state, rows = dict(target), []
     for name, tensor in target.items():
-        src = source[name]
-        if src.shape == tensor.shape:
+        src = source.get(name)
+        match = isinstance(src, torch.Tensor) and src.shape == tensor.shape
+        if match:
             state[name] = src.to(dtype=tensor.dtype)
-            loaded.append(name)
-        elif name.startswith("seg_heads.") or _only_channels_differ(name, input_layer, src, tensor):
-            skipped.append(name)
-        else:
-            raise AutosegError(f"{zip_path}: {configuration} network has another topology (tensor {name}: "
-                               f"{tuple(src.shape)} in the zip, {tuple(tensor.shape)} here); fine-tuning needs "
-                               f"the same stages and features")
+        rows.append(TransferredTensor(name, tuple(tensor.shape), tuple(src.shape) if isinstance(src, torch.Tensor)
+                                      else None, match))
+    report = TransferReport(str(zip_path), configuration, str(fold), tuple(rows))
+    if not any(r.transferred and r.name.endswith("weight") for r in rows):
+        raise AutosegError(f"{zip_path}: {configuration} network shares no weight tensor (same name and shape) "
+                           f"with this one; nothing to fine-tune from")
     network.load_state_dict(state)
-    return loaded, skipped
+    return report
 
 
-def _only_channels_differ(name: str, input_layer: str, src: torch.Tensor, dst: torch.Tensor) -> bool:
-    return (name == input_layer and src.ndim == dst.ndim and src.shape[0] == dst.shape[0]
-            and src.shape[2:] == dst.shape[2:])
+def block_summary(report: TransferReport) -> list[str]:
+    """One line per network block (``encoder.0``, ``upsample.1``, ``seg_heads`` ...): tensors transferred of all."""
+    blocks: dict[str, list[bool]] = {}
+    for t in report.tensors:
+        parts = t.name.split(".")
+        key = parts[0] if parts[0] in ("seg_heads", "stem") else ".".join(parts[:2])
+        blocks.setdefault(key, []).append(t.transferred)
+    width = max(len(k) for k in blocks)
+    return [f"  {k:<{width}}  {sum(v)}/{len(v)} tensor(s)" + ("" if all(v) else
+                                                              "  (fresh: another shape or not in the source)")
+            for k, v in blocks.items()]
 
 
-def _plain(value) -> str:
-    if isinstance(value, tuple):
-        return "(" + ", ".join(_plain(v) for v in value) + ")"
-    return str(value)
-
-
-def initialise_from_pretrained(network: torch.nn.Module, pretrained: str, configuration: str, fold: str,
-                               architecture: ArchitecturePlan) -> str:
+def initialise_from_pretrained(network: torch.nn.Module, pretrained: str, configuration: str, fold: str
+                               ) -> tuple[str, TransferReport]:
     """:func:`load_pretrained` for ``TrainConfig.pretrained`` (``model.zip[:CONFIG]``; the configuration defaults
-    to the one being trained); returns a one-line report."""
+    to the one being trained); returns a report for the console and the :class:`TransferReport`."""
     zip_path, source_config = parse_pretrained(pretrained)
     source_config = source_config or configuration
-    loaded, skipped = load_pretrained(network, zip_path, source_config, fold, architecture)
-    line = (f"initialised from {zip_path} ({source_config} fold {fold}): {len(loaded)} tensor(s) loaded, "
-            f"{len(skipped)} skipped")
-    heads = sum(1 for n in skipped if n.startswith("seg_heads."))
-    reasons = ([f"{heads} of the segmentation heads: another number of labels"] if heads else []) + \
-        (["the input convolution: another number of channels"] if heads < len(skipped) else [])
-    return line + (f" ({'; '.join(reasons)})" if reasons else "")
+    report = load_pretrained(network, zip_path, source_config, fold)
+    line = (f"initialised from {zip_path} ({source_config} fold {fold}): {len(report.loaded)} tensor(s) loaded, "
+            f"{len(report.skipped)} skipped")
+    return "\n".join([line, *(block_summary(report) if report.skipped else [])]), report

@@ -18,6 +18,7 @@ from autoseg.training.run import (RunStart, build_loaders, build_loss, build_mod
 from autoseg.training.trainer import Callback, Trainer, TrainState
 from autoseg.workflow.context import ALL, DatasetContext
 from autoseg.workflow.validation import validate_fold, validation_dice
+from autoseg.workspace import FoldPaths
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
     if distributed:
         dist_utils.init(distributed, dev)
     model = build_model(plans, configuration, config, dev, start.checkpoint,
-                        _pretrained(config, configuration, plan, is_main), distributed is not None)
+                        _pretrained(config, configuration, folder, is_main), distributed is not None)
     source, num_extra = _training_source(ctx, configuration, store, device, progress and is_main)
     train_loader, val_loader = build_loaders(source, plan, train_ids, val_ids, config, state, num_extra, distributed)
     recorders = []
@@ -154,17 +155,19 @@ def _preprocessed_fold_cases(ctx: DatasetContext, configuration: str, fold: str,
     return train_ids, val_ids
 
 
-def _pretrained(config: TrainConfig, configuration: str, plan, is_main: bool):
-    """The initialiser of a fine-tuned run (``None`` without ``pretrained``)."""
+def _pretrained(config: TrainConfig, configuration: str, folder: FoldPaths, is_main: bool):
+    """The initialiser of a fine-tuned run (``None`` without ``pretrained``): transfers what matches, prints a
+    summary and saves the transfer table in the fold folder."""
     if not config.pretrained:
         return None
 
     def initialise(network) -> None:
         from autoseg.training.pretrained import initialise_from_pretrained
 
-        message = initialise_from_pretrained(network, config.pretrained, configuration, config.pretrained_fold,
-                                             plan.architecture)
+        message, report = initialise_from_pretrained(network, config.pretrained, configuration,
+                                                     config.pretrained_fold)
         if is_main:
+            save_json(report, folder.transfer_report)
             print(message, flush=True)
 
     return initialise

@@ -163,13 +163,14 @@ def test_damaged_zip_is_rejected_naming_it(exported, tmp_path, capsys, damage, m
 
 def test_pretrained_loads_matching_tensors_and_skips_heads_for_other_labels(trained, exported):
     from autoseg.nn.unet import build_network
-    from autoseg.training.pretrained import load_pretrained
+    from autoseg.training.pretrained import block_summary, load_pretrained
 
     _, ws = trained
     plans = api.load_plans(ws, "Tiny")
     arch = plans.configurations["3d_fullres"].architecture
     same = build_network(arch, 1, len(plans.labels))
-    loaded, skipped = load_pretrained(same, exported, "3d_fullres", "0", arch)
+    report = load_pretrained(same, exported, "3d_fullres", "0")
+    loaded, skipped = report.loaded, report.skipped
     assert skipped == [] and len(loaded) == len(same.state_dict())
     with ModelArchive(exported) as archive:
         source = load_checkpoint_bytes(*archive.checkpoint_bytes("3d_fullres", "0"))["model"]
@@ -177,7 +178,8 @@ def test_pretrained_loads_matching_tensors_and_skips_heads_for_other_labels(trai
 
     other = build_network(arch, 1, len(plans.labels) + 2)
     fresh_head = other.state_dict()["seg_heads.0.weight"].clone()
-    loaded, skipped = load_pretrained(other, exported, "3d_fullres", "0", arch)
+    report = load_pretrained(other, exported, "3d_fullres", "0")
+    loaded, skipped = report.loaded, report.skipped
     assert skipped and all(k.startswith("seg_heads.") for k in skipped)
     assert len(skipped) == sum(1 for k in other.state_dict() if k.startswith("seg_heads."))
     assert len(loaded) + len(skipped) == len(other.state_dict())
@@ -185,11 +187,26 @@ def test_pretrained_loads_matching_tensors_and_skips_heads_for_other_labels(trai
 
     from dataclasses import replace
 
-    smaller = replace(arch, features_per_stage=tuple(f // 2 for f in arch.features_per_stage))
-    with pytest.raises(AutosegError, match="another topology .*features_per_stage"):
-        load_pretrained(build_network(smaller, 1, 3), exported, "3d_fullres", "0", smaller)
+    # another topology (one stage less, narrower deep stages): what matches is transferred, the rest is fresh
+    n = len(arch.features_per_stage)
+    fewer = replace(arch, features_per_stage=arch.features_per_stage[:1] + tuple(f // 2 for f in
+                                                                                 arch.features_per_stage[1:n - 1]),
+                    kernel_sizes=arch.kernel_sizes[:n - 1], strides=arch.strides[:n - 1],
+                    blocks_per_stage_encoder=arch.blocks_per_stage_encoder[:n - 1],
+                    blocks_per_stage_decoder=arch.blocks_per_stage_decoder[:n - 2])
+    net = build_network(fewer, 1, 3)
+    report = load_pretrained(net, exported, "3d_fullres", "0")
+    first = "encoder.0.0.conv.weight"
+    assert first in report.loaded and np.array_equal(net.state_dict()[first].numpy(), source[first].numpy())
+    assert report.skipped and all(not k.startswith("encoder.0.") for k in report.skipped)
+    by_name = {t.name: t for t in report.tensors}
+    assert by_name["encoder.1.0.conv.weight"].source_shape[0] == 2 * by_name["encoder.1.0.conv.weight"].shape[0]
+    assert any("encoder.0" in line and "fresh" not in line for line in block_summary(report))
+    unrelated = build_network(replace(arch, features_per_stage=tuple(f + 1 for f in arch.features_per_stage)), 2, 3)
+    with pytest.raises(AutosegError, match="shares no weight tensor"):
+        load_pretrained(unrelated, exported, "3d_fullres", "0")
     with pytest.raises(AutosegError, match="holds no fold 3"):
-        load_pretrained(build_network(arch, 1, 3), exported, "3d_fullres", "3", arch)
+        load_pretrained(build_network(arch, 1, 3), exported, "3d_fullres", "3")
 
 
 def test_train_with_pretrained_from_the_cli(trained, exported, capsys):
@@ -201,6 +218,8 @@ def test_train_with_pretrained_from_the_cli(trained, exported, capsys):
     assert re.search(r"initialised from .*model.zip \(3d_fullres fold 0\): \d+ tensor\(s\) loaded, 0 skipped", out)
     config = json.loads((ws / "Tiny" / "models" / "3d_fullres" / "fold_1" / "train_config.json").read_text())
     assert config["pretrained"] == f"{exported}:3d_fullres" and config["pretrained_fold"] == "0"
+    transfer = json.loads((ws / "Tiny" / "models" / "3d_fullres" / "fold_1" / "pretrained_transfer.json").read_text())
+    assert transfer["configuration"] == "3d_fullres" and all(t["transferred"] for t in transfer["tensors"])
     # a fold that holds a run already is not silently re-initialised
     assert main([*args, "--epochs", "2", "--pretrained", str(exported), "--pretrained-fold", "0"]) == 2
     assert "--pretrained only initialises a fresh run" in capsys.readouterr().err
