@@ -12,12 +12,14 @@ owners score those on the hidden labels). Prints one summary block; the per-epoc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 from autoseg import api
 from autoseg.planning.compute import training_macs
+from autoseg.schema.base import save_json
 
 RAW = Path("/work/shared/data/Task902_LA2018")
 
@@ -28,6 +30,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/budget_la2018"))
     ap.add_argument("--budget", type=float, default=60.0, help="training minutes for the fold")
     ap.add_argument("--gpu-memory", type=float, default=None, metavar="GB", help="planner memory target")
+    ap.add_argument("--base-features", type=int, default=None,
+                    help="scale the network's widths to this first-stage width (what the budget rule's last rung "
+                         "does; until `plan --budget` exists, the plans are rewritten here)")
     ap.add_argument("--config", default="3d_fullres")
     ap.add_argument("--fold", default="0")
     args = ap.parse_args()
@@ -36,6 +41,16 @@ def main() -> None:
     result = api.plan(args.raw, ws, memory_gb=args.gpu_memory, progress=False)
     ctx = api.load_context(ws, result.plans.dataset_name)
     plan = ctx.configuration(args.config)
+    if args.base_features and args.base_features != plan.architecture.features_per_stage[0]:
+        # widths do not enter the preprocessed data (preprocessing_sha256), so the store stays valid
+        first = plan.architecture.features_per_stage[0]
+        feats = tuple(max(args.base_features, f * args.base_features // first)
+                      for f in plan.architecture.features_per_stage)
+        plan = dataclasses.replace(plan, architecture=dataclasses.replace(plan.architecture,
+                                                                          features_per_stage=feats))
+        save_json(dataclasses.replace(ctx.plans, configurations={**ctx.plans.configurations, args.config: plan}),
+                  ctx.paths.plans)
+        ctx = api.load_context(ws, ctx.name)
     macs = training_macs(plan.architecture, plan.patch_size, plan.batch_size, ctx.plans.input_channels(args.config),
                          len(ctx.plans.labels))
     print(f"[bench] plan {args.config}: patch {'x'.join(map(str, plan.patch_size))}, batch {plan.batch_size}, "
