@@ -128,7 +128,8 @@ def map_cases(fn: Callable[..., Any], jobs: Sequence[tuple], case_ids: Sequence[
                 # none marked running (the worker died before its first job): the next ones in line
                 named = sorted(running) or sorted(case_ids[i] for i in pending)[:workers]
                 raise AutosegError(f"{desc}: a worker process died (most likely out of memory) while working on one "
-                                   f"of {', '.join(named)}; retry with fewer workers ({option('num_workers=1')})") from None
+                                   f"of {', '.join(named)}; retry with fewer workers "
+                                   f"({option('num_workers=1')})") from None
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)  # running jobs finish, no new ones start
                 raise

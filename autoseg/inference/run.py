@@ -156,7 +156,8 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
     existing = [cid for cid, p in outputs.items() if p.exists()]
     if existing and not (overwrite or continue_):
         raise AutosegError(f"{outputs[existing[0]]}: {len(existing)} output file(s) already exist in {output_dir}; "
-                           f"pass {option('continue_=True')} to skip them or {option('overwrite=True')} to replace them")
+                           f"pass {option('continue_=True')} to skip them or {option('overwrite=True')} to replace "
+                           f"them")
     todo = [c for c in cases if overwrite or c.case_id not in existing]
     skipped = tuple(c.case_id for c in cases if c not in todo)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise AutosegError(f"{option('device')} {name}: not a device name (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise AutosegError(f"{option('device')} {name}: CUDA is not available on this machine (torch {torch.__version__})")
+        raise AutosegError(f"{option('device')} {name}: CUDA is not available on this machine "
+                           f"(torch {torch.__version__})")
     return device
 
 

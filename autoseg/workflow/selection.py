@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Sequence
 
 from autoseg.errors import AutosegError
-from autoseg.evaluation.crossval import check_partition, ensemble_name, ensemble_pair, fold_sources, merge_folds, reference_dir
+from autoseg.evaluation.crossval import (check_partition, ensemble_name, ensemble_pair, fold_sources, merge_folds,
+                                         reference_dir)
 from autoseg.evaluation.selection import rank
 from autoseg.postprocessing.components import choose_postprocessing
 from autoseg.schema.base import load_json, save_json
