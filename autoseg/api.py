@@ -15,10 +15,12 @@ from autoseg.errors import AutosegError
 from autoseg.schema.evaluation import EvaluationSummary
 from autoseg.schema.plans import Plans
 from autoseg.workflow.context import BEST, DEFAULT_CONFIGURATION, DatasetContext, load_context
-from autoseg.workflow.plan import PlanResult, cuda_memory_gb, memory_target, plan, preprocess_planned, verify
+from autoseg.workflow.plan import (PlanResult, cpu_budget_advice, cuda_memory_gb, device_throughput, memory_target,
+                                   plan, preprocess_planned, verify)
 from autoseg.workspace import Workspace
 
-__all__ = ["verify", "plan", "preprocess", "load_plans", "load_context", "evaluate", "train", "train_all",
+__all__ = ["verify", "plan", "cpu_budget_advice", "device_throughput", "preprocess", "load_plans", "load_context",
+           "evaluate", "train", "train_all",
            "trained_folds", "find_best", "load_best", "default_configuration", "describe_configuration",
            "load_predictor", "predict", "demo", "export_model", "import_model", "report", "PlanResult",
            "DatasetContext", "Workspace", "cuda_memory_gb", "memory_target", "preprocess_planned", "BEST",

@@ -20,7 +20,7 @@ EXIT_USER_ERROR = 2
 FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "continue_": "--continue", "budget_minutes": "--budget",
          "epochs": "--epochs", "configurations": "-c", "folds": "-f", "memory_gb": "--gpu-memory",
          "pretrained": "--pretrained", "device": "--device", "precision": "--precision", "preset": "--preset",
-         "num_workers": "-j"}
+         "num_workers": "-j", "min_iterations": "--min-iterations"}
 
 
 def _flag(name: str) -> str:
@@ -63,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
                     help="accelerator memory target (default: the preset's, else the CUDA device's, else 8)")
     pl.add_argument("-j", "--workers", type=_workers, default=None, help="parallel processes (default: auto)")
     pl.add_argument("--no-preprocess", action="store_true", help="stop after planning")
+    pl.add_argument("--budget", type=_positive_float, default=None, metavar="MINUTES",
+                    help="training minutes per fold: fit every configuration to reach enough iterations in it "
+                         "(smaller batch, then patch, spacing, width; the trade-offs are printed and stored in "
+                         "plans.json). Default: nnU-Net's plans, from memory alone")
+    pl.add_argument("--min-iterations", type=_workers, default=None, metavar="N",
+                    help="iterations per fold --budget aims for (default 500)")
+    pl.add_argument("--device", default="auto",
+                    help="device --budget is measured on: auto (CUDA when present), cpu, cuda, cuda:N")
 
     pp = sub.add_parser("preprocess", help="preprocess a planned dataset (restartable; reuses unchanged data)")
     pp.add_argument("dataset", metavar="DATASET", help="dataset name (its folder in the workspace)")
@@ -192,11 +200,17 @@ def _cmd_plan(args) -> int:
     from autoseg import api
     from autoseg.planning.summary import plans_table
 
+    budget = {} if args.min_iterations is None else {"min_iterations": args.min_iterations}
     result = api.plan(args.raw_dir, args.workspace, preset=args.preset, memory_gb=args.gpu_memory,
-                      num_workers=args.workers, preprocess=not args.no_preprocess)
+                      num_workers=args.workers, preprocess=not args.no_preprocess, budget_minutes=args.budget,
+                      device=args.device, **budget)
     if result.fingerprint_reused:
         print(f"dataset unchanged since the last run: reused {result.paths.fingerprint}")
     print(plans_table(result.plans))
+    if args.budget is None:
+        advice = api.cpu_budget_advice(result.plans, args.workspace, args.device, **budget)
+        if advice:
+            print("\n" + advice)
     print(f"\nwrote {result.paths.plans}")
     if result.preprocessing is not None:
         from autoseg.preprocessing.run import preprocess_summary

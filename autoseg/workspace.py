@@ -206,6 +206,11 @@ class Workspace:
 
     root: Path
 
+    @property
+    def calibration(self) -> Path:
+        """The devices' measured training throughput (:mod:`autoseg.training.calibration`), shared by datasets."""
+        return Path(self.root) / "calibration.json"
+
     def dataset(self, name: str) -> DatasetPaths:
         """A dataset's folder. The raw folder's name works too: ``Task04_Hippocampus`` (MSD) or
         ``Dataset004_Hippocampus`` (nnU-Net v2) finds ``Hippocampus`` when only that one exists."""

@@ -1,19 +1,28 @@
-"""Fitting a configuration to a time budget as well as to memory (issue 11; not yet wired into ``autoseg plan``).
+"""Fitting a configuration to a time budget as well as to memory (``autoseg plan --budget``).
 
 nnU-Net plans the largest patch that fits the accelerator's memory and trains it 250,000 iterations. On a CPU or a
 small GPU the same plan may get a few hundred iterations in the time a user has, too few to learn. The rule here
 keeps nnU-Net's plan whenever it reaches ``min_iterations`` in the budget (so with a large budget the plans stay
-identical to nnU-Net's), and otherwise walks down a fixed ladder of cheaper plans until one does:
+identical to nnU-Net's), and otherwise walks down a fixed ladder of cheaper plans, taking the first that does:
 
-1. the batch size, down to :data:`MIN_BATCH` (nnU-Net's own minimum);
-2. the patch, by fitting it to smaller memory targets with the memory planner itself
+1. the batch size, down to :data:`MIN_BATCH` (nnU-Net's own minimum): the cheapest loss, it only makes gradients
+   noisier;
+2. the patch trimmed at the planned spacing while it still holds :data:`MIN_TRIM_COVERAGE` of the median case's
+   voxels (nnU-Net's patch is often as large as the whole case: trimming it costs little context);
+3. the target spacing, coarser in steps of the preset's ``lowres_spacing_step`` (the finest axes first, as nnU-Net
+   does for its ``3d_lowres``) up to :data:`MAX_COARSENING` per axis and never below :data:`MIN_COARSE_EDGE` voxels
+   of the median case, with the patch fitted to the memory target scaled by the voxel ratio, so the patch keeps
+   nnU-Net's field of view in mm: the network keeps its context and loses resolution (predictions are resampled
+   to full resolution anyway);
+4. the patch, at the coarsest spacing, by fitting it to smaller memory targets with the memory planner itself
    (:func:`autoseg.planning.configuration.fit_configuration`: the axis largest relative to the median case shrinks
-   first, and the topology follows the patch), down to :data:`MIN_PATCH_FRACTION` of nnU-Net's patch volume;
-3. the width: base features halved (down to 16), at the smallest patch.
+   first, and the topology follows the patch), down to :data:`MIN_PATCH_FRACTION` of that rung's patch volume:
+   context is lost;
+5. the width: base features halved (down to :data:`MIN_BASE_FEATURES`), with the patch rung walked again from its
+   largest patch: capacity is lost.
 
-Coarser target spacing (a low-resolution configuration of its own) is the next rung and not implemented yet.
 Step times come from the compute model (:mod:`autoseg.planning.compute`) and the device's measured seconds per
-multiply-accumulate, so the rule is pure and testable with any throughput.
+multiply-accumulate, so the rule is pure and works with any device's throughput.
 """
 
 from __future__ import annotations
@@ -23,16 +32,57 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from autoseg.planning.compute import step_seconds, training_macs
 from autoseg.planning.configuration import ConfigurationChoice, fit_configuration
 from autoseg.planning.presets import PlannerPreset
 
 #: Smallest batch the ladder goes to.
 MIN_BATCH = 2
-#: Smallest patch volume the ladder goes to, as a fraction of nnU-Net's patch.
+#: The trim rung keeps patches that hold at least this fraction of the median case's voxels.
+MIN_TRIM_COVERAGE = 0.75
+#: Memory-target factor between successive patches of the trim and patch rungs (fine steps, so the rule stops
+#: at the largest patch that reaches the iterations).
+PATCH_STEP = 0.9
+#: Coarsest target spacing the ladder goes to, as a factor of the planned spacing per axis.
+MAX_COARSENING = 2.0
+#: The spacing rung stops coarsening an axis once the median case would have fewer voxels along it.
+MIN_COARSE_EDGE = 32
+#: Smallest patch volume the patch rung goes to, as a fraction of the patch it starts from.
 MIN_PATCH_FRACTION = 1 / 8
 #: Smallest base width the ladder goes to.
 MIN_BASE_FEATURES = 16
+#: A fold's wall time per iteration over the compute model's step time at the probe's measured throughput
+#: (:mod:`autoseg.training.calibration`): on this project's 2-core CPU the probe measures 27-29 s per 10^12 MACs
+#: and a LA2018 fold (28x48x64 patch, batch 2, width 32) trained at 29 s per 10^12 MACs, data loading and
+#: per-epoch validation included; narrow networks run up to 1.4x slower per MAC (compute_model.txt).
+TRAINING_OVERHEAD = 1.1
+#: Iterations a fold should reach by default. On Hippocampus ~600 iterations reached Dice 0.86 and ~40 gave 0
+#: (nnU-Net trains 250,000); fewer than this and a network is still learning the basics when the time is up.
+MIN_ITERATIONS = 500
+
+
+@dataclass(frozen=True)
+class TimeBudget:
+    """What the budget rule needs besides the dataset: the time per fold and the device's speed.
+
+    Attributes
+    ----------
+    minutes
+        Training time of one fold, min.
+    device
+        The device measured (recorded in the plans).
+    seconds_per_mac
+        Its measured time per multiply-accumulate of a training step, s.
+    min_iterations
+        Iterations a fold should reach.
+    """
+
+    minutes: float
+    device: str
+    seconds_per_mac: float
+    min_iterations: int = MIN_ITERATIONS
 
 
 @dataclass(frozen=True)
@@ -43,6 +93,10 @@ class BudgetChoice:
     ----------
     choice
         Patch, batch and architecture.
+    spacing
+        Target spacing, mm (transposed axis order): the planned one unless the spacing rung was taken.
+    median_shape
+        Median case shape at ``spacing``, voxels.
     seconds_per_iteration
         Expected, from the compute model and the device's throughput.
     iterations
@@ -54,29 +108,66 @@ class BudgetChoice:
     """
 
     choice: ConfigurationChoice
+    spacing: tuple[float, ...]
+    median_shape: tuple[float, ...]
     seconds_per_iteration: float
     iterations: int
     trade_offs: tuple[str, ...]
     enough: bool
 
 
+def _shape(values) -> str:
+    return "x".join(str(int(v)) for v in values)
+
+
+def coarser_spacings(spacing: Sequence[float], median_shape: Sequence[float], step: float) -> list[np.ndarray]:
+    """The spacing rung's candidates, finest first (the planned spacing itself excluded).
+
+    Each step multiplies the finest axes (those more than 2x finer than the coarsest) by ``step``, or all axes when
+    none is, leaving out axes that reached :data:`MAX_COARSENING` or whose median extent would drop below
+    :data:`MIN_COARSE_EDGE` voxels.
+
+    Examples
+    --------
+    >>> steps = coarser_spacings((1.0, 1.0, 1.0), (200, 200, 200), 1.5)
+    >>> [s.tolist() for s in steps]
+    [[1.5, 1.5, 1.5], [2.0, 2.0, 2.0]]
+    >>> coarser_spacings((1.0, 1.0, 1.0), (30, 200, 200), 2.0)[0].tolist()  # 30 voxels: too few to coarsen
+    [1.0, 2.0, 2.0]
+    """
+    base = np.asarray(spacing, dtype=np.float64)
+    median = np.asarray(median_shape, dtype=np.float64)
+    limit = np.minimum(base * MAX_COARSENING, np.maximum(base, base * median / MIN_COARSE_EDGE))
+    current, out = base.copy(), []
+    while True:
+        open_axes = current < limit - 1e-9
+        if not open_axes.any():
+            return out
+        fine = open_axes & (current.max() / current > 2)
+        grow = fine if fine.any() else open_axes
+        current = np.where(grow, np.minimum(current * step, limit), current)
+        out.append(current.copy())
+
+
 def fit_to_budget(spacing: Sequence[float], median_shape: Sequence[float], dataset_voxels: float,
                   num_classes: int, in_channels: int, preset: PlannerPreset, memory_gb: float,
-                  budget_seconds: float, seconds_per_mac: float, min_iterations: int) -> BudgetChoice:
+                  budget_seconds: float, seconds_per_mac: float, min_iterations: int = MIN_ITERATIONS
+                  ) -> BudgetChoice:
     """The first plan of the ladder (module docstring) that reaches ``min_iterations`` in ``budget_seconds``.
 
     Parameters
     ----------
     spacing, median_shape, dataset_voxels, num_classes, preset, memory_gb
         As for :func:`~autoseg.planning.configuration.fit_configuration` (spacing in mm, shape in voxels, both in
-        the planned axis order).
+        the planned axis order; 2D: the in-plane axes).
     in_channels
         Network input channels.
     budget_seconds
         Training time of one fold, s.
     seconds_per_mac
         The device's measured time per multiply-accumulate of a training step (see
-        :func:`autoseg.planning.compute.training_macs`).
+        :func:`autoseg.planning.compute.training_macs`); a fold's iteration is expected to take
+        :data:`TRAINING_OVERHEAD` times the step this prices.
     min_iterations
         Iterations a fold needs.
 
@@ -97,45 +188,120 @@ def fit_to_budget(spacing: Sequence[float], median_shape: Sequence[float], datas
     >>> fit(600).trade_offs[0].startswith("batch")
     True
     """
-    base = fit_configuration(spacing, median_shape, dataset_voxels, num_classes, preset, memory_gb)
-    base_volume = math.prod(base.patch_size)
+    spacing0 = tuple(float(s) for s in spacing)
+    median0 = tuple(float(m) for m in median_shape)
+    base = fit_configuration(spacing0, median0, dataset_voxels, num_classes, preset, memory_gb)
 
-    def rate(choice: ConfigurationChoice) -> tuple[float, int]:
-        seconds = step_seconds(training_macs(choice.architecture, choice.patch_size, choice.batch_size, in_channels,
-                                             num_classes), 1.0 / seconds_per_mac)
-        return seconds, int(budget_seconds // seconds)
+    def result(rung: tuple[ConfigurationChoice, tuple, tuple, list[str]]) -> BudgetChoice:
+        choice, sp, med, offs = rung
+        seconds = plan_seconds_per_iteration(choice.architecture, choice.patch_size, choice.batch_size, in_channels,
+                                             num_classes, seconds_per_mac)
+        its = int(budget_seconds // seconds)
+        return BudgetChoice(choice, sp, med, seconds, its, tuple(offs), its >= min_iterations)
 
-    def done(choice: ConfigurationChoice, offs: list[str]) -> BudgetChoice:
-        seconds, its = rate(choice)
-        return BudgetChoice(choice, seconds, its, tuple(offs), its >= min_iterations)
+    # each rung: (choice, spacing, median shape, trade-offs so far); evaluated lazily, cheapest last
+    def ladder():
+        yield base, spacing0, median0, []
+        batch, offs = base.batch_size, []
+        while batch > MIN_BATCH:
+            batch = max(MIN_BATCH, batch // 2)
+            offs = [f"batch {base.batch_size} -> {batch}"]
+            yield dataclasses.replace(base, batch_size=batch), spacing0, median0, offs
+        batch = min(batch, base.batch_size)
+        last = (base if batch == base.batch_size else dataclasses.replace(base, batch_size=batch),
+                spacing0, median0, offs)
+        target, median_voxels = memory_gb, math.prod(median0)
+        kept = memory_gb  # memory target of the last rung: the next rungs keep its field of view
+        while True:
+            target *= PATCH_STEP
+            trimmed = fit_configuration(spacing0, median0, dataset_voxels, num_classes, preset, target)
+            if math.prod(trimmed.patch_size) < MIN_TRIM_COVERAGE * median_voxels:
+                break
+            if trimmed.patch_size != last[0].patch_size:
+                last = (dataclasses.replace(trimmed, batch_size=min(trimmed.batch_size, batch)), spacing0, median0,
+                        offs + [f"patch {_shape(base.patch_size)} -> {_shape(trimmed.patch_size)} (still "
+                                f"{math.prod(trimmed.patch_size) / median_voxels:.0%} of the median case)"])
+                kept = target
+                yield last
+        offs, fov = last[3], last[0].patch_size
+        for sp in coarser_spacings(spacing0, median0, preset.lowres_spacing_step):
+            ratio = float(np.prod(np.asarray(spacing0) / sp))
+            med = tuple(float(m) * s0 / s for m, s0, s in zip(median0, spacing0, sp))
+            coarse = fit_configuration(sp, med, dataset_voxels * ratio, num_classes, preset, kept * ratio)
+            coarse = dataclasses.replace(coarse, batch_size=min(coarse.batch_size, batch))
+            sp_t = tuple(round(float(s), 6) for s in sp)
+            last = (coarse, sp_t, med, offs + [
+                f"spacing {'x'.join(f'{s:.3g}' for s in spacing0)} -> {'x'.join(f'{s:.3g}' for s in sp_t)} mm "
+                f"(patch {_shape(fov)} -> {_shape(coarse.patch_size)}, same field of view)"])
+            yield last
+        start, sp, med, offs = last
+        target = kept * float(np.prod(np.asarray(spacing0) / np.asarray(sp)))
+        patches = [start]
+        while True:
+            target *= PATCH_STEP
+            smaller = fit_configuration(sp, med, dataset_voxels * math.prod(med) / math.prod(median0),
+                                        num_classes, preset, target)
+            if math.prod(smaller.patch_size) < MIN_PATCH_FRACTION * math.prod(start.patch_size):
+                break
+            if smaller.patch_size != patches[-1].patch_size:
+                patches.append(dataclasses.replace(smaller, batch_size=min(smaller.batch_size, start.batch_size)))
+        # the patch rung at full width, then again at each narrower width (a narrower network affords a larger
+        # patch than the smallest)
+        width = preset.base_features
+        while True:
+            for p in patches[1:] if width == preset.base_features else patches:
+                arch = p.architecture
+                feats = tuple(max(width, f * width // preset.base_features) for f in arch.features_per_stage)
+                yield (dataclasses.replace(p, architecture=dataclasses.replace(arch, features_per_stage=feats)),
+                       sp, med, offs + ([f"patch {_shape(start.patch_size)} -> {_shape(p.patch_size)}"]
+                                        if p is not start else [])
+                       + ([f"features {arch.features_per_stage[0]} -> {feats[0]}"]
+                          if width != preset.base_features else []))
+            if width <= MIN_BASE_FEATURES:
+                break
+            width //= 2
 
-    ladder: list[tuple[ConfigurationChoice, list[str]]] = [(base, [])]
-    batch = base.batch_size
-    while batch > MIN_BATCH:
-        batch = max(MIN_BATCH, batch // 2)
-        ladder.append((dataclasses.replace(base, batch_size=batch), [f"batch {base.batch_size} -> {batch}"]))
-    smallest = ladder[-1]
-    target = memory_gb
-    while True:
-        target /= 2
-        smaller = fit_configuration(spacing, median_shape, dataset_voxels, num_classes, preset, target)
-        if math.prod(smaller.patch_size) < MIN_PATCH_FRACTION * base_volume:
-            break
-        smaller = dataclasses.replace(smaller, batch_size=min(smaller.batch_size, smallest[0].batch_size))
-        if smaller.patch_size != ladder[-1][0].patch_size:
-            offs = smallest[1] + [f"patch {'x'.join(map(str, base.patch_size))} -> "
-                                  f"{'x'.join(map(str, smaller.patch_size))}"]
-            ladder.append((smaller, offs))
-    narrow_from, offs = ladder[-1]
-    width = preset.base_features
-    while width > MIN_BASE_FEATURES:
-        width //= 2
-        arch = narrow_from.architecture
-        feats = tuple(max(width, f * width // preset.base_features) for f in arch.features_per_stage)
-        ladder.append((dataclasses.replace(narrow_from, architecture=dataclasses.replace(
-            arch, features_per_stage=feats)), offs + [f"features {arch.features_per_stage[0]} -> {feats[0]}"]))
-    for choice, trade in ladder:
-        result = done(choice, trade)
-        if result.enough:
-            return result
-    return done(*ladder[-1])
+    rung = None
+    for rung in ladder():
+        got = result(rung)
+        if got.enough:
+            return got
+    return result(rung)
+
+
+#: Iterations of one nnU-Net fold (1000 epochs of 250).
+NNUNET_ITERATIONS = 250_000
+
+
+def plan_seconds_per_iteration(arch, patch_size: Sequence[int], batch_size: int, in_channels: int, num_classes: int,
+                               seconds_per_mac: float) -> float:
+    """Expected wall time of one training iteration of a plan, s (the compute model x :data:`TRAINING_OVERHEAD`).
+
+    Examples
+    --------
+    >>> from autoseg.schema.plans import ArchitecturePlan
+    >>> arch = ArchitecturePlan("plain_unet", (32, 64), ((3, 3, 3), (3, 3, 3)), ((1, 1, 1), (2, 2, 2)), (2, 2), (2,))
+    >>> round(plan_seconds_per_iteration(arch, (32, 32, 32), 2, 1, 2, 30e-12), 3)
+    1.267
+    """
+    return TRAINING_OVERHEAD * step_seconds(training_macs(arch, patch_size, batch_size, in_channels, num_classes),
+                                            1.0 / seconds_per_mac)
+
+
+def budget_advice(name: str, seconds_per_iteration: float, min_iterations: int = MIN_ITERATIONS) -> str:
+    """What one fold of a memory-only plan costs on the device at hand, and the budget that keeps it unchanged.
+
+    Examples
+    --------
+    >>> print(budget_advice("3d_fullres", 30.0))
+    one 3d_fullres iteration of this plan takes ~30 s here: nnU-Net's 250,000 iterations per fold would take ~87 days, 500 iterations 4.2 h. Re-plan with --budget MINUTES (training time per fold) to fit the plans to the time you have; --budget 250 or more keeps this plan.
+    """
+    days = seconds_per_iteration * NNUNET_ITERATIONS / 86400
+    keep = math.ceil(seconds_per_iteration * min_iterations / 60)
+    took = seconds_per_iteration * min_iterations
+    took_s = f"{took / 3600:.1f} h" if took >= 3600 else f"{took / 60:.0f} min"
+    long = f"~{days:.0f} days" if days >= 2 else f"~{days * 24:.0f} h"
+    return (f"one {name} iteration of this plan takes ~{seconds_per_iteration:.2g} s here: nnU-Net's "
+            f"{NNUNET_ITERATIONS:,} iterations per fold would take {long}, {min_iterations} iterations {took_s}. "
+            f"Re-plan with --budget MINUTES (training time per fold) to fit the plans to the time you have; "
+            f"--budget {keep} or more keeps this plan.")

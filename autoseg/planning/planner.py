@@ -7,13 +7,14 @@ from dataclasses import replace
 import numpy as np
 
 from autoseg import __version__
+from autoseg.planning.budget import TimeBudget, fit_to_budget
 from autoseg.planning.configuration import ConfigurationChoice, fit_configuration
 from autoseg.planning.normalization import choose_normalization
 from autoseg.planning.presets import PlannerPreset
 from autoseg.planning.spacing import resampled_shape, target_spacing, transpose_axes
 from autoseg.schema.base import sha256_of
 from autoseg.schema.fingerprint import Fingerprint
-from autoseg.schema.plans import ChannelNormalization, ConfigurationPlan, Plans
+from autoseg.schema.plans import BudgetFit, ChannelNormalization, ConfigurationPlan, Plans
 
 
 def _config(name: str, spacing, median_shape, choice: ConfigurationChoice,
@@ -26,13 +27,51 @@ def _config(name: str, spacing, median_shape, choice: ConfigurationChoice,
         batch_dice=batch_dice, separate_z_anisotropy=aniso)
 
 
-def make_plans(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: float) -> Plans:
+def fit_plan_to_budget(plan: ConfigurationPlan, dataset_voxels: float, num_classes: int, in_channels: int,
+                       preset: PlannerPreset, memory_gb: float, budget: TimeBudget) -> ConfigurationPlan:
+    """``plan`` (nnU-Net's) refitted by :func:`autoseg.planning.budget.fit_to_budget`, with its
+    :class:`~autoseg.schema.plans.BudgetFit` recorded; spacing, median shape, patch, batch and network may change.
+    """
+    got = fit_to_budget(plan.spacing, plan.median_shape, dataset_voxels, num_classes, in_channels, preset,
+                        memory_gb, budget.minutes * 60, budget.seconds_per_mac, budget.min_iterations)
+    fit = BudgetFit(minutes=float(budget.minutes), device=budget.device,
+                    seconds_per_tmac=round(budget.seconds_per_mac * 1e12, 3),
+                    seconds_per_iteration=round(got.seconds_per_iteration, 3), iterations=got.iterations,
+                    min_iterations=budget.min_iterations, trade_offs=got.trade_offs,
+                    nnunet_patch_size=plan.patch_size, nnunet_batch_size=plan.batch_size,
+                    nnunet_spacing=plan.spacing)
+    fitted = _config(plan.name, got.spacing, got.median_shape, got.choice, plan.normalization, plan.batch_dice,
+                     plan.separate_z_anisotropy)
+    return replace(fitted, previous_stage=plan.previous_stage, next_stage=plan.next_stage, budget=fit)
+
+
+def _fit_all(configs: dict[str, ConfigurationPlan], voxels: dict[str, float], num_classes: int, channels: int,
+             preset: PlannerPreset, memory_gb: float, budget: TimeBudget) -> dict[str, ConfigurationPlan]:
+    fitted = {name: fit_plan_to_budget(c, voxels[name], num_classes, channels, preset, memory_gb, budget)
+              for name, c in configs.items() if name != "3d_cascade_fullres"}
+    full = fitted.get("3d_fullres")
+    if "3d_lowres" in fitted and full is not None and full.spacing != configs["3d_fullres"].spacing:
+        # the budget already put 3d_fullres at a coarser spacing: a second, low-resolution stage adds nothing
+        del fitted["3d_lowres"]
+        fitted["3d_fullres"] = replace(full, next_stage=None, budget=replace(full.budget, trade_offs=(
+            *full.budget.trade_offs, "no cascade: 3d_fullres is already at a coarser spacing")))
+    elif "3d_cascade_fullres" in configs:
+        fitted["3d_cascade_fullres"] = replace(fitted["3d_fullres"], name="3d_cascade_fullres",
+                                               previous_stage="3d_lowres")
+    return {name: fitted[name] for name in configs if name in fitted}
+
+
+def make_plans(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: float,
+               budget: TimeBudget | None = None) -> Plans:
     """Derive every configuration for a dataset.
 
     ``3d_fullres`` at the target spacing; ``3d_lowres`` (+ ``3d_cascade_fullres``) when the full-res patch covers
     less than ``preset.lowres_threshold`` of the median case: the spacing grows by ``lowres_spacing_step`` (the
     anisotropic axes first, until within 2x of the others) until the low-res patch covers enough, and the
     low-res stage is dropped when it shrinks the median case by less than 2x. ``2d`` on the in-plane axes.
+
+    With ``budget``, every configuration is then fitted to the time of one fold
+    (:func:`fit_plan_to_budget`); the cascade is dropped when the budget coarsens ``3d_fullres`` itself.
 
     Parameters
     ----------
@@ -42,6 +81,8 @@ def make_plans(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: float
         Planner numbers.
     memory_gb
         Accelerator memory target, GB.
+    budget
+        Training time per fold and the device's measured speed; ``None``: nnU-Net's plans, from memory alone.
     """
     num_classes = len(fingerprint.labels)
     num_cases = len(fingerprint.cases)
@@ -92,6 +133,12 @@ def make_plans(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: float
                                                     previous_stage="3d_lowres")
     two_d = fit_configuration(fullres_t[1:], median_t[1:], dataset_voxels, num_classes, preset, memory_gb)
     configs = {"2d": _config("2d", fullres_t[1:], median_t[1:], two_d, normalization, True, aniso), **configs}
+    if budget is not None:
+        voxels = {name: (dataset_voxels if name in ("2d", "3d_fullres")
+                         else float(np.prod(c.median_shape, dtype=np.float64)) * num_cases)
+                  for name, c in configs.items()}
+        configs = _fit_all(configs, voxels, num_classes, len(fingerprint.channel_names), preset, memory_gb,
+                           budget)
 
     return Plans(
         dataset_name=fingerprint.dataset_name,

@@ -13,13 +13,21 @@ def _fmt(values, digits: int | None = None) -> str:
 
 def plans_table(plans: Plans) -> str:
     """A table with one row per configuration: spacing, median shape, patch, batch, stages, poolings, memory."""
+    budgeted = [c for c in plans.configurations.values() if c.budget is not None]
     header = ("configuration", "spacing (mm)", "median shape", "patch", "batch", "stages", "poolings", "memory (GB)")
+    if budgeted:
+        header += ("width", "s/iteration", "iterations/fold")
     rows = [header]
     for name, c in plans.configurations.items():
-        rows.append((name + (f" <- {c.previous_stage}" if c.previous_stage else ""), _fmt(c.spacing, 4),
-                     _fmt([round(m) for m in c.median_shape]), _fmt(c.patch_size), str(c.batch_size),
-                     str(c.architecture.n_stages), _fmt(c.architecture.poolings_per_axis),
-                     f"{c.estimated_memory_gb:.1f}"))
+        row = (name + (f" <- {c.previous_stage}" if c.previous_stage else ""), _fmt(c.spacing, 4),
+               _fmt([round(m) for m in c.median_shape]), _fmt(c.patch_size), str(c.batch_size),
+               str(c.architecture.n_stages), _fmt(c.architecture.poolings_per_axis), f"{c.estimated_memory_gb:.1f}")
+        if budgeted:
+            b = c.budget
+            row += (str(c.architecture.features_per_stage[0]),) + (
+                (f"{b.seconds_per_iteration:.3g}", f"~{b.iterations}" + ("" if b.enough else " (short)"))
+                if b is not None else ("-", "-"))
+        rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -28,4 +36,15 @@ def plans_table(plans: Plans) -> str:
     lines.append("")
     lines.append(f"dataset {plans.dataset_name}; preset {plans.preset}, {plans.memory_target_gb:g} GB target; "
                  f"axis order after transpose {plans.transpose_forward}; normalisation {norm}")
+    if budgeted:
+        b = budgeted[0].budget
+        lines.append(f"fitted to {b.minutes:g} training minutes per fold on {b.device} (measured "
+                     f"{b.seconds_per_tmac:.3g} s per 10^12 multiply-accumulates), aiming at {b.min_iterations} "
+                     f"iterations:")
+        for name, c in plans.configurations.items():
+            if c.budget is not None:
+                offs = "; ".join(c.budget.trade_offs) or "nnU-Net's plan unchanged"
+                lines.append(f"  {name}: {offs}" + ("" if c.budget.enough else
+                             f" (still short of {c.budget.min_iterations} iterations: the cheapest plan the rule "
+                             f"has; a longer budget trains better)"))
     return "\n".join(lines)

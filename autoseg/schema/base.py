@@ -22,10 +22,16 @@ from autoseg.errors import AutosegError
 T = TypeVar("T")
 
 
+#: ``field(metadata=OMIT_IF_NONE)``: the field is left out of the JSON form while it is ``None``, so adding an
+#: optional field to a schema keeps every existing file (and its hash) unchanged.
+OMIT_IF_NONE = {"omit_if_none": True}
+
+
 def to_jsonable(obj: Any) -> Any:
     """Convert a dataclass tree (tuples, dicts, floats, ints, str, None) to plain JSON types."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("omit_if_none") and getattr(obj, f.name) is None)}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, dict):

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from autoseg.schema.base import OMIT_IF_NONE
+
 
 @dataclass(frozen=True)
 class ChannelNormalization:
@@ -75,6 +77,46 @@ class ArchitecturePlan:
 
 
 @dataclass(frozen=True)
+class BudgetFit:
+    """How a configuration was fitted to a training-time budget (``autoseg plan --budget``).
+
+    Attributes
+    ----------
+    minutes
+        Training time of one fold the plan was fitted to, min.
+    device
+        Device whose throughput was measured (``cpu``, ``cuda:0`` ...).
+    seconds_per_tmac
+        Its measured time per 10^12 multiply-accumulates of a training step, s.
+    seconds_per_iteration
+        Expected time of one training iteration of this plan, s.
+    iterations
+        Expected iterations of one fold in ``minutes``.
+    min_iterations
+        Iterations the rule aimed for.
+    trade_offs
+        What was given up relative to nnU-Net's plan, in order; empty when nnU-Net's plan fits.
+    nnunet_patch_size, nnunet_batch_size, nnunet_spacing
+        nnU-Net's plan for this configuration, for reference.
+    """
+
+    minutes: float
+    device: str
+    seconds_per_tmac: float
+    seconds_per_iteration: float
+    iterations: int
+    min_iterations: int
+    trade_offs: tuple[str, ...]
+    nnunet_patch_size: tuple[int, ...]
+    nnunet_batch_size: int
+    nnunet_spacing: tuple[float, ...]
+
+    @property
+    def enough(self) -> bool:
+        return self.iterations >= self.min_iterations
+
+
+@dataclass(frozen=True)
 class ConfigurationPlan:
     """One trainable configuration (``2d``, ``3d_fullres``, ``3d_lowres``, ``3d_cascade_fullres``).
 
@@ -105,6 +147,9 @@ class ConfigurationPlan:
         resampled separately with nearest neighbour.
     previous_stage, next_stage
         Cascade links: ``3d_cascade_fullres`` takes the predictions of ``previous_stage`` as extra input.
+    budget
+        How the plan was fitted to a training-time budget; ``None`` (and absent from the JSON) for nnU-Net's
+        memory-only plan.
     """
 
     name: str
@@ -122,6 +167,7 @@ class ConfigurationPlan:
     separate_z_anisotropy: float = 3.0
     previous_stage: str | None = None
     next_stage: str | None = None
+    budget: BudgetFit | None = field(default=None, metadata=OMIT_IF_NONE)
 
     @property
     def dims(self) -> int:

@@ -14,6 +14,7 @@ from autoseg.data.splits import load_or_create_splits
 from autoseg.errors import AutosegError, option
 from autoseg.fingerprint.dataset import check_and_fingerprint, default_num_workers, source_hash
 from autoseg.io.dataset_json import read_dataset_spec
+from autoseg.planning.budget import MIN_ITERATIONS, TimeBudget, budget_advice, plan_seconds_per_iteration
 from autoseg.planning.planner import make_plans
 from autoseg.planning.presets import PlannerPreset, load_preset
 from autoseg.preprocessing.run import PreprocessResult, preprocess_dataset
@@ -21,7 +22,8 @@ from autoseg.schema.base import load_json, save_json, sha256_of
 from autoseg.schema.dataset import DatasetSpec
 from autoseg.schema.fingerprint import Fingerprint
 from autoseg.schema.plans import Plans
-from autoseg.workflow.context import DatasetContext
+from autoseg.training.calibration import Throughput, cached_throughput
+from autoseg.workflow.context import DEFAULT_CONFIGURATION, DatasetContext
 from autoseg.workspace import DatasetPaths, Workspace
 
 
@@ -91,7 +93,9 @@ def memory_target(preset: PlannerPreset, memory_gb: float | None) -> float:
 
 
 def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: float | None = None,
-         num_workers: int | None = None, progress: bool = True, preprocess: bool = True) -> PlanResult:
+         num_workers: int | None = None, progress: bool = True, preprocess: bool = True,
+         budget_minutes: float | None = None, device: str = "auto",
+         min_iterations: int = MIN_ITERATIONS) -> PlanResult:
     """Verify a raw dataset, fingerprint it and plan every configuration (then preprocess them).
 
     Writes ``dataset_spec.json``, ``fingerprint.json`` and ``plans.json`` under ``workspace/<dataset name>/``,
@@ -114,11 +118,27 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
         Show progress bars.
     preprocess
         Also preprocess every planned configuration.
+    budget_minutes
+        Training time of one fold: every configuration is fitted to reach ``min_iterations`` in it
+        (:mod:`autoseg.planning.budget`), with ``device``'s throughput measured once and cached in the workspace's
+        ``calibration.json``. ``None``: nnU-Net's plans, from memory alone.
+    device
+        Device the budget is for (``auto``: CUDA when present, else the CPU).
+    min_iterations
+        Iterations per fold the budget rule aims for.
     """
     raw_dir = Path(raw_dir)
     planner_preset = load_preset(preset)
     target_gb = memory_target(planner_preset, memory_gb)
     spec = read_dataset_spec(raw_dir)
+    budget = None
+    if budget_minutes is not None:
+        if budget_minutes <= 0:
+            raise AutosegError(f"{option('budget_minutes')} {budget_minutes:g}: must be a positive number of minutes")
+        if min_iterations < 1:
+            raise AutosegError(f"{option('min_iterations')} {min_iterations}: must be at least 1")
+        speed = device_throughput(workspace, device)
+        budget = TimeBudget(budget_minutes, speed.device, speed.seconds_per_mac, min_iterations)
     paths = Workspace(Path(workspace)).dataset(spec.name)
     src = source_hash(raw_dir, spec)
 
@@ -127,7 +147,7 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
     if fingerprint is None:
         workers = num_workers or default_num_workers(raw_dir, spec)
         fingerprint = check_and_fingerprint(raw_dir, spec, workers, progress=progress, source_sha256=src)
-    plans = make_plans(fingerprint, planner_preset, target_gb)
+    plans = make_plans(fingerprint, planner_preset, target_gb, budget)
 
     save_json(spec, paths.dataset_spec)
     if not reused:
@@ -136,6 +156,29 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
     pre = (preprocess_planned(raw_dir, spec, plans, paths, None, num_workers, progress, fingerprint)
            if preprocess else None)
     return PlanResult(plans, paths, reused, pre)
+
+
+def device_throughput(workspace: Path, device: str = "auto") -> Throughput:
+    """The device's training throughput, measured once per machine and device and cached in the workspace."""
+    return cached_throughput(Workspace(Path(workspace)).calibration, device)[0]
+
+
+def cpu_budget_advice(plans: Plans, workspace: Path, device: str = "auto",
+                      min_iterations: int = MIN_ITERATIONS) -> str | None:
+    """On a CPU, what one fold of the default configuration's memory-only plan would cost, and the ``--budget``
+    that keeps it (:func:`autoseg.planning.budget.budget_advice`); ``None`` on a GPU or without a 3D/2D plan."""
+    from autoseg.nn.device import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return None
+    name = next((c for c in (DEFAULT_CONFIGURATION, "2d") if c in plans.configurations), None)
+    if name is None:
+        return None
+    c = plans.configurations[name]
+    speed = device_throughput(workspace, device)
+    seconds = plan_seconds_per_iteration(c.architecture, c.patch_size, c.batch_size, plans.input_channels(name),
+                                         len(plans.labels), speed.seconds_per_mac)
+    return budget_advice(name, seconds, min_iterations)
 
 
 def _reusable_fingerprint(paths: DatasetPaths, src: str) -> Fingerprint | None:

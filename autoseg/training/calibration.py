@@ -1,0 +1,128 @@
+"""The device's measured training throughput, for the budget rule (:mod:`autoseg.planning.budget`).
+
+One probe network (the default preset's 3D U-Net for a 32^3 patch at 1 mm, batch 2) is trained for a few steps on
+random data; its step time over its multiply-accumulates (:func:`autoseg.planning.compute.training_macs`) is the
+device's seconds per MAC. On this project's CPU, seconds per MAC stay within about +-25% across the batch, patch
+and width of real plans (``benchmarks/results/compute_model.txt``), so one probe prices them all. The result is
+cached per machine, device, precision, thread count and torch version in a JSON file the caller names (the CLI:
+the workspace's ``calibration.json``), so a second ``plan`` costs nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from autoseg.errors import AutosegError
+from autoseg.nn.device import resolve_channels_last, resolve_device, resolve_precision
+from autoseg.nn.speed import benchmark_step
+from autoseg.nn.unet import build_network
+from autoseg.planning.compute import training_macs
+from autoseg.planning.configuration import architecture_for
+from autoseg.planning.presets import load_preset
+from autoseg.planning.topology import pool_and_conv_props
+from autoseg.schema.base import load_json, save_json
+from autoseg.training.losses import DeepSupervisionLoss, DiceCELoss
+
+#: Probe: patch (voxels, 1 mm), batch, input channels, classes.
+PROBE = ((32, 32, 32), 2, 1, 2)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One device's measured speed.
+
+    Attributes
+    ----------
+    key
+        Machine, device, precision, threads and torch version it holds for.
+    device
+        The device measured, as torch names it (``cpu``, ``cuda:0``).
+    seconds_per_tmac
+        Time per 10^12 multiply-accumulates of a training step, s.
+    measured
+        When (ISO 8601, UTC).
+    """
+
+    key: str
+    device: str
+    seconds_per_tmac: float
+    measured: str
+
+    @property
+    def seconds_per_mac(self) -> float:
+        return self.seconds_per_tmac * 1e-12
+
+
+@dataclass(frozen=True)
+class CalibrationCache:
+    """Every :class:`Throughput` measured with one workspace, by key."""
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    entries: dict[str, Throughput]
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_key(device: torch.device, precision: str) -> str:
+    """What a measurement holds for: host, processor or GPU name, precision, threads, torch version."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()
+    return (f"{platform.node()}|{name}|{device}|{precision}|threads {torch.get_num_threads()}|"
+            f"torch {torch.__version__}")
+
+
+def measure_throughput(device: str = "auto", precision: str = "auto", iterations: int = 3) -> Throughput:
+    """Train the probe network a few steps (a few seconds on a CPU) and return the device's seconds per MAC."""
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    patch, batch, channels, classes = PROBE
+    preset = load_preset("default")
+    arch = architecture_for(pool_and_conv_props((1.0,) * len(patch), patch, preset.featuremap_min_edge), preset)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = build_network(arch, channels, classes)
+    seconds = benchmark_step(net, DeepSupervisionLoss(DiceCELoss(batch_dice=False)), (batch, channels, *patch), dev,
+                             prec, resolve_channels_last(None, dev, prec), iterations=iterations, warmup=1)
+    macs = training_macs(arch, patch, batch, channels, classes)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return Throughput(device_key(dev, prec), str(dev), round(seconds / macs * 1e12, 3), now)
+
+
+def cached_throughput(cache: Path | None, device: str = "auto", precision: str = "auto") -> tuple[Throughput, bool]:
+    """The device's throughput from ``cache`` when measured there before, else measured now (and added to it).
+
+    Returns
+    -------
+    tuple
+        ``(throughput, from_cache)``.
+    """
+    dev = resolve_device(device)
+    key = device_key(dev, resolve_precision(precision, dev))
+    entries: dict[str, Throughput] = {}
+    if cache is not None and Path(cache).is_file():
+        try:
+            entries = dict(load_json(CalibrationCache, Path(cache)).entries)
+        except AutosegError:
+            entries = {}  # unreadable or from another version: measure again, and rewrite it
+        if key in entries:
+            return entries[key], True
+    got = measure_throughput(str(dev), precision)
+    if cache is not None:
+        save_json(CalibrationCache({**entries, key: got}), Path(cache))
+    return got, False
