@@ -124,6 +124,24 @@ def jobs_table(jobs: Sequence[Job], skipped: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def budget_mismatch(plans: Plans, jobs: Sequence[Job], raw_dir: str, tolerance: float = 0.25) -> str | None:
+    """A note when the plans were fitted (``autoseg plan --budget``) to another time per fold than ``jobs`` give,
+    with the ``plan`` command that fits them to this run's; ``None`` when they agree within ``tolerance`` (or
+    there is no budget on either side)."""
+    minutes = sorted({j.minutes for j in jobs if j.minutes})
+    fitted = sorted({c.budget.minutes for c in plans.configurations.values() if c.budget is not None})
+    if not minutes or not fitted:
+        if minutes and not fitted and any(j.step_seconds and j.minutes * 60 / j.step_seconds < MIN_USEFUL_ITERATIONS
+                                          for j in jobs):
+            return (f"the plans are nnU-Net's (memory only); `autoseg plan {raw_dir} --budget {minutes[0]:.0f}` "
+                    f"fits them to this run's {minutes[0]:.0f} minutes per fold")
+        return None
+    if all(abs(f - m) <= tolerance * m for f in fitted for m in minutes):
+        return None
+    return (f"the plans were fitted to {', '.join(f'{f:g}' for f in fitted)} minutes per fold, this run gives "
+            f"{minutes[0]:.0f}: `autoseg plan {raw_dir} --budget {minutes[0]:.0f}` fits them to it")
+
+
 def finished_folds(paths: DatasetPaths, configurations: Sequence[str], folds: Sequence[str]) -> set[tuple[str, str]]:
     """(configuration, fold) pairs whose final checkpoint exists."""
     return {(c, f) for c in configurations for f in folds if paths.fold(c, f).is_trained}

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from autoseg.schema.selection import BestChoice
-from autoseg.training.automl import (finished_folds, jobs_table, measure_step_seconds, plan_jobs,
+from autoseg.training.automl import (budget_mismatch, finished_folds, jobs_table, measure_step_seconds, plan_jobs,
                                      trainable_configurations)
 from autoseg.workflow.context import DatasetContext
 from autoseg.workflow.fold import TrainResult, run_fold
@@ -45,6 +45,9 @@ def train_all(ctx: DatasetContext, configurations: Sequence[str] | None = None, 
     jobs = plan_jobs(names, folds, budget_minutes, steps, finished)
     done = sum((c, f) in finished for c in names for f in folds)
     report(f"training plan for {ctx.name} ({done} fold(s) already finished):\n" + jobs_table(jobs, skipped))
+    mismatch = budget_mismatch(ctx.plans, jobs, ctx.spec.raw_dir or "RAW_DIR")
+    if mismatch:
+        report(f"note: {mismatch}")
     results = []
     for job in jobs:
         report(f"\n== {job.configuration} fold {job.fold}")

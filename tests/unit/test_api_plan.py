@@ -58,6 +58,9 @@ def test_other_preset_keeps_the_previous_plans(tiny_raw, tmp_path):
     (["plan", "{raw}", "--preset", "nope"], "unknown preset"),
     (["plan", "{raw}", "--gpu-memory", "-3"], "positive"),
     (["plan", "{tmp}/missing"], "not found"),
+    (["plan", "{raw}", "--budget", "0"], "positive"),
+    (["plan", "{raw}", "--budget", "10", "--min-iterations", "0"], "at least 1"),
+    (["plan", "{raw}", "--budget", "10", "--device", "tpu"], "--device tpu"),
 ])
 def test_bad_arguments_exit_2_without_writing(tiny_raw, tmp_path, capsys, argv, fragment):
     ws = tmp_path / "ws"
@@ -94,3 +97,72 @@ def test_plans_json_has_the_documented_stable_keys(tiny_raw, tmp_path):
         arch = c["architecture"]
         assert len(arch["features_per_stage"]) == len(arch["strides"]) == len(arch["kernel_sizes"])
         assert all(len(s) == dims for s in arch["strides"] + arch["kernel_sizes"])
+
+
+def _seed_calibration(ws, seconds_per_tmac):
+    """A cached throughput for this machine's CPU, so the test does not measure (and can choose the speed)."""
+    import torch
+
+    from autoseg.nn.device import resolve_precision
+    from autoseg.schema.base import save_json
+    from autoseg.training.calibration import CalibrationCache, Throughput, device_key
+    from autoseg.workspace import Workspace
+
+    cpu = torch.device("cpu")
+    key = device_key(cpu, resolve_precision("auto", cpu))
+    ws.mkdir(parents=True, exist_ok=True)
+    save_json(CalibrationCache({key: Throughput(key, "cpu", seconds_per_tmac, "2026-01-01T00:00:00+00:00")}),
+              Workspace(ws).calibration)
+
+
+def test_plan_budget_fits_stores_and_prints_the_trade_offs(tiny_raw, tmp_path, capsys):
+    ws = tmp_path / "ws"
+    # a very slow fake CPU, so even the tiny dataset's plans must give things up
+    _seed_calibration(ws, 3e5)
+    assert main(["plan", str(tiny_raw), "-w", str(ws), "-j", "2", "--no-preprocess", "--budget", "10",
+                 "--device", "cpu", "--min-iterations", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "iterations/fold" in out and "fitted to 10 training minutes per fold on cpu" in out
+    assert "aiming at 100 iterations" in out
+    plans = load_json(Plans, ws / "Tiny" / "plans.json")
+    full = plans.configurations["3d_fullres"]
+    assert full.budget is not None and full.budget.trade_offs and full.budget.min_iterations == 100
+    assert full.budget.seconds_per_tmac == 3e5 and full.budget.device == "cpu"
+    assert f"3d_fullres: {full.budget.trade_offs[0]}" in out
+    raw_json = json.loads((ws / "Tiny" / "plans.json").read_text())
+    assert raw_json["configurations"]["3d_fullres"]["budget"]["trade_offs"] == list(full.budget.trade_offs)
+
+    # plenty of time on the same device: nnU-Net's plans, the budget recorded with no trade-offs
+    rich = api.plan(tiny_raw, ws, progress=False, preprocess=False, budget_minutes=1e12, device="cpu")
+    plain = api.plan(tiny_raw, ws, progress=False, preprocess=False)
+    for name, c in rich.plans.configurations.items():
+        assert c.budget.trade_offs == () and c.budget.enough
+        assert c.patch_size == plain.plans.configurations[name].patch_size
+    assert all(c.budget is None for c in plain.plans.configurations.values())
+    assert "budget" not in (ws / "Tiny" / "plans.json").read_text()
+
+
+def test_plan_without_budget_on_a_cpu_prices_nnunets_fold(tiny_raw, tmp_path, capsys):
+    ws = tmp_path / "ws"
+    _seed_calibration(ws, 30.0)
+    assert main(["plan", str(tiny_raw), "-w", str(ws), "-j", "2", "--no-preprocess", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "one 3d_fullres iteration of this plan takes" in out and "250,000 iterations" in out
+    assert "--budget" in out
+
+
+def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
+    from autoseg.training import calibration
+    from autoseg.training.calibration import CalibrationCache, cached_throughput
+
+    monkeypatch.setattr(calibration, "PROBE", ((16, 16, 16), 1, 1, 2))  # the real probe takes seconds
+
+    cache = tmp_path / "calibration.json"
+    first, cached = cached_throughput(cache, "cpu")
+    assert not cached and 0 < first.seconds_per_tmac < 1e4 and first.device == "cpu"
+    again, cached = cached_throughput(cache, "cpu")
+    assert cached and again == first
+    assert list(load_json(CalibrationCache, cache).entries) == [first.key]
+    cache.write_text("{not json")
+    remeasured, cached = cached_throughput(cache, "cpu")
+    assert not cached and load_json(CalibrationCache, cache).entries.keys() == {remeasured.key}

@@ -32,3 +32,30 @@ def test_trainable_configurations(folds, finished, requested, expected):
 def test_input_channels():
     assert PLANS.input_channels("3d_lowres") == len(PLANS.channel_names)
     assert PLANS.input_channels("3d_cascade_fullres") == len(PLANS.channel_names) + len(PLANS.labels) - 1
+
+
+def _fitted(minutes):
+    from dataclasses import replace
+
+    from autoseg.schema.plans import BudgetFit
+
+    fit = BudgetFit(minutes, "cpu", 30.0, 5.0, int(minutes * 12), 500, (), (1, 1, 1), 2, (1.0, 1.0, 1.0))
+    return replace(PLANS, configurations={k: replace(c, budget=fit) for k, c in PLANS.configurations.items()})
+
+
+@pytest.mark.parametrize("plans, minutes, step, expected", [
+    (PLANS, None, None, None),                      # no budget anywhere
+    (PLANS, 60.0, 1.0, None),                       # nnU-Net's plans, and enough iterations
+    (PLANS, 60.0, 30.0, "--budget 60` fits them"),  # nnU-Net's plans, too few iterations
+    (_fitted(60), 55.0, 5.0, None),                 # fitted to about this run's minutes
+    (_fitted(60), 20.0, 5.0, "fitted to 60 minutes per fold, this run gives 20"),
+    (_fitted(60), None, None, None),
+])
+def test_budget_mismatch(plans, minutes, step, expected):
+    from autoseg.training.automl import Job, budget_mismatch
+
+    got = budget_mismatch(plans, [Job("3d_fullres", "0", minutes, step)], "/data/raw")
+    if expected is None:
+        assert got is None
+    else:
+        assert expected in got and "autoseg plan /data/raw --budget" in got
