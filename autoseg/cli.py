@@ -20,7 +20,8 @@ EXIT_USER_ERROR = 2
 FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "continue_": "--continue", "budget_minutes": "--budget",
          "epochs": "--epochs", "configurations": "-c", "folds": "-f", "memory_gb": "--gpu-memory",
          "pretrained": "--pretrained", "device": "--device", "precision": "--precision", "preset": "--preset",
-         "num_workers": "-j", "min_iterations": "--min-iterations"}
+         "num_workers": "-j", "min_iterations": "--min-iterations",
+         "freeze_encoder_epochs": "--freeze-encoder-epochs"}
 
 
 def _flag(name: str) -> str:
@@ -126,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="fine-tune: initialise a fresh run from an exported model (configuration default: -c)")
     t.add_argument("--pretrained-fold", default=None, metavar="FOLD",
                    help="which exported fold initialises the network (default: 0)")
+    t.add_argument("--freeze-encoder-epochs", type=int, default=None, metavar="EPOCHS",
+                   help="with --pretrained: first epochs in which the transferred encoder is not updated")
 
     pr = sub.add_parser("predict", help="segment a folder of images with trained folds")
     pr.add_argument("dataset", metavar="DATASET")
@@ -247,7 +250,8 @@ def _cmd_train(args) -> int:
                      validation_iterations=args.validation_iterations, batch_size=args.batch_size,
                      learning_rate=args.learning_rate, seed=args.seed, deterministic=args.deterministic,
                      precision=args.precision, num_workers=args.workers, checkpoint_every=args.checkpoint_every,
-                     pretrained=args.pretrained, pretrained_fold=args.pretrained_fold)
+                     pretrained=args.pretrained, pretrained_fold=args.pretrained_fold,
+                     freeze_encoder_epochs=args.freeze_encoder_epochs)
     single = args.config is not None and len(args.config) == 1 and args.fold is not None and len(args.fold) == 1
     if not single:
         if args.overwrite:

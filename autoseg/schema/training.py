@@ -49,6 +49,9 @@ class TrainConfig:
     pretrained, pretrained_fold
         Fine-tuning: ``model.zip[:CONFIG]`` (an ``autoseg export``; the configuration defaults to the one trained)
         whose fold ``pretrained_fold`` initialises a fresh run's network where tensor names and shapes match.
+    freeze_encoder_epochs
+        Fine-tuning: for this many first epochs the transferred encoder tensors (``stem.*``, ``encoder.*``) are not
+        updated, so the freshly initialised decoder and heads adapt to them before the whole network trains.
     """
 
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -78,6 +81,7 @@ class TrainConfig:
     ema_momentum: float = 0.9
     pretrained: str | None = None
     pretrained_fold: str = "0"
+    freeze_encoder_epochs: int = 0
     schema_version: int = field(default=SCHEMA_VERSION)
 
 

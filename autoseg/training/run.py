@@ -42,6 +42,11 @@ def make_config(plans_sha256: str, dataset: str, configuration: str, fold: str, 
     if unknown:
         raise AutosegError(f"unknown training option(s): {', '.join(sorted(unknown))}")
     given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("freeze_encoder_epochs") and not given.get("pretrained"):
+        raise AutosegError(f"{option('freeze_encoder_epochs')} needs {option('pretrained')}: only the encoder "
+                           f"tensors transferred from a pretrained model are frozen")
+    if given.get("freeze_encoder_epochs", 0) < 0:
+        raise AutosegError(f"{option('freeze_encoder_epochs')} {given['freeze_encoder_epochs']}: must be >= 0")
     return TrainConfig(dataset=dataset, configuration=configuration, fold=fold, plans_sha256=plans_sha256, **given)
 
 

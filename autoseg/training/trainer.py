@@ -118,6 +118,9 @@ class Trainer:
         Sums a tensor over distributed ranks (identity when training on one process).
     progress
         Show a tqdm bar per epoch.
+    frozen
+        Parameter names not updated during the first ``config.freeze_encoder_epochs`` epochs (the epoch decides,
+        so a resumed run freezes exactly as an uninterrupted one).
     """
 
     model: torch.nn.Module
@@ -135,6 +138,7 @@ class Trainer:
     callbacks: Sequence[Callback] = ()
     all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
     progress: bool = True
+    frozen: tuple[str, ...] = ()
     history: list[EpochLog] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -184,8 +188,16 @@ class Trainer:
         st.total_epochs = st.epoch + plan.epochs
         st.calibrated = True
 
+    def _freeze(self, frozen: bool) -> None:
+        names = set(self.frozen)
+        for name, p in self.model.named_parameters():
+            if name in names:
+                p.requires_grad_(not frozen)  # no gradient: SGD leaves the tensor and its momentum alone
+
     def run_epoch(self) -> EpochLog:
         st, cfg = self.state, self.config
+        if self.frozen:
+            self._freeze(st.epoch < cfg.freeze_encoder_epochs)
         lr = poly_lr(cfg.learning_rate, st.epoch, st.total_epochs, cfg.poly_exponent)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

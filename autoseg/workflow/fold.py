@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, option
 from autoseg.nn.speed import autocast_context
 from autoseg.preprocessing.store import CaseStore
-from autoseg.schema.base import save_json
-from autoseg.schema.training import TrainConfig
+from autoseg.schema.base import load_json, save_json
+from autoseg.schema.training import TrainConfig, TransferReport
 from autoseg.training import distributed as dist_utils
 from autoseg.training.callbacks import fold_callbacks
 from autoseg.training.run import (RunStart, build_loaders, build_loss, build_model, build_optimizer, fit, iterate,
@@ -127,7 +127,8 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
                       train_batches=iterate(train_loader), val_batches=iterate(val_loader), config=config,
                       state=state, device=dev, precision=config.precision, channels_last=config.channels_last,
                       num_classes=len(plans.labels), autocast=autocast_context, callbacks=[*recorders, *callbacks],
-                      all_reduce=dist_utils.all_reduce_sum, progress=progress and is_main)
+                      all_reduce=dist_utils.all_reduce_sum, progress=progress and is_main,
+                      frozen=_frozen_encoder(config, folder, distributed is not None))
     if start.checkpoint is not None and "grad_scaler" in start.checkpoint:
         trainer.scaler.load_state_dict(start.checkpoint["grad_scaler"])
     try:
@@ -171,6 +172,17 @@ def _pretrained(config: TrainConfig, configuration: str, folder: FoldPaths, is_m
             print(message, flush=True)
 
     return initialise
+
+
+def _frozen_encoder(config: TrainConfig, folder: FoldPaths, distributed: bool) -> tuple[str, ...]:
+    """The transferred encoder tensors a fine-tuned run freezes first (read back from the fold's transfer table,
+    which the first start of the run wrote, so a resumed run freezes the same ones)."""
+    if not config.freeze_encoder_epochs:
+        return ()
+    if distributed:
+        raise AutosegError(f"{option('freeze_encoder_epochs')}: not supported in distributed training")
+    report = load_json(TransferReport, folder.transfer_report)
+    return tuple(n for n in report.loaded if n.startswith(("stem.", "encoder.")))
 
 
 def _training_source(ctx: DatasetContext, configuration: str, store: CaseStore, device: str, progress: bool):

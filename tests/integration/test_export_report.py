@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from autoseg import api
 from autoseg.cli import main
 from autoseg.errors import AutosegError
 from autoseg.api import export_model, import_model
 from autoseg.io.archive import ModelArchive
-from autoseg.nn.checkpoint import load_checkpoint_bytes
+from autoseg.nn.checkpoint import load_checkpoint, load_checkpoint_bytes
 from autoseg.io.image import read_label
 
 TRAIN = ["-c", "3d_fullres", "-f", "0", "--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations",
@@ -223,6 +224,24 @@ def test_train_with_pretrained_from_the_cli(trained, exported, capsys):
     # a fold that holds a run already is not silently re-initialised
     assert main([*args, "--epochs", "2", "--pretrained", str(exported), "--pretrained-fold", "0"]) == 2
     assert "--pretrained only initialises a fresh run" in capsys.readouterr().err
+
+
+def test_frozen_encoder_warm_up(trained, exported, capsys):
+    _, ws = trained
+    args = ["train", "Tiny", "-w", str(ws), "-c", "3d_fullres", "-f", "2", "--epochs", "1",
+            "--iterations-per-epoch", "2", "--validation-iterations", "1", "-j", "0", "--no-validation"]
+    assert main([*args, "--freeze-encoder-epochs", "1"]) == 2
+    assert "--freeze-encoder-epochs needs --pretrained" in capsys.readouterr().err
+    assert main([*args, "--pretrained", str(exported), "--freeze-encoder-epochs", "1"]) == 0
+    with ModelArchive(exported) as archive:
+        source = load_checkpoint_bytes(*archive.checkpoint_bytes("3d_fullres", "0"))["model"]
+    folder = ws / "Tiny" / "models" / "3d_fullres" / "fold_2"
+    trained_net = load_checkpoint(folder / "checkpoint_final.pt")["model"]
+    frozen = [k for k in trained_net if k.startswith(("stem.", "encoder.")) and k.endswith("conv.weight")]
+    free = [k for k in trained_net if k.startswith(("decoder.", "seg_heads.")) and k.endswith("weight")]
+    assert frozen and free
+    assert all(torch.equal(trained_net[k], source[k]) for k in frozen)  # not updated in the frozen epoch
+    assert not all(torch.equal(trained_net[k], source[k]) for k in free)  # the rest trained
 
 
 def test_report_after_training(trained):
