@@ -1,7 +1,7 @@
 """The device's measured training throughput, for the budget rule (:mod:`autoseg.planning.budget`).
 
-One probe network (the default preset's 3D U-Net for a 32^3 patch at 1 mm, batch 2) is trained for a few steps on
-random data; its step time over its multiply-accumulates (:func:`autoseg.planning.compute.training_macs`) is the
+One probe network (the default preset's 3D U-Net for a 32^3 patch at 1 mm, batch 2, more on a device that does
+that in under a quarter of a second) is trained for a few steps on random data; its step time over its multiply-accumulates (:func:`autoseg.planning.compute.training_macs`) is the
 device's seconds per MAC. On this project's CPU, seconds per MAC stay within about +-25% across the batch, patch
 and width of real plans (``benchmarks/results/compute_model.txt``), so one probe prices them all. The result is
 cached per machine, device, precision, thread count and torch version in a JSON file the caller names (the CLI:
@@ -87,8 +87,14 @@ def device_key(device: torch.device, precision: str) -> str:
             f"torch {torch.__version__}")
 
 
-def measure_throughput(device: str = "auto", precision: str = "auto", iterations: int = 3) -> Throughput:
-    """Train the probe network a few steps (a few seconds on a CPU) and return the device's seconds per MAC."""
+def measure_throughput(device: str = "auto", precision: str = "auto", iterations: int = 3,
+                       min_seconds: float = 0.25, max_batch: int = 64) -> Throughput:
+    """Train the probe network a few steps (a few seconds on a CPU) and return the device's seconds per MAC.
+
+    A fast device finishes the probe's step in microseconds, timing kernel launches rather than arithmetic, so the
+    batch doubles (up to ``max_batch``) until one step takes at least ``min_seconds``: the device is then as busy as
+    with a real plan's patch.
+    """
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     patch, batch, channels, classes = PROBE
@@ -97,8 +103,13 @@ def measure_throughput(device: str = "auto", precision: str = "auto", iterations
     with torch.random.fork_rng():
         torch.manual_seed(0)
         net = build_network(arch, channels, classes)
-    seconds = benchmark_step(net, DeepSupervisionLoss(DiceCELoss(batch_dice=False)), (batch, channels, *patch), dev,
-                             prec, resolve_channels_last(None, dev, prec), iterations=iterations, warmup=1)
+    loss = DeepSupervisionLoss(DiceCELoss(batch_dice=False))
+    while True:
+        seconds = benchmark_step(net, loss, (batch, channels, *patch), dev, prec,
+                                 resolve_channels_last(None, dev, prec), iterations=iterations, warmup=1)
+        if seconds >= min_seconds or batch * 2 > max_batch:
+            break
+        batch *= 2
     macs = training_macs(arch, patch, batch, channels, classes)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return Throughput(device_key(dev, prec), str(dev), round(seconds / macs * 1e12, 3), now)

@@ -166,3 +166,25 @@ def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
     cache.write_text("{not json")
     remeasured, cached = cached_throughput(cache, "cpu")
     assert not cached and load_json(CalibrationCache, cache).entries.keys() == {remeasured.key}
+
+
+def test_a_fast_device_is_measured_at_a_larger_batch(monkeypatch):
+    from autoseg.training import calibration
+
+    monkeypatch.setattr(calibration, "PROBE", ((16, 16, 16), 1, 1, 2))
+    seen = []
+
+    def fake_step(net, loss, shape, *args, **kwargs):
+        seen.append(shape[0])
+        return 0.01 * shape[0]  # a device 100x faster than needed: 10 ms per sample
+
+    monkeypatch.setattr(calibration, "benchmark_step", fake_step)
+    got = calibration.measure_throughput("cpu", min_seconds=0.25)
+    assert seen == [1, 2, 4, 8, 16, 32]  # doubled until a step takes 0.25 s
+    preset = calibration.load_preset("default")
+    arch = calibration.architecture_for(calibration.pool_and_conv_props((1.0,) * 3, (16, 16, 16),
+                                                                        preset.featuremap_min_edge), preset)
+    # seconds per MAC of the batch measured last
+    assert got.seconds_per_tmac == round(0.32 / calibration.training_macs(arch, (16,) * 3, 32, 1, 2) * 1e12, 3)
+    assert calibration.measure_throughput("cpu", min_seconds=10, max_batch=4).seconds_per_tmac > 0
+    assert seen[-3:] == [1, 2, 4]
