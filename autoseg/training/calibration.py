@@ -1,9 +1,10 @@
 """The device's measured training throughput, for the budget rule (:mod:`autoseg.planning.budget`).
 
 One probe network (the default preset's 3D U-Net for a 32^3 patch at 1 mm, batch 2, more on a device that does
-that in under a quarter of a second) is trained for a few steps on random data; its step time over its multiply-accumulates (:func:`autoseg.planning.compute.training_macs`) is the
-device's seconds per MAC. On this project's CPU, seconds per MAC stay within about +-25% across the batch, patch
-and width of real plans (``benchmarks/results/compute_model.txt``), so one probe prices them all. The result is
+that in under a quarter of a second) is trained for a few steps on random data; its step time over its
+multiply-accumulates (:func:`autoseg.planning.compute.training_macs`) is the device's seconds per MAC. On this
+project's CPU, seconds per MAC stay within about +-25% across the batch, patch and width of real plans
+(``benchmarks/results/compute_model.txt``), so one probe prices them all. The result is
 cached per machine, device, precision, thread count and torch version in a JSON file the caller names (the CLI:
 the workspace's ``calibration.json``), so a second ``plan`` costs nothing.
 """
