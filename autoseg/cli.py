@@ -369,8 +369,8 @@ def _make_data(out: Path, spec) -> Path:
     return synthetic.make_dataset(out, spec)
 
 
-_COMMANDS = {"predict": _cmd_predict, "train": _cmd_train, "verify": _cmd_verify, "plan": _cmd_plan, "preprocess": _cmd_preprocess, "demo": _cmd_demo,
-             "evaluate": _cmd_evaluate, "find-best": _cmd_find_best, "export": _cmd_export, "import": _cmd_import,
+_COMMANDS = {"predict": _cmd_predict, "train": _cmd_train, "verify": _cmd_verify, "plan": _cmd_plan,
+             "preprocess": _cmd_preprocess, "demo": _cmd_demo, "evaluate": _cmd_evaluate, "find-best": _cmd_find_best, "export": _cmd_export, "import": _cmd_import,
              "report": _cmd_report}
 
 
