@@ -156,18 +156,20 @@ def load_predictor(workspace: Path, dataset: str, configuration: str = DEFAULT_C
 def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, configuration: str | None = None,
             folds: list[str] | None = None, save_probabilities: bool = False, step: float = 0.5, tta: bool = True,
             overwrite: bool = False, continue_: bool = False, device: str = "auto", precision: str = "auto",
-            progress: bool = True):
+            progress: bool = True, skip_bad: bool = False):
     """Segment every image in ``images_dir`` into ``output_dir`` with the averaged folds of a configuration.
 
     ``configuration="best"`` uses ``best.json``: one configuration, or two whose probabilities are averaged in the
     raw geometry, then the rules of ``postprocessing.json``. ``None`` (default): ``"best"`` when ``best.json``
     exists, else ``"3d_fullres"``. Returns an :class:`autoseg.inference.run.PredictSummary`. Existing outputs are
-    never replaced unless ``overwrite``; ``continue_`` skips them.
+    never replaced unless ``overwrite``; ``continue_`` skips them. Every input is read and checked first: a bad
+    one stops the run before anything is written, unless ``skip_bad`` (the good ones are predicted, the bad ones
+    listed in ``failures.json`` and the summary's ``failed``).
     """
     from autoseg.workflow.predict import predict as _predict
 
     return _predict(load_context(workspace, dataset), images_dir, output_dir, configuration, folds,
-                    save_probabilities, step, tta, overwrite, continue_, device, precision, progress)
+                    save_probabilities, step, tta, overwrite, continue_, device, precision, progress, skip_bad)
 
 
 def demo(workspace: Path, seed: int = 0, budget_minutes: float = 3.0, configuration: str = "3d_fullres",

@@ -15,6 +15,10 @@ from autoseg import __version__
 from autoseg.errors import AutosegError
 
 EXIT_USER_ERROR = 2
+#: The machine refused a read or write (disk full, permission denied, read-only file system).
+EXIT_SYSTEM_ERROR = 1
+#: ``predict --skip-bad`` predicted the good inputs and refused some (listed in failures.json).
+EXIT_SOME_FAILED = 3
 
 #: How the library's parameters (named in its errors with :func:`autoseg.errors.option`) are spelled here.
 FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "continue_": "--continue", "budget_minutes": "--budget",
@@ -144,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--save-probabilities", action="store_true")
     pr.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     pr.add_argument("--continue", dest="continue_", action="store_true", help="skip cases already written")
+    pr.add_argument("--skip-bad", action="store_true",
+                    help="predict the good inputs when some are bad (default: stop before writing anything); the "
+                         "bad ones are listed in OUT_DIR/failures.json and the exit code is 3")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
 
@@ -298,9 +305,16 @@ def _cmd_predict(args) -> int:
     print(api.describe_configuration(args.workspace, args.dataset, args.config))
     r = api.predict(args.workspace, args.dataset, args.input, args.output, args.config, args.folds,
                     args.save_probabilities, args.step, not args.no_tta, args.overwrite, args.continue_,
-                    args.device, args.precision)
+                    args.device, args.precision, skip_bad=args.skip_bad)
     print(f"wrote {len(r.written)} segmentation(s) to {r.output_dir}"
           + (f"; skipped {len(r.skipped)} already present" if r.skipped else ""))
+    if r.failed:
+        for problems in r.failed.values():
+            for line in problems:
+                print(f"error: {line}", file=sys.stderr)
+        print(f"error: {len(r.failed)} input case(s) refused, the others predicted (listed in {r.failures_file})",
+              file=sys.stderr)
+        return EXIT_SOME_FAILED
     return 0
 
 
@@ -370,12 +384,13 @@ def _make_data(out: Path, spec) -> Path:
 
 
 _COMMANDS = {"predict": _cmd_predict, "train": _cmd_train, "verify": _cmd_verify, "plan": _cmd_plan,
-             "preprocess": _cmd_preprocess, "demo": _cmd_demo, "evaluate": _cmd_evaluate, "find-best": _cmd_find_best, "export": _cmd_export, "import": _cmd_import,
-             "report": _cmd_report}
+             "preprocess": _cmd_preprocess, "demo": _cmd_demo, "evaluate": _cmd_evaluate,
+             "find-best": _cmd_find_best, "export": _cmd_export, "import": _cmd_import, "report": _cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Run the CLI; returns the exit code (0 ok, 1 the machine refused a read or write: disk full, permission
+    denied ..., 2 bad input, 3 ``predict --skip-bad`` refused some inputs, 130 interrupted)."""
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
@@ -385,6 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(e.problems) > 1:
             print(f"error: {len(e.problems)} problems found; nothing was written", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as e:
+        # disk full, permission denied, read-only file system ...: every writer is atomic, so nothing partial is
+        # left; say which path, without a traceback
+        where = e.filename or "autoseg"
+        print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_SYSTEM_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

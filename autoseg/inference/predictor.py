@@ -15,6 +15,7 @@ import torch
 from autoseg.errors import AutosegError
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.io.image import Geometry
+from autoseg.io.verify import array_problems
 from autoseg.nn.device import resolve_channels_last, resolve_device, resolve_precision
 from autoseg.nn.speed import prepare_for_device
 from autoseg.nn.unet import build_network
@@ -114,9 +115,9 @@ class Predictor:
     def prepare(self, image: np.ndarray, geometry: Geometry, case_id: str = "case"):
         """Check and preprocess one raw image ``(C, z, y, x)``: returns ``(data, properties)`` for :meth:`logits`
         and :meth:`finish` (this step can run in a background thread while the network works)."""
-        if image.shape[0] != len(self.plans.channel_names):
-            raise AutosegError(f"{case_id}: {image.shape[0]} channel(s), the model expects "
-                               f"{len(self.plans.channel_names)} ({', '.join(self.plans.channel_names)})")
+        problems = array_problems(image, geometry.spacing, len(self.plans.channel_names), case_id)
+        if problems:
+            raise AutosegError(*problems)
         return preprocess_for_inference(image, geometry, self.plans, self.configuration, case_id)
 
     @staticmethod
@@ -145,7 +146,9 @@ class Predictor:
 
     def segment(self, array: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
         """Segment a numpy volume: ``(z, y, x)`` or ``(C, z, y, x)`` with ``spacing`` ``(z, y, x)`` in mm."""
-        image = array[None] if array.ndim == 3 else array
+        image = np.asarray(array)
+        image = image[None] if image.ndim == 3 else image
         geometry = Geometry(tuple(float(s) for s in spacing), (0.0, 0.0, 0.0),
                             (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-        return self.predict(image.astype(np.float32, copy=False), geometry).segmentation
+        return self.predict(image.astype(np.float32, copy=False) if image.dtype.kind in "biuf" else image,
+                            geometry).segmentation

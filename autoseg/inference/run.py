@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -13,7 +15,9 @@ from tqdm import tqdm
 
 from autoseg.errors import AutosegError, option
 from autoseg.inference.predictor import Predictor
-from autoseg.io.image import Geometry, read_header, read_image, write_image
+from autoseg.io.image import Geometry, write_image
+from autoseg.io.verify import load_and_check_images
+from autoseg.schema.base import atomic_write_text
 from autoseg.io import probabilities as probability_files
 from autoseg.workspace import probabilities_file, segmentation_file
 
@@ -61,27 +65,40 @@ def find_cases(images_dir: Path, num_channels: int, file_ending: str = ".nii.gz"
     return [InputCase(p.name[:-len(file_ending)], (p,)) for p in files]
 
 
-def check_inputs(cases: Sequence[InputCase], num_channels: int) -> None:
-    """Read every header (no pixel data): readable, 3D, and the right number of channels. All problems at once."""
-    problems = []
-    for case in cases:
-        channels = 0
-        for f in case.files:
-            try:
-                header = read_header(f)
-            except AutosegError as e:
-                problems.extend(e.problems)
-                channels = None
-                break
-            if header.dimension not in (3, 4):
-                problems.append(f"{f}: {header.dimension}D image, expected 3D (or 4D with channels)")
-                channels = None
-                break
-            channels += header.channels
-        if channels is not None and channels != num_channels:
-            problems.append(f"{case.files[0]}: {channels} channel(s), the model expects {num_channels}")
-    if problems:
-        raise AutosegError(*problems)
+def check_inputs(cases: Sequence[InputCase], num_channels: int, channel_names: Sequence[str] = (),
+                 progress: bool = False, workers: int = 2) -> dict[str, tuple[str, ...]]:
+    """Read and check every case completely (:func:`autoseg.io.verify.load_and_check_images`, as ``verify`` does):
+    every file decoded, channels, their grids, finite intensities.
+
+    Returns
+    -------
+    dict
+        Case id -> its problems, one line each naming the file; only cases with problems.
+    """
+    def check(case: InputCase) -> tuple[str, tuple[str, ...]]:
+        return case.case_id, load_and_check_images(case.files, num_channels, channel_names).problems
+
+    # decoding is zlib and numpy work, which releases the GIL: threads overlap it without copying arrays around
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="autoseg-check") as pool:
+        results = list(tqdm(pool.map(check, cases), total=len(cases), desc="check inputs", unit="case",
+                            disable=not progress, dynamic_ncols=True))
+    return {cid: problems for cid, problems in results if problems}
+
+
+def check_output_dir(output_dir: Path, images_dir: Path) -> None:
+    """Refuse an output location before any work: a file, inside the input folder, or not writable."""
+    out, images = Path(output_dir), Path(images_dir)
+    if out.exists() and not out.is_dir():
+        raise AutosegError(f"{out}: output path is an existing file, not a folder")
+    resolved, inputs = out.resolve(), images.resolve()
+    if resolved == inputs or inputs in resolved.parents:
+        raise AutosegError(f"{out}: output folder is inside the input folder {images}; outputs would be mixed "
+                           f"into the inputs (choose a folder outside it)")
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    if not existing.is_dir():
+        raise AutosegError(f"{existing}: is a file, so the output folder {out} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AutosegError(f"{existing}: not writable (permission denied), so {out} cannot be written")
 
 
 def iter_logits(predictor, cases: Sequence[InputCase], desc: str = "predict", progress: bool = True
@@ -103,9 +120,12 @@ def iter_logits(predictor, cases: Sequence[InputCase], desc: str = "predict", pr
         Progress-bar label.
     """
     def load(case: InputCase):
-        image, geometry = read_image(case.files)
-        data, props = predictor.prepare(image, geometry, case.case_id)
-        return case, geometry, data, props
+        loaded = load_and_check_images(case.files, len(predictor.plans.channel_names),
+                                       predictor.plans.channel_names)
+        if loaded.problems:  # the check before prediction passed; the file changed since
+            raise AutosegError(*loaded.problems)
+        data, props = predictor.prepare(loaded.image, loaded.geometry, case.case_id)
+        return case, loaded.geometry, data, props
 
     with ThreadPoolExecutor(1, thread_name_prefix="autoseg-read") as reader:
         nxt = reader.submit(load, cases[0]) if cases else None
@@ -119,16 +139,26 @@ def iter_logits(predictor, cases: Sequence[InputCase], desc: str = "predict", pr
 
 @dataclass(frozen=True)
 class PredictSummary:
-    """What :func:`predict_folder` did: cases written and cases skipped (already present with ``continue``)."""
+    """What :func:`predict_folder` did: cases written, cases skipped (already present with ``continue``), and
+    cases refused as bad input (with ``skip_bad``: id -> problems, also in ``failures.json``)."""
 
     written: tuple[str, ...]
     skipped: tuple[str, ...]
     output_dir: Path
+    failed: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def failures_file(self) -> Path:
+        return Path(self.output_dir) / FAILURES_FILE
+
+
+#: Written by ``predict --skip-bad`` next to the predictions when some inputs were refused.
+FAILURES_FILE = "failures.json"
 
 
 def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, file_ending: str = ".nii.gz",
                    save_probabilities: bool = False, overwrite: bool = False, continue_: bool = False,
-                   progress: bool = True, postprocess=None) -> PredictSummary:
+                   progress: bool = True, postprocess=None, skip_bad: bool = False) -> PredictSummary:
     """Segment every image of ``images_dir`` into ``output_dir/<case><file_ending>`` (same geometry as the input).
 
     Reading and preprocessing of the next case and writing of the previous one run in background threads while
@@ -147,11 +177,19 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
         those cases, e.g. after an interruption).
     postprocess
         Optional ``(segmentation) -> segmentation`` applied before writing.
+    skip_bad
+        Inputs are all read and checked first (:func:`check_inputs`). By default any bad input stops the run
+        before anything is written, with one line per problem; with ``skip_bad`` the good cases are predicted and
+        the bad ones listed in ``failures.json`` (and :attr:`PredictSummary.failed`).
     """
     output_dir = Path(output_dir)
+    check_output_dir(output_dir, images_dir)
     n_channels = len(predictor.plans.channel_names)
     cases = find_cases(images_dir, n_channels, file_ending)
-    check_inputs(cases, n_channels)
+    bad = check_inputs(cases, n_channels, predictor.plans.channel_names, progress)
+    if bad and not skip_bad:
+        raise AutosegError(*[line for problems in bad.values() for line in problems])
+    cases = [c for c in cases if c.case_id not in bad]
     outputs = {c.case_id: segmentation_file(output_dir, c.case_id, file_ending) for c in cases}
     existing = [cid for cid, p in outputs.items() if p.exists()]
     if existing and not (overwrite or continue_):
@@ -180,4 +218,10 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
             written.append(case.case_id)
         if pending_write is not None:
             pending_write.result()
-    return PredictSummary(tuple(written), skipped, output_dir)
+    failures = output_dir / FAILURES_FILE
+    if bad:
+        atomic_write_text(failures, json.dumps({"failures": [
+            {"case": cid, "problems": list(problems)} for cid, problems in sorted(bad.items())]}, indent=1) + "\n")
+    elif failures.is_file():
+        failures.unlink()  # from an earlier run of this folder: every input is good now
+    return PredictSummary(tuple(written), skipped, output_dir, bad)

@@ -6,6 +6,8 @@ one place that converts. Everything else in autoseg sees spacing in numpy axis o
 
 from __future__ import annotations
 
+import errno
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -167,7 +169,10 @@ def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
 def _atomic_write_image(img: sitk.Image, path: Path, compress: bool) -> None:
     # the temporary name keeps the real ending so SimpleITK picks the same writer
     with atomic_path(Path(path), keep_suffix=True) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=compress)
+        try:
+            sitk.WriteImage(img, str(tmp), useCompression=compress)
+        except RuntimeError as e:  # ITK's write errors (disk full ...) as the OSError they are, naming the file
+            raise OSError(errno.EIO, f"cannot be written ({itk_error_reason(e)})", str(path)) from None
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: Path, compress: bool = True) -> None:

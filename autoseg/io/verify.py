@@ -27,6 +27,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -110,33 +111,115 @@ def load_and_check_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> Loa
         problems.append(f"{paths[0] if paths else raw_dir}: case {case.case_id!r} has {len(paths)} image files "
                         f"but dataset.json declares {n} channels")
         return LoadedCase(None, None, None, tuple(problems))
-
-    # --- headers ------------------------------------------------------------------------------------------------
-    images = [_header(p, problems) for p in paths]
     label = _header(raw_dir / case.label, problems) if case.label is not None else None
-    channels_ok = all(f is not None for f in images)
-    for f in images:
-        if f is not None and not _channels_match(f, n, len(paths), spec.channel_names, problems):
-            channels_ok = False
+    images, image = _load_images(paths, n, spec.channel_names, "dataset.json declares", problems)
     ref = images[0]
-    for f in images[1:]:
-        if ref is not None and f is not None:
-            _compare_grids(f, ref, f"channel 0 file ({ref.path.name})", problems)
     if label is not None:
         if label.dimension != 3:
             problems.append(f"{label.path}: label map is {label.dimension}D "
                             f"({_fmt_size(label.size)} x {label.channels}), expected 3D")
         elif ref is not None:
             _compare_grids(label, ref, f"image ({ref.path.name})", problems)
+    label_arr = None
+    if label is not None and label.dimension == 3:
+        label.array = _pixels(label, problems)
+        if label.array is not None:
+            label_arr = _check_label(label, spec.labels, problems)
+    return LoadedCase(image, label_arr, ref.geometry if ref is not None else None, tuple(problems))
 
-    # --- pixel data, read once ----------------------------------------------------------------------------------
-    for f in images + ([label] if label is not None and label.dimension == 3 else []):
+
+def load_and_check_images(paths: Sequence[Path], num_channels: int, channel_names: Sequence[str] = (),
+                          expected_by: str = "the model expects") -> LoadedCase:
+    """Read one case's image channels completely and check them, as :func:`load_and_check_case` checks a training
+    case's images: readable, fully decodable (truncated or corrupt files are caught), 3D (or one 4D file holding
+    every channel), the right number of channels, the channels on one voxel grid, finite intensities.
+
+    Parameters
+    ----------
+    paths
+        One 3D file per channel, or one 4D file with every channel.
+    num_channels, channel_names
+        What the dataset (or model) declares.
+    expected_by
+        Who declares it, for the messages (``"the model expects"``, ``"dataset.json declares"``).
+
+    Returns
+    -------
+    LoadedCase
+        ``image`` ``(C, z, y, x)`` float32 and ``geometry`` of the first file when ``problems`` is empty; never
+        raises for a bad file.
+    """
+    problems: list[str] = []
+    paths = [Path(p) for p in paths]
+    if len(paths) not in (1, num_channels):
+        return LoadedCase(None, None, None, (f"{paths[0]}: {len(paths)} image files for one case, {expected_by} "
+                                             f"{num_channels} channel(s)",))
+    images, image = _load_images(paths, num_channels, tuple(channel_names), expected_by, problems)
+    ref = images[0]
+    return LoadedCase(image if not problems else None, None, ref.geometry if ref is not None else None,
+                      tuple(problems))
+
+
+def array_problems(image, spacing: Sequence[float], num_channels: int, where: str) -> list[str]:
+    """What is wrong with an image given as an array (the Python API, a server request), one line each naming
+    ``where``; the checks :func:`load_and_check_images` makes of files.
+
+    Parameters
+    ----------
+    image
+        ``(C, z, y, x)`` intensities.
+    spacing
+        ``(z, y, x)`` mm.
+    num_channels
+        What the model expects.
+
+    Examples
+    --------
+    >>> array_problems(np.zeros((1, 4, 4, 4), np.float32), (1, 1, 1), 1, "case")
+    []
+    >>> array_problems(np.full((2, 4, 4, 4), np.nan, np.float32), (1, 1, 0), 1, "case")  # doctest: +NORMALIZE_WHITESPACE
+    ['case: 2 channel(s), the model expects 1', 'case: image contains 128 NaN voxel values (of 128); intensities
+    must be finite', 'case: spacing (1, 1, 0) mm (z,y,x) must be positive and finite']
+    """
+    arr = np.asarray(image)
+    if arr.ndim != 4:
+        return [f"{where}: array of shape {arr.shape}, expected (C, z, y, x) with C = {num_channels}"]
+    problems = []
+    if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)):
+        return [f"{where}: array of type {arr.dtype}, expected real numbers"]
+    if arr.shape[0] != num_channels:
+        problems.append(f"{where}: {arr.shape[0]} channel(s), the model expects {num_channels}")
+    if 0 in arr.shape:
+        problems.append(f"{where}: empty image (shape {arr.shape})")
+    elif np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        parts = [f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else ""]
+        problems.append(f"{where}: image contains {' and '.join(p for p in parts if p)} voxel values "
+                        f"(of {arr.size}); intensities must be finite")
+    sp = np.asarray(spacing, dtype=np.float64)
+    if sp.shape != (3,) or not (np.isfinite(sp).all() and (sp > 0).all()):
+        problems.append(f"{where}: spacing {_fmt(sp.ravel())} mm (z,y,x) must be positive and finite")
+    return problems
+
+
+def _load_images(paths: Sequence[Path], n: int, names: tuple[str, ...], expected_by: str, problems: list[str]
+                 ) -> tuple[list[_File | None], np.ndarray | None]:
+    """Headers, channel count, channel grids, then the voxels (read once) and their finiteness; the assembled
+    ``(C, z, y, x)`` float32 image when every channel could be read."""
+    images = [_header(p, problems) for p in paths]
+    channels_ok = all(f is not None for f in images)
+    for f in images:
+        if f is not None and not _channels_match(f, n, len(paths), names, problems, expected_by):
+            channels_ok = False
+    ref = images[0]
+    for f in images[1:]:
+        if ref is not None and f is not None:
+            _compare_grids(f, ref, f"channel 0 file ({ref.path.name})", problems)
+    for f in images:
         if f is not None:
             f.array = _pixels(f, problems)
-    for f in images:
-        if f is not None and f.array is not None:
-            _check_finite(f, problems)
-
+            if f.array is not None:
+                _check_finite(f, problems)
     image = None
     if channels_ok and all(f.array is not None for f in images):
         parts = [f.array if f.dimension == 4 else f.array[None] for f in images]
@@ -144,10 +227,7 @@ def load_and_check_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> Loa
             image = parts[0].astype(np.float32, copy=False)
         elif len({p.shape[1:] for p in parts}) == 1:
             image = np.concatenate(parts).astype(np.float32, copy=False)
-    label_arr = None
-    if label is not None and label.array is not None:
-        label_arr = _check_label(label, spec.labels, problems)
-    return LoadedCase(image, label_arr, ref.geometry if ref is not None else None, tuple(problems))
+    return images, image
 
 
 def check_test_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> LoadedCase:
@@ -165,7 +245,7 @@ def check_test_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> LoadedC
 def _header(path: Path, problems: list[str]) -> _File | None:
     """Header of one file via ``ReadImageInformation``; ``None`` (after reporting) when unusable."""
     if not path.is_file():
-        problems.append(f"{path}: file not found")
+        problems.append(f"{path}: {'a folder, not an image file' if path.is_dir() else 'file not found'}")
         return None
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -194,9 +274,10 @@ def _header(path: Path, problems: list[str]) -> _File | None:
     return _File(path, dim, tuple(int(s) for s in size[:3][::-1]), int(size[3]) if dim == 4 else 1, geometry)
 
 
-def _channels_match(f: _File, n: int, nfiles: int, names: tuple[str, ...], problems: list[str]) -> bool:
+def _channels_match(f: _File, n: int, nfiles: int, names: tuple[str, ...], problems: list[str],
+                    expected_by: str = "dataset.json declares") -> bool:
     """One file per channel: each 3D. One file for several channels: 4D with exactly ``n`` channels."""
-    declared = f"dataset.json declares {n} channel{'s' if n > 1 else ''} ({', '.join(names)})"
+    declared = f"{expected_by} {n} channel{'s' if n > 1 else ''}" + (f" ({', '.join(names)})" if names else "")
     if nfiles == n and n > 1 and f.dimension == 4:
         problems.append(f"{f.path}: 4D image with {f.channels} channels, but each channel file must be 3D "
                         f"({declared}, one file each)")

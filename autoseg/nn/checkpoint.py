@@ -101,3 +101,27 @@ def load_checkpoint(path: Path, plans_sha256: str | None = None, map_location: s
 def to_json_field(obj: Any) -> str:
     """Store structured metadata as a JSON string inside the checkpoint (loadable with ``weights_only``)."""
     return json.dumps(obj)
+
+
+def check_weights(state: Any, network: torch.nn.Module, where: str) -> None:
+    """Refuse network weights that do not fit ``network``: not a mapping of tensors, a tensor missing or extra,
+    or one of another shape (one line naming ``where`` and the first such tensor).
+
+    Raises
+    ------
+    AutosegError
+    """
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise AutosegError(f"{where}: the checkpoint's model is not a set of named tensors")
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        what = (f"lacks {len(missing)} tensor(s) of the plans' network (e.g. {missing[0]})" if missing else
+                f"holds {len(extra)} tensor(s) the plans' network does not have (e.g. {extra[0]})")
+        raise AutosegError(f"{where}: {what}")
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape) or state[k].dtype.is_floating_point != v.dtype.is_floating_point:
+            raise AutosegError(f"{where}: tensor {k} has shape {tuple(state[k].shape)} ({state[k].dtype}), the "
+                               f"plans' network needs {tuple(v.shape)} ({v.dtype})")

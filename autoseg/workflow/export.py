@@ -183,6 +183,21 @@ def _spec_without_raw_dir(data: bytes) -> str | None:
         return None
 
 
+def _check_checkpoints(archive: ModelArchive) -> None:
+    """Load every checkpoint of the zip the safe way (weights only: a pickle that would run code is refused) and
+    check its tensors against the network its plans describe, before anything is written."""
+    from autoseg.nn.checkpoint import check_weights, load_checkpoint_bytes
+    from autoseg.nn.unet import build_network
+
+    plans = archive.plans
+    for config, folds in archive.manifest.folds.items():
+        plan = plans.configurations[config]
+        network = build_network(plan.architecture, plans.input_channels(config), len(plans.labels))
+        for fold in folds:
+            ckpt = load_checkpoint_bytes(*archive.checkpoint_bytes(config, fold), archive.manifest.plans_sha256)
+            check_weights(ckpt.get("model"), network, f"{archive.path}:{checkpoint_member(config, fold)}")
+
+
 def import_model(zip_path: Path, workspace: Path, overwrite: bool = False) -> ImportResult:
     """Unpack an exported model into ``workspace/<dataset>/`` so that ``autoseg predict`` works there.
 
@@ -203,6 +218,7 @@ def import_model(zip_path: Path, workspace: Path, overwrite: bool = False) -> Im
     zip_path = Path(zip_path)
     with ModelArchive(zip_path) as archive:
         manifest = archive.manifest
+        _check_checkpoints(archive)
         paths = Workspace(Path(workspace)).dataset(manifest.dataset)
         members = sorted(manifest.files, key=lambda n: (n == "plans.json", n))  # the plans last
         conflicts, unchanged = [], []

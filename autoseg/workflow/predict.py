@@ -94,7 +94,7 @@ def load_predictor(ctx: DatasetContext, configuration: str = DEFAULT_CONFIGURATI
 def predict(ctx: DatasetContext, images_dir: Path, output_dir: Path, configuration: str | None = None,
             folds: Sequence[str] | None = None, save_probabilities: bool = False, step: float = 0.5,
             tta: bool = True, overwrite: bool = False, continue_: bool = False, device: str = "auto",
-            precision: str = "auto", progress: bool = True) -> PredictSummary:
+            precision: str = "auto", progress: bool = True, skip_bad: bool = False) -> PredictSummary:
     """Segment every image in ``images_dir`` into ``output_dir`` (see :func:`autoseg.api.predict`)."""
     configuration = configuration or default_configuration(ctx)
     postprocess = None
@@ -106,4 +106,4 @@ def predict(ctx: DatasetContext, images_dir: Path, output_dir: Path, configurati
             postprocess = partial(apply_postprocessing, pp=pp)
     predictor = load_predictor(ctx, configuration, folds, device, precision, step, tta)
     return predict_folder(predictor, Path(images_dir), Path(output_dir), ctx.spec.file_ending, save_probabilities,
-                          overwrite, continue_, progress, postprocess=postprocess)
+                          overwrite, continue_, progress, postprocess=postprocess, skip_bad=skip_bad)
