@@ -159,9 +159,12 @@ def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
         with open(tmp, "rb+") as f:  # the writer may not have synced: order the data before the rename
             os.fsync(f.fileno())
         publish(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            # a full disk fails in f.write, which names no file: name the one being written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 

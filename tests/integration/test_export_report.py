@@ -3,6 +3,7 @@ fold report. One tiny model is trained once for the module (about 10 s on an idl
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import zipfile
@@ -160,6 +161,61 @@ def test_damaged_zip_is_rejected_naming_it(exported, tmp_path, capsys, damage, m
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and message in err[0] and "Traceback" not in err[0]
     assert not ws.exists()  # nothing written
+
+
+class _RunsCode:
+    """Unpickling this would call ``os.system``: what a hostile checkpoint carries."""
+
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/autoseg-pwned",))
+
+
+def _consistent(src: Path, dst: Path, member: str, data: bytes) -> Path:
+    """A zip whose ``member`` is replaced and whose manifest lists the new sha256: the hashes all agree, so only
+    loading the checkpoint can tell."""
+    manifest = json.loads(zipfile.ZipFile(src).read("manifest.json"))
+    manifest["files"][member] = hashlib.sha256(data).hexdigest()
+    return _rewrite(src, dst, lambda n, d: data if n == member else
+                    (json.dumps(manifest).encode() if n == "manifest.json" else d))
+
+
+@pytest.mark.parametrize("payload, message", [
+    ("code", "not a readable checkpoint"),
+    ("shapes", "the plans' network needs"),
+    ("missing", "lacks"),
+    ("not tensors", "not a set of named tensors"),
+])
+def test_import_loads_every_checkpoint_safely_and_checks_its_tensors(exported, tmp_path, capsys, payload,
+                                                                     message):
+    import io
+    import pickle
+
+    from autoseg.nn.checkpoint import checkpoint_bytes
+
+    member = "models/3d_fullres/fold_0/checkpoint_final.pt"
+    with ModelArchive(exported) as archive:
+        good = load_checkpoint_bytes(*archive.checkpoint_bytes("3d_fullres", "0"))
+    if payload == "code":
+        buf = io.BytesIO()
+        torch.save({"format": "autoseg-checkpoint", "version": 1, "model": _RunsCode()}, buf,
+                   pickle_protocol=pickle.HIGHEST_PROTOCOL)
+        data = buf.getvalue()
+    else:
+        model = dict(good["model"])
+        first = next(iter(model))
+        if payload == "shapes":
+            model[first] = torch.zeros(3, 3)
+        elif payload == "missing":
+            del model[first]
+        else:
+            model[first] = "weights"
+        data = checkpoint_bytes({k: v for k, v in good.items() if k not in ("format", "version")} | {"model": model})
+    bad = _consistent(exported, tmp_path / "bad.zip", member, data)
+    ws = tmp_path / "ws"
+    assert main(["import", str(bad), "-w", str(ws)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{bad}:{member}" in err[0] and message in err[0], err
+    assert not ws.exists() and not Path("/tmp/autoseg-pwned").exists()
 
 
 def test_pretrained_loads_matching_tensors_and_skips_heads_for_other_labels(trained, exported):
