@@ -81,10 +81,14 @@ class JsonlLogCallback(Callback):
         atomic_write_text(self.path, "".join(json.dumps(to_jsonable(e)) + "\n" for e in kept))
 
     def on_epoch_end(self, trainer: Trainer, log: EpochLog) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(to_jsonable(log)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        # appended, not rewritten: a line cut by a kill or a full disk is dropped when the run resumes
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(to_jsonable(log)) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise OSError(e.errno, e.strerror or str(e), str(self.path)) from e
 
 
 class ProgressPlotCallback(Callback):
