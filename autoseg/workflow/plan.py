@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoseg.data.splits import load_or_create_splits
 from autoseg.errors import AutosegError, option
@@ -22,9 +23,11 @@ from autoseg.schema.base import load_json, save_json, sha256_of
 from autoseg.schema.dataset import DatasetSpec
 from autoseg.schema.fingerprint import Fingerprint
 from autoseg.schema.plans import Plans
-from autoseg.training.calibration import Throughput, cached_throughput
 from autoseg.workflow.context import DEFAULT_CONFIGURATION, DatasetContext
 from autoseg.workspace import DatasetPaths, Workspace
+
+if TYPE_CHECKING:
+    from autoseg.training.calibration import Throughput
 
 
 @dataclass(frozen=True)
@@ -158,8 +161,10 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
     return PlanResult(plans, paths, reused, pre)
 
 
-def device_throughput(workspace: Path, device: str = "auto") -> Throughput:
+def device_throughput(workspace: Path, device: str = "auto") -> "Throughput":
     """The device's training throughput, measured once per machine and device and cached in the workspace."""
+    from autoseg.training.calibration import cached_throughput  # torch: only when a budget needs it
+
     return cached_throughput(Workspace(Path(workspace)).calibration, device)[0]
 
 
