@@ -68,6 +68,9 @@ def main() -> None:
     for ws in (scratch_ws, tuned_ws):
         shutil.rmtree(ws, ignore_errors=True)
     results.append(run(la, scratch_ws, args.la_minutes, "LA2018 from scratch"))
+    # the same measured throughput for both, so both get the same plan (a second calibration could differ a little)
+    tuned_ws.mkdir(parents=True)
+    shutil.copy(scratch_ws / "calibration.json", tuned_ws / "calibration.json")
     results.append(run(la, tuned_ws, args.la_minutes, "LA2018 from the Hippocampus model",
                        pretrained=str(zip_path), freeze_encoder_epochs=args.freeze_encoder_epochs))
     report = load_json(TransferReport, tuned_ws / "LA2018" / "models" / "3d_fullres" / "fold_0" /
