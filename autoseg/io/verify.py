@@ -191,11 +191,8 @@ def array_problems(image, spacing: Sequence[float], num_channels: int, where: st
         problems.append(f"{where}: {arr.shape[0]} channel(s), the model expects {num_channels}")
     if 0 in arr.shape:
         problems.append(f"{where}: empty image (shape {arr.shape})")
-    elif np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
-        parts = [f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else ""]
-        problems.append(f"{where}: image contains {' and '.join(p for p in parts if p)} voxel values "
-                        f"(of {arr.size}); intensities must be finite")
+    else:
+        _check_finite(arr, where, problems)
     sp = np.asarray(spacing, dtype=np.float64)
     if sp.shape != (3,) or not (np.isfinite(sp).all() and (sp > 0).all()):
         problems.append(f"{where}: spacing {_fmt(sp.ravel())} mm (z,y,x) must be positive and finite")
@@ -219,7 +216,7 @@ def _load_images(paths: Sequence[Path], n: int, names: tuple[str, ...], expected
         if f is not None:
             f.array = _pixels(f, problems)
             if f.array is not None:
-                _check_finite(f, problems)
+                _check_finite(f.array, f.path, problems)
     image = None
     if channels_ok and all(f.array is not None for f in images):
         parts = [f.array if f.dimension == 4 else f.array[None] for f in images]
@@ -485,14 +482,14 @@ def _one_line(e: BaseException) -> str:
     return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
 
 
-def _check_finite(f: _File, problems: list[str]) -> None:
-    arr = f.array
+def _check_finite(arr: np.ndarray, where, problems: list[str]) -> None:
+    """One line for ``where`` when a float image holds NaN or infinite voxels."""
     if not np.issubdtype(arr.dtype, np.floating) or np.isfinite(arr).all():
         return
     n_nan = int(np.isnan(arr).sum())
     n_inf = int(np.isinf(arr).sum())
     parts = [f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else ""]
-    problems.append(f"{f.path}: image contains {' and '.join(p for p in parts if p)} voxel values "
+    problems.append(f"{where}: image contains {' and '.join(p for p in parts if p)} voxel values "
                     f"(of {arr.size}); intensities must be finite")
 
 
