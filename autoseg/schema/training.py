@@ -26,6 +26,9 @@ class TrainConfig:
         Patches per step; ``None`` takes the plans' batch size.
     learning_rate, momentum, weight_decay, poly_exponent, grad_clip
         SGD with Nesterov momentum, poly learning-rate decay, gradient-norm clip.
+    warmup_fraction
+        Share of the epochs over which the learning rate ramps up linearly before the poly decay (0: nnU-Net's
+        schedule).
     oversample_foreground
         Fraction of every batch forced to contain foreground.
     deep_supervision
@@ -70,6 +73,7 @@ class TrainConfig:
     weight_decay: float = 3e-5
     poly_exponent: float = 0.9
     grad_clip: float = 12.0
+    warmup_fraction: float = 0.0
     oversample_foreground: float = 0.33
     deep_supervision: bool = True
     seed: int = 12345

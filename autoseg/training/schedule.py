@@ -13,6 +13,27 @@ def poly_lr(initial: float, epoch: int, total_epochs: int, exponent: float = 0.9
     return initial * (1.0 - epoch / total_epochs) ** exponent
 
 
+def learning_rate(initial: float, epoch: int, total_epochs: int, exponent: float = 0.9,
+                  warmup_fraction: float = 0.0) -> float:
+    """Poly decay after a linear warm-up over the first ``warmup_fraction`` of the epochs.
+
+    The warm-up lets the momentum buffer and the normalisation statistics settle before full steps are taken;
+    a function of the epoch alone, so a resumed run follows the same curve.
+
+    Examples
+    --------
+    >>> learning_rate(0.01, 0, 10)
+    0.01
+    >>> round(learning_rate(0.01, 0, 10, warmup_fraction=0.2), 5)  # 2 warm-up epochs: 1/3, 2/3, then poly
+    0.00333
+    >>> round(learning_rate(0.01, 2, 10, warmup_fraction=0.2), 5) == round(poly_lr(0.01, 2, 10), 5)
+    True
+    """
+    warmup = math.ceil(warmup_fraction * total_epochs) if warmup_fraction > 0 else 0
+    ramp = min(1.0, (epoch + 1) / (warmup + 1))
+    return ramp * poly_lr(initial, epoch, total_epochs, exponent)
+
+
 @dataclass(frozen=True)
 class BudgetPlan:
     """How a wall-clock budget is spent.

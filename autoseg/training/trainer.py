@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from autoseg.schema.training import EpochLog, TrainConfig
-from autoseg.training.schedule import epochs_that_fit, plan_budget, poly_lr
+from autoseg.training.schedule import epochs_that_fit, learning_rate, plan_budget
 
 #: Training steps timed before a time budget fixes the epoch length (the first is discarded as warm-up).
 CALIBRATION_STEPS = 4
@@ -198,7 +198,8 @@ class Trainer:
         st, cfg = self.state, self.config
         if self.frozen:
             self._freeze(st.epoch < cfg.freeze_encoder_epochs)
-        lr = poly_lr(cfg.learning_rate, st.epoch, st.total_epochs, cfg.poly_exponent)
+        lr = learning_rate(cfg.learning_rate, st.epoch, st.total_epochs, cfg.poly_exponent,
+                           cfg.warmup_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
