@@ -42,8 +42,8 @@ def preprocess(workspace: Path, dataset: str, configs: list[str] | None = None, 
 
 def evaluate(pred_dir: Path, gt_dir: Path, workspace: Path | None = None, dataset: str | None = None,
              num_workers: int | None = None, labels: list[int | str] | None = None, output: Path | None = None,
-             nsd_tolerance_mm: float = 1.0, progress: bool = True, predicted_only: bool = False
-             ) -> EvaluationSummary:
+             nsd_tolerance_mm: float = 1.0, progress: bool = True, predicted_only: bool = False,
+             roi_dir: Path | None = None) -> EvaluationSummary:
     """Evaluate predicted label maps against references; writes ``summary.json`` (default in ``pred_dir``).
 
     Parameters
@@ -64,10 +64,14 @@ def evaluate(pred_dir: Path, gt_dir: Path, workspace: Path | None = None, datase
         Tolerance of the normalised surface Dice, mm.
     progress
         Show a progress bar.
-    """
-    from autoseg.evaluation.folder import evaluate_folder
+    roi_dir
+        Region-of-interest masks ``<case><ending>``: scores are computed inside them only.
 
-    label_names, file_ending = None, ".nii.gz"
+    Without ``dataset`` the file ending is the one most reference files have.
+    """
+    from autoseg.evaluation.folder import evaluate_folder, reference_ending
+
+    label_names, file_ending = None, reference_ending(Path(gt_dir))
     if dataset is not None:
         if workspace is None:
             raise AutosegError(f"dataset '{dataset}' given without a workspace to find it in")
@@ -77,7 +81,7 @@ def evaluate(pred_dir: Path, gt_dir: Path, workspace: Path | None = None, datase
             labels = list(range(1, len(label_names)))
     return evaluate_folder(Path(pred_dir), Path(gt_dir), labels, num_workers, file_ending, label_names=label_names,
                            nsd_tolerance_mm=nsd_tolerance_mm, output=output, progress=progress,
-                           predicted_only=predicted_only)
+                           predicted_only=predicted_only, roi=roi_dir)
 
 
 def train(workspace: Path, dataset: str, configuration: str, fold: str = "0", device: str = "auto",
@@ -156,7 +160,7 @@ def load_predictor(workspace: Path, dataset: str, configuration: str = DEFAULT_C
 def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, configuration: str | None = None,
             folds: list[str] | None = None, save_probabilities: bool = False, step: float = 0.5, tta: bool = True,
             overwrite: bool = False, continue_: bool = False, device: str = "auto", precision: str = "auto",
-            progress: bool = True, skip_bad: bool = False):
+            progress: bool = True, skip_bad: bool = False, roi_dir: Path | None = None):
     """Segment every image in ``images_dir`` into ``output_dir`` with the averaged folds of a configuration.
 
     ``configuration="best"`` uses ``best.json``: one configuration, or two whose probabilities are averaged in the
@@ -164,12 +168,15 @@ def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, c
     exists, else ``"3d_fullres"``. Returns an :class:`autoseg.inference.run.PredictSummary`. Existing outputs are
     never replaced unless ``overwrite``; ``continue_`` skips them. Every input is read and checked first: a bad
     one stops the run before anything is written, unless ``skip_bad`` (the good ones are predicted, the bad ones
-    listed in ``failures.json`` and the summary's ``failed``).
+    listed in ``failures.json`` and the summary's ``failed``). ``roi_dir``: region-of-interest masks
+    ``<case><ending>``, background outside them. 2D images are written in their own format (JPEG as PNG), with
+    the source label values of a converted dataset (``autoseg convert``).
     """
     from autoseg.workflow.predict import predict as _predict
 
     return _predict(load_context(workspace, dataset), images_dir, output_dir, configuration, folds,
-                    save_probabilities, step, tta, overwrite, continue_, device, precision, progress, skip_bad)
+                    save_probabilities, step, tta, overwrite, continue_, device, precision, progress, skip_bad,
+                    roi_dir)
 
 
 def demo(workspace: Path, seed: int = 0, budget_minutes: float = 3.0, configuration: str = "3d_fullres",

@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("-o", "--output", type=Path, default=None, help="summary file (default: PRED_DIR/summary.json)")
     ev.add_argument("--nsd-tolerance", type=float, default=1.0, metavar="MM",
                     help="tolerance of the normalised surface Dice, mm (default 1)")
+    ev.add_argument("--roi", type=Path, default=None, metavar="DIR",
+                    help="region-of-interest masks <case><ending> (nonzero inside): score inside them only")
 
     t = sub.add_parser("train", help="train a configuration's fold (resumable, extendable, time-budgeted)")
     t.add_argument("dataset", metavar="DATASET")
@@ -151,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--skip-bad", action="store_true",
                     help="predict the good inputs when some are bad (default: stop before writing anything); the "
                          "bad ones are listed in OUT_DIR/failures.json and the exit code is 3")
+    pr.add_argument("--roi", type=Path, default=None, metavar="DIR",
+                    help="region-of-interest masks <case><ending> (nonzero inside), one per image: background "
+                         "is written outside them")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
 
@@ -244,7 +249,8 @@ def _cmd_evaluate(args) -> int:
 
     summary = api.evaluate(args.pred_dir, args.gt_dir, workspace=args.workspace, dataset=args.dataset,
                            num_workers=args.workers, labels=args.labels, output=args.output,
-                           nsd_tolerance_mm=args.nsd_tolerance, predicted_only=args.predicted_only)
+                           nsd_tolerance_mm=args.nsd_tolerance, predicted_only=args.predicted_only,
+                           roi_dir=args.roi)
     print(summary_table(summary))
     print(f"\nwrote {args.output or args.pred_dir / 'summary.json'}")
     return 0
@@ -305,7 +311,7 @@ def _cmd_predict(args) -> int:
     print(api.describe_configuration(args.workspace, args.dataset, args.config))
     r = api.predict(args.workspace, args.dataset, args.input, args.output, args.config, args.folds,
                     args.save_probabilities, args.step, not args.no_tta, args.overwrite, args.continue_,
-                    args.device, args.precision, skip_bad=args.skip_bad)
+                    args.device, args.precision, skip_bad=args.skip_bad, roi_dir=args.roi)
     print(f"wrote {len(r.written)} segmentation(s) to {r.output_dir}"
           + (f"; skipped {len(r.skipped)} already present" if r.skipped else ""))
     if r.failed:

@@ -9,6 +9,11 @@ Anatomy
     A smoothly deformed ellipsoidal body with a thin fat rim, zero (MRI) or air (CT, -1000 HU) outside, a spine-like
     bone cylinder in CT, and ``num_organs`` organs of clearly different sizes at jittered positions. Later organs may
     carve into earlier ones; every organ has voxels in every case.
+``anatomy="fundus"``
+    A 2D colour photograph (``shape`` ``(1, y, x)``, channels R, G, B, 8-bit values) of a retina-like disc inside a
+    round field of view, black outside it: branching dark vessels (label 1) grow from a bright optic disc (label 2
+    when ``num_organs`` is 2). Written as PNG files with the field of view as region-of-interest masks
+    (``roiTr``/``roiTs``), in nnU-Net v2 layout.
 ``anatomy="brain"``
     A deformed ellipsoidal brain, exactly zero outside (as after skull stripping), with ``num_organs`` nested
     tumour-like classes: the region of label ``>= k`` lies inside the region of label ``>= k - 1``, wrapped by at
@@ -62,6 +67,8 @@ _TUMOUR_CONTRAST = (
     (-0.20, -0.45, -0.40, 0.65),
 )
 
+_FUNDUS = ("vessel", "optic disc")
+
 _FAT_RIM = 0.08  # fat rim thickness as a fraction of the body radius
 _MIN_RADIUS_VOX = 1.5  # keeps the smallest structure present on tiny grids
 
@@ -94,7 +101,8 @@ class SyntheticSpec:
     oblique
         Non-identity direction cosines and a non-zero origin, to exercise geometry handling.
     anatomy
-        ``"body"`` (separate organs) or ``"brain"`` (nested tumour-like classes, zero outside the brain).
+        ``"body"`` (separate organs), ``"brain"`` (nested tumour-like classes, zero outside the brain) or
+        ``"fundus"`` (2D colour photographs with vessels; see the module notes).
     """
 
     name: str = "Synthetic"
@@ -114,12 +122,17 @@ class SyntheticSpec:
         problems = []
         if self.layout not in ("msd", "nnunetv2"):
             problems.append(f"layout must be 'msd' or 'nnunetv2', got {self.layout!r}")
-        if self.anatomy not in ("body", "brain"):
-            problems.append(f"anatomy must be 'body' or 'brain', got {self.anatomy!r}")
-        max_organs = len(_ORGANS) if self.anatomy == "body" else len(_TUMOUR)
+        if self.anatomy not in ("body", "brain", "fundus"):
+            problems.append(f"anatomy must be 'body', 'brain' or 'fundus', got {self.anatomy!r}")
+        max_organs = {"body": len(_ORGANS), "brain": len(_TUMOUR)}.get(self.anatomy, len(_FUNDUS))
         if not 1 <= self.num_organs <= max_organs:
             problems.append(f"num_organs must be 1..{max_organs} for anatomy {self.anatomy!r}, got {self.num_organs}")
-        if len(self.shape) != 3 or min(self.shape) < 8:
+        if self.anatomy == "fundus":
+            if len(self.shape) != 3 or self.shape[0] != 1 or min(self.shape[1:]) < 32:
+                problems.append(f"a fundus image has shape (1, y, x) with y, x >= 32, got {self.shape}")
+            if self.layout != "nnunetv2" or tuple(self.channels) != ("R", "G", "B"):
+                problems.append("a fundus dataset is written in nnU-Net v2 layout with channels R, G, B")
+        elif len(self.shape) != 3 or min(self.shape) < 8:
             problems.append(f"shape must be three sizes >= 8 voxels, got {self.shape}")
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             problems.append(f"spacing must be three positive sizes in mm, got {self.spacing}")
@@ -135,7 +148,7 @@ class SyntheticSpec:
 
 def label_names(spec: SyntheticSpec) -> tuple[str, ...]:
     """Names of the foreground classes 1..num_organs, in label order."""
-    table = [o[0] for o in _ORGANS] if spec.anatomy == "body" else list(_TUMOUR)
+    table = {"body": [o[0] for o in _ORGANS], "brain": list(_TUMOUR)}.get(spec.anatomy, list(_FUNDUS))
     return tuple(table[: spec.num_organs])
 
 
@@ -266,6 +279,9 @@ def make_case(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, 
         Spacing ``(z, y, x)`` mm, origin and direction in ITK ``(x, y, z)`` order.
     """
     rng = np.random.default_rng([spec.seed, index])
+    if spec.anatomy == "fundus":
+        image, label, geometry, _ = fundus_case(spec, index)
+        return image, label, geometry
     shape, geometry = _case_grid(spec, rng)
     half = (np.array(shape, float) - 1) / 2
     grid = [(np.arange(n, dtype=np.float32) - h) / h for n, h in zip(shape, half)]  # [-1, 1] per axis
@@ -349,6 +365,88 @@ def make_case(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, 
     return image, label, geometry
 
 
+def fundus_case(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, Geometry, np.ndarray]:
+    """One 2D colour fundus-like photograph (``spec.anatomy == "fundus"``), from ``(spec.seed, index)``.
+
+    Returns
+    -------
+    image
+        ``(3, 1, y, x)`` float32 holding integer R, G, B values in [0, 255], black outside the field of view.
+    label
+        ``(1, y, x)`` uint8: 1 vessels, 2 optic disc (with ``num_organs`` 2), 0 elsewhere.
+    geometry
+        1 x 1 mm pixels (:meth:`Geometry.of_2d`).
+    roi
+        ``(1, y, x)`` uint8: 1 inside the round field of view.
+    """
+    rng = np.random.default_rng([spec.seed, index])
+    h, w = (max(32, int(round(n * rng.uniform(0.9, 1.1)))) for n in spec.shape[1:])
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = (h - 1) / 2 + rng.uniform(-0.03, 0.03) * h, (w - 1) / 2 + rng.uniform(-0.03, 0.03) * w
+    radius = 0.46 * min(h, w) * rng.uniform(0.95, 1.02)
+    fov = (yy - cy) ** 2 + (xx - cx) ** 2 < radius ** 2
+    # optic disc off centre, on a random side
+    side = rng.choice([-1.0, 1.0])
+    dy, dx = cy + rng.uniform(-0.1, 0.1) * radius, cx + side * rng.uniform(0.45, 0.6) * radius
+    disc_r = radius * rng.uniform(0.12, 0.16)
+    disc = ((yy - dy) ** 2 + (xx - dx) ** 2 < disc_r ** 2) & fov
+    # vessels: smooth random walks from the disc, branching, thinning as they go
+    vessels = np.zeros((h, w), bool)
+    seeds = [(dy, dx, rng.uniform(0, 2 * np.pi), max(1.2, radius / 40)) for _ in range(int(rng.integers(6, 10)))]
+    while seeds:
+        y, x, angle, width = seeds.pop()
+        for _step in range(int(radius * 1.6)):
+            angle += rng.normal(0, 0.12)
+            y, x = y + np.sin(angle), x + np.cos(angle)
+            if not (0 <= y < h and 0 <= x < w) or (y - cy) ** 2 + (x - cx) ** 2 > radius ** 2:
+                break
+            r = int(np.ceil(width))
+            y0, y1, x0, x1 = max(0, int(y) - r), min(h, int(y) + r + 1), max(0, int(x) - r), min(w, int(x) + r + 1)
+            vessels[y0:y1, x0:x1] |= (yy[y0:y1, x0:x1] - y) ** 2 + (xx[y0:y1, x0:x1] - x) ** 2 <= width ** 2
+            if width > 0.9 and rng.random() < 0.015:
+                seeds.append((y, x, angle + rng.choice([-1, 1]) * rng.uniform(0.4, 0.9), width * 0.7))
+            width = max(0.6, width * 0.997)
+    vessels &= fov
+    label = np.zeros((h, w), np.uint8)
+    label[vessels] = 1
+    if spec.num_organs >= 2:
+        label[disc & ~vessels] = 2
+    # colours: orange-red retina, brighter towards the centre; dark red vessels; pale yellow disc
+    shade = 1.0 - 0.35 * ((yy - cy) ** 2 + (xx - cx) ** 2) / radius ** 2
+    base = np.array([175.0, 80.0, 35.0]) * rng.uniform(0.85, 1.15, 3)
+    image = base[:, None, None] * shade[None] * (1 + 0.05 * _texture(rng, (1, h, w))[0][None])
+    image[:, vessels] *= np.array([0.62, 0.45, 0.55])[:, None] * rng.uniform(0.9, 1.1)
+    image[:, disc & ~vessels] = (np.array([235.0, 200.0, 120.0]) * rng.uniform(0.9, 1.05))[:, None]
+    image = ndi.gaussian_filter(image, (0, 0.7, 0.7)) + rng.normal(0, 4.0, image.shape)
+    image[:, ~fov] = rng.uniform(0, 3, (3, int((~fov).sum())))
+    image = np.clip(np.rint(image), 0, 255).astype(np.float32)
+    return image[:, None], label[None], Geometry.of_2d((1.0, 1.0)), fov[None].astype(np.uint8)
+
+
+def _make_fundus_dataset(out_dir: Path, spec: SyntheticSpec) -> None:
+    """PNG files in nnU-Net v2 layout, with the field of view as ROI masks (``roiTr``, ``roiTs``)."""
+    from autoseg.io.natural import write_natural
+
+    for sub in ("roiTr", "roiTs", "labelsTs"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    for index in range(spec.num_training + spec.num_test):
+        image, label, _, roi = fundus_case(spec, index)
+        case = case_name(spec, index)
+        tr = "Tr" if index < spec.num_training else "Ts"
+        write_natural(image[:, 0].astype(np.uint8), out_dir / f"images{tr}" / f"{case}_0000.png")
+        write_natural(label[0], out_dir / f"labels{tr}" / f"{case}.png")
+        write_natural(roi[0], out_dir / f"roi{tr}" / f"{case}.png")
+    meta = {
+        "name": spec.name,
+        "description": f"Synthetic 2D colour fundus-like photographs generated by autoseg.synthetic (seed "
+                       f"{spec.seed}); the field of view is in roiTr / roiTs",
+        "channel_names": {"0": "R", "1": "G", "2": "B"},
+        "labels": {"background": 0, **{nm: k + 1 for k, nm in enumerate(label_names(spec))}},
+        "numTraining": spec.num_training, "file_ending": ".png",
+    }
+    (out_dir / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 # --------------------------------------------------------------------------- datasets
 
 
@@ -379,6 +477,9 @@ def make_dataset(out_dir: Path, spec: SyntheticSpec) -> Path:
         raise ValueError(f"{out_dir}: exists and is not an empty folder; refusing to write a dataset into it")
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    if spec.anatomy == "fundus":
+        _make_fundus_dataset(out_dir, spec)
+        return out_dir
     msd = spec.layout == "msd"
     is_ct = [ch.upper() == "CT" for ch in spec.channels]
     training, test = [], []
@@ -448,6 +549,9 @@ PRESETS: dict[str, SyntheticSpec] = {
     # little of a case, so 3d_lowres + 3d_cascade_fullres are planned: the cascade's tests use it.
     "cascade": SyntheticSpec(name="Cascade", num_training=10, num_test=2, shape=(40, 48, 48), spacing=(2.0, 0.9, 0.9),
                              spacing_jitter=0.1, channels=("CT",), num_organs=3),
+    # 2D colour photographs with vessels and a round field of view (ROI masks), PNG in nnU-Net v2 layout.
+    "2d-rgb": SyntheticSpec(name="Fundus2D", num_training=10, num_test=2, shape=(1, 96, 96), channels=("R", "G", "B"),
+                            num_organs=1, layout="nnunetv2", anatomy="fundus"),
     # BraTS-like: four MRI channels, four nested tumour classes, zero outside the brain.
     "brats-like": SyntheticSpec(name="BraTSLike", num_training=10, num_test=2, shape=(48, 56, 48),
                                 channels=("FLAIR", "T1w", "T1gd", "T2w"), num_organs=4, anatomy="brain"),

@@ -44,6 +44,7 @@ from autoseg.data.previous_stage import perturb_previous_stage
 from autoseg.data.sampling import one_hot_channels, pre_augmentation_patch_size
 from autoseg.data.spatial import SpatialParams, spatial_augment
 from autoseg.planning.topology import deep_supervision_scales
+from autoseg.preprocessing.crop import OUTSIDE
 
 ANISOTROPY_THRESHOLD = 3.0  # a 3D patch this many times longer in-plane than along axis 0 is augmented 2D-style
 
@@ -240,7 +241,7 @@ def finalize_batch(data: np.ndarray, seg: np.ndarray, num_extra_classes: int = 0
     scales
         Deep-supervision scales; ``None``: full resolution only.
     mask_channels
-        Data channels set to 0 where ``seg[:, 0] < 0``.
+        Data channels set to 0 where ``seg[:, 0]`` is ``OUTSIDE`` (the nonzero mask).
 
     Returns
     -------
@@ -250,10 +251,12 @@ def finalize_batch(data: np.ndarray, seg: np.ndarray, num_extra_classes: int = 0
     data = np.ascontiguousarray(data, dtype=np.float32)
     seg = np.asarray(seg)
     if mask_channels:
-        outside = seg[:, 0] < 0
+        outside = seg[:, 0] == OUTSIDE
         for c in mask_channels:
             data[:, c][outside] = 0.0
-    seg = np.where(seg < 0, 0, seg).astype(np.int8)  # -1 (outside / padding) is background for the loss
+    # -1 (outside / padding) is background for the loss; IGNORE (outside a region-of-interest mask) stays negative,
+    # which the losses and the pseudo-Dice leave out
+    seg = np.where(seg == OUTSIDE, 0, seg).astype(np.int8)
     if num_extra_classes > 0:
         if seg.shape[1] < 2:
             raise ValueError("cascade: num_extra_classes > 0 but the batch has no previous-stage segmentation")

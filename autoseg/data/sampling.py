@@ -265,8 +265,8 @@ class SampleError(RuntimeError):
 
 
 def _choose_voxel(locs: Mapping[int, np.ndarray], rng: np.random.Generator) -> np.ndarray | None:
-    """A random voxel of a random label present in the case (labels weighted equally, as in nnU-Net)."""
-    present = sorted(int(k) for k, v in locs.items() if len(v) > 0)
+    """A random voxel of a random foreground label present in the case (labels weighted equally, as in nnU-Net)."""
+    present = sorted(int(k) for k, v in locs.items() if k > 0 and len(v) > 0)
     if not present:
         return None  # a case without foreground: fall back to a random box
     coords = locs[present[int(rng.integers(len(present)))]]
@@ -313,6 +313,10 @@ def sample_patch(data: np.ndarray, seg: np.ndarray, locs: Mapping[int, np.ndarra
                          f"{tuple(seg.shape[1:])} (made from other plans? retrain the previous stage)")
     patch, box = config.patch_size, config.box
     voxel = _choose_voxel(locs, rng) if force_fg else None
+    inside = locs.get(0)
+    if voxel is None and inside is not None and len(inside) > 0:
+        # a case with a region-of-interest mask: random patches are centred inside it
+        voxel = np.asarray(inside[int(rng.integers(len(inside)))], dtype=np.int64)
     if len(patch) == 2:
         # 2D: one slice of the volume; a forced sample takes the slice of its chosen voxel
         z = int(voxel[0]) if voxel is not None else int(rng.integers(data.shape[1]))

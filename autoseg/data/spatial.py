@@ -167,8 +167,9 @@ def resample_labels(seg: np.ndarray, nb: _Neighbours, patch_size: Sequence[int],
         flat = nb.padded(seg[s], fill)
         values = flat[nb.flat]
         near_label = flat[nb.nearest]
-        present = np.flatnonzero(np.bincount(seg[s].reshape(-1).astype(np.int64) - fill))
-        labels = np.union1d(present + fill, [fill])
+        lo = min(int(fill), int(seg[s].min())) if seg[s].size else int(fill)  # IGNORE (-2) lies below the fill
+        present = np.flatnonzero(np.bincount(seg[s].reshape(-1).astype(np.int64) - lo))
+        labels = np.union1d(present + lo, [fill])
         best = np.full(values.shape[1], -1.0, dtype=np.float32)
         best_label = np.full(values.shape[1], fill, dtype=seg.dtype)
         for label in labels:

@@ -23,6 +23,7 @@ from autoseg.errors import AutosegError
 from autoseg.evaluation.folder import evaluate_folder
 from autoseg.parallel import map_cases
 from autoseg.io.image import Geometry, read_header, write_image
+from autoseg.io.roi import spec_rois
 from autoseg.io.probabilities import load_probabilities
 from autoseg.schema.dataset import DatasetSpec
 from autoseg.workspace import DatasetPaths, probabilities_file, segmentation_file, summary_file
@@ -138,7 +139,8 @@ def _publish(tmp: Path, folder: Path) -> None:
 def _evaluate(folder: Path, spec: DatasetSpec, num_workers: int | None, progress: bool) -> None:
     evaluate_folder(folder, reference_dir(spec), labels=list(range(1, len(spec.labels))), num_workers=num_workers,
                     file_ending=spec.file_ending, label_names=list(spec.labels),
-                    case_ids=[c.case_id for c in spec.training], output=summary_file(folder), progress=progress)
+                    case_ids=[c.case_id for c in spec.training], output=summary_file(folder), progress=progress,
+                    roi=spec_rois(spec))
 
 
 def merge_folds(paths: DatasetPaths, config: str, spec: DatasetSpec, splits: Sequence[dict[str, list[str]]],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from autoseg.errors import AutosegError
 from autoseg.parallel import map_cases
 from autoseg.evaluation.metrics import label_metrics
 from autoseg.io.image import read_header, read_label
+from autoseg.io.roi import apply_roi, masks_by_case, read_roi
 from autoseg.schema.base import save_json
 from autoseg.workspace import summary_file
 from autoseg.schema.evaluation import CaseEvaluation, ClassMetrics, EvaluationSummary, MeanMetrics
@@ -30,7 +31,8 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
                     num_workers: int | None = None, file_ending: str = ".nii.gz", *,
                     label_names: Sequence[str] | None = None, case_ids: Sequence[str] | None = None,
                     nsd_tolerance_mm: float = 1.0, output: Path | None = None,
-                    progress: bool = True, predicted_only: bool = False) -> EvaluationSummary:
+                    progress: bool = True, predicted_only: bool = False,
+                    roi: Path | Mapping[str, Path] | None = None) -> EvaluationSummary:
     """Per case and class Dice, IoU, HD95 and NSD of every reference case; writes ``summary.json``.
 
     Parameters
@@ -57,6 +59,10 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
         Where to write the summary (default ``pred_dir/summary.json``), atomically.
     progress
         Show a tqdm bar over cases.
+    roi
+        Region-of-interest masks: a folder holding ``<case><ending>`` for every case, or case id -> mask file
+        (cases without an entry are scored whole). Scores are computed inside the mask only, as DRIVE's field of
+        view requires: outside it prediction and reference are both taken as background.
 
     Raises
     ------
@@ -73,8 +79,9 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
                           if not f.name.startswith(".")) if pred_dir.is_dir() else None
     cases = _match_cases(pred_dir, gt_dir, file_ending, case_ids)
     _check_geometry(cases)
+    masks = masks_by_case(roi, [c[0] for c in cases], file_ending)
 
-    jobs = [(cid, p, r, values, nsd_tolerance_mm) for cid, p, r in cases]
+    jobs = [(cid, p, r, values, nsd_tolerance_mm, masks.get(cid)) for cid, p, r in cases]
     results = map_cases(_evaluate_case, jobs, [c[0] for c in cases], num_workers, "evaluate", progress)
     problems = [r.problem for r in results if r.problem]
     if problems:
@@ -87,6 +94,20 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
     summary = _summarise(pred_dir, gt_dir, values, label_names, nsd_tolerance_mm, results)
     save_json(summary, Path(output) if output is not None else summary_file(pred_dir))
     return summary
+
+
+def reference_ending(gt_dir: Path, default: str = ".nii.gz") -> str:
+    """The image ending most files of a reference folder have (``default`` when none is recognised)."""
+    from collections import Counter
+
+    from autoseg.io.roi import KNOWN_ENDINGS
+
+    if not gt_dir.is_dir():
+        return default
+    counts = Counter(next((e for e in KNOWN_ENDINGS if f.name.lower().endswith(e)), None)
+                     for f in gt_dir.iterdir() if f.is_file() and not f.name.startswith("."))
+    counts.pop(None, None)
+    return counts.most_common(1)[0][0] if counts else default
 
 
 def resolve_labels(labels: Sequence[int | str], label_names: Sequence[str] | None) -> tuple[int, ...]:
@@ -183,11 +204,14 @@ _ABSENT = ClassMetrics(dice=None, iou=None, hd95=None, nsd=None, tp=0, fp=0, fn=
 
 
 def _evaluate_case(case_id: str, pred_path: Path, ref_path: Path, values: tuple[int, ...] | None,
-                   tolerance_mm: float) -> _CaseResult:
+                   tolerance_mm: float, roi_path: Path | None = None) -> _CaseResult:
     try:
         pred, _ = read_label(pred_path)
         ref, geometry = read_label(ref_path)
         pred, ref = _integer_labels(pred, pred_path), _integer_labels(ref, ref_path)
+        if roi_path is not None:
+            roi = read_roi(roi_path, ref_path)
+            pred, ref = apply_roi(pred, roi), apply_roi(ref, roi)
     except AutosegError as e:
         return _CaseResult(case_id, str(pred_path), str(ref_path), {}, frozenset(), "; ".join(e.problems))
     ref_values = frozenset(int(v) for v in np.unique(ref)) - {0}

@@ -37,7 +37,7 @@ def source_hash(raw_dir: Path, spec: DatasetSpec) -> str:
     """
     h = hashlib.sha256((Path(raw_dir) / "dataset.json").read_bytes())
     for case in spec.training + spec.test:
-        for rel in case.images + ((case.label,) if case.label else ()):
+        for rel in case.images + tuple(r for r in (case.label, case.roi) if r):
             st = (Path(raw_dir) / rel).stat()
             h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()

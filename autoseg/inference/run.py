@@ -10,13 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from autoseg.errors import AutosegError, option
 from autoseg.inference.predictor import Predictor
 from autoseg.io.image import Geometry, write_image
-from autoseg.io.verify import load_and_check_images
+from autoseg.io.natural import has_natural_ending, output_ending
+from autoseg.io.roi import apply_roi, apply_roi_to_probabilities, find_rois, read_roi
+from autoseg.io.verify import load_and_check_images, load_and_check_roi
 from autoseg.schema.base import atomic_write_text
 from autoseg.io import probabilities as probability_files
 from autoseg.workspace import probabilities_file, segmentation_file
@@ -34,8 +37,8 @@ def find_cases(images_dir: Path, num_channels: int, file_ending: str = ".nii.gz"
     """Group the images of a folder into cases.
 
     nnU-Net v2 naming (``<case>_0000<ending>``, one file per channel) when every file carries a 4-digit channel
-    suffix and the groups hold exactly ``num_channels`` files; otherwise MSD naming: one file per case (a 4D file
-    for several channels).
+    suffix and the groups hold exactly ``num_channels`` files (or, for 2D images, one ``_0000`` file each: an RGB
+    file holds three channels); otherwise MSD naming: one file per case (a 4D file for several channels).
 
     Raises
     ------
@@ -55,6 +58,8 @@ def find_cases(images_dir: Path, num_channels: int, file_ending: str = ".nii.gz"
         for m, p in zip(matches, files):
             groups.setdefault(m.group(1), {})[int(m.group(2))] = p
         expected = set(range(num_channels))
+        if has_natural_ending(file_ending) and all(set(g) == {0} for g in groups.values()):
+            expected = {0}  # one RGB file holds every channel (nnU-Net's <case>_0000.png)
         if any(set(g) == expected for g in groups.values()):
             problems = [f"{images_dir / (cid + '_0000' + file_ending)}: case {cid} has channel files "
                         f"{sorted(g)}, the model expects {sorted(expected)}"
@@ -83,6 +88,32 @@ def check_inputs(cases: Sequence[InputCase], num_channels: int, channel_names: S
         results = list(tqdm(pool.map(check, cases), total=len(cases), desc="check inputs", unit="case",
                             disable=not progress, dynamic_ncols=True))
     return {cid: problems for cid, problems in results if problems}
+
+
+def check_rois(cases: Sequence[InputCase], roi_dir: Path, file_ending: str
+               ) -> tuple[dict[str, Path], dict[str, tuple[str, ...]]]:
+    """Find and check every case's region-of-interest mask in ``roi_dir``.
+
+    Returns
+    -------
+    rois, problems
+        Case id -> mask file (the usable ones), and case id -> its problems (a missing mask, another grid ...).
+    """
+    if not roi_dir.is_dir():
+        raise AutosegError(f"{roi_dir}: region-of-interest folder not found")
+    rois, problems = {}, {}
+    for case in cases:
+        try:
+            path = find_rois(roi_dir, [case.case_id], file_ending)[case.case_id]
+        except AutosegError as e:
+            problems[case.case_id] = tuple(e.problems)
+            continue
+        _, found = load_and_check_roi(path, case.files[0])
+        if found:
+            problems[case.case_id] = tuple(found)
+        else:
+            rois[case.case_id] = path
+    return rois, problems
 
 
 def check_output_dir(output_dir: Path, images_dir: Path) -> None:
@@ -158,8 +189,10 @@ FAILURES_FILE = "failures.json"
 
 def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, file_ending: str = ".nii.gz",
                    save_probabilities: bool = False, overwrite: bool = False, continue_: bool = False,
-                   progress: bool = True, postprocess=None, skip_bad: bool = False) -> PredictSummary:
-    """Segment every image of ``images_dir`` into ``output_dir/<case><file_ending>`` (same geometry as the input).
+                   progress: bool = True, postprocess=None, skip_bad: bool = False, roi_dir: Path | None = None,
+                   label_values: Sequence[int] | None = None) -> PredictSummary:
+    """Segment every image of ``images_dir`` into ``output_dir/<case><file_ending>`` (same geometry as the input;
+    2D images as files of the same format, JPEG as PNG).
 
     Reading and preprocessing of the next case and writing of the previous one run in background threads while
     the network predicts the current case; at most two cases are in memory besides the one being predicted.
@@ -181,16 +214,31 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
         Inputs are all read and checked first (:func:`check_inputs`). By default any bad input stops the run
         before anything is written, with one line per problem; with ``skip_bad`` the good cases are predicted and
         the bad ones listed in ``failures.json`` (and :attr:`PredictSummary.failed`).
+    roi_dir
+        Region-of-interest masks ``<case><ending>`` (nonzero inside, on the image's grid), one per case: outside
+        them the segmentation is background. A missing or unfit mask is a bad input like a bad image.
+    label_values
+        The value written for each label index (the dataset's ``source_label_values``, e.g. ``(0, 255)``);
+        ``None`` writes the indices.
     """
     output_dir = Path(output_dir)
     check_output_dir(output_dir, images_dir)
     n_channels = len(predictor.plans.channel_names)
     cases = find_cases(images_dir, n_channels, file_ending)
     bad = check_inputs(cases, n_channels, predictor.plans.channel_names, progress)
+    rois = {}
+    if roi_dir is not None:
+        rois, roi_bad = check_rois(cases, Path(roi_dir), file_ending)
+        for cid, problems in roi_bad.items():
+            bad[cid] = bad.get(cid, ()) + problems
     if bad and not skip_bad:
-        raise AutosegError(*[line for problems in bad.values() for line in problems])
+        raise AutosegError(*[line for c in cases for line in bad.get(c.case_id, ())])
     cases = [c for c in cases if c.case_id not in bad]
-    outputs = {c.case_id: segmentation_file(output_dir, c.case_id, file_ending) for c in cases}
+    lut = None
+    if label_values is not None:
+        lut = np.asarray(label_values, dtype=np.uint8 if max(label_values) <= 255 else np.uint16)
+    out_ending = output_ending(file_ending)
+    outputs = {c.case_id: segmentation_file(output_dir, c.case_id, out_ending) for c in cases}
     existing = [cid for cid, p in outputs.items() if p.exists()]
     if existing and not (overwrite or continue_):
         raise AutosegError(f"{outputs[existing[0]]}: {len(existing)} output file(s) already exist in {output_dir}; "
@@ -200,11 +248,16 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
     skipped = tuple(c.case_id for c in cases if c not in todo)
     output_dir.mkdir(parents=True, exist_ok=True)
 
+    files = {c.case_id: c.files[0] for c in cases}
+
     def write(case_id: str, geometry, prediction) -> None:
         seg = prediction.segmentation if postprocess is None else postprocess(prediction.segmentation)
-        write_image(seg, geometry, outputs[case_id])
+        roi = read_roi(rois[case_id], files[case_id]) if case_id in rois else None
+        seg = apply_roi(seg, roi)
+        write_image(seg if lut is None else lut[seg], geometry, outputs[case_id])
         if prediction.probabilities is not None:
-            probability_files.save_probabilities(probabilities_file(output_dir, case_id), prediction.probabilities)
+            probability_files.save_probabilities(probabilities_file(output_dir, case_id),
+                                                 apply_roi_to_probabilities(prediction.probabilities, roi))
 
     written = []
     with ThreadPoolExecutor(1, thread_name_prefix="autoseg-write") as writer:

@@ -20,15 +20,17 @@ import json
 import os
 import re
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from autoseg.errors import DatasetError
+from autoseg.io.natural import ENDINGS as NATURAL_ENDINGS
 from autoseg.schema.dataset import CaseSpec, DatasetSpec
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _FOLDER_PREFIX = re.compile(r"^(Task\d+|Dataset\d+)_")
-_KNOWN_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+_KNOWN_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", *NATURAL_ENDINGS)
 
 
 class _Object(dict):
@@ -131,6 +133,7 @@ def read_dataset_spec(raw_dir: Path) -> DatasetSpec:
         _check_num_training(data.get("numTraining"), found, layout, bad)
 
     name = _dataset_name(data, raw_dir, bad)
+    source_values = _source_label_values(data.get("source_label_values"), labels, bad)
     if problems:
         raise DatasetError(*problems)
     return DatasetSpec(
@@ -142,7 +145,32 @@ def read_dataset_spec(raw_dir: Path) -> DatasetSpec:
         file_ending=file_ending,
         training=tuple(training),
         test=tuple(test),
+        source_label_values=source_values,
     )
+
+
+def _source_label_values(value: Any, labels: list[str] | None, bad) -> tuple[int, ...] | None:
+    """``"source_label_values": {"background": 0, "vessel": 255}``: the value of every label in the source files
+    (written by ``autoseg convert``), as a tuple indexed like the labels."""
+    if value is None or labels is None:
+        return None
+    example = '{"background": 0, "vessel": 255}'
+    if not isinstance(value, dict):
+        bad(f"'source_label_values' must map every label name to its value in the source files, e.g. {example}")
+        return None
+    if set(value) != set(labels):
+        missing, extra = sorted(set(labels) - set(value)), sorted(set(value) - set(labels))
+        bad(f"'source_label_values' must name exactly the labels" + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {extra}" if extra else ""))
+        return None
+    out = [value[n] for n in labels]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535 for v in out):
+        bad(f"'source_label_values' must be integers 0..65535, found {out}")
+        return None
+    if len(set(out)) != len(out):
+        bad(f"'source_label_values' gives two labels the same value: {value}")
+        return None
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -369,8 +397,9 @@ def _cases_msd(raw_dir: Path, data: dict, problems: list[str]) -> tuple[list[Cas
                 problems.append(f"{jpath}: {where} has no {' / '.join(repr(k) for k in missing)}")
                 continue
             img, lab = listed(e["image"], f"{where}.image"), listed(e["label"], f"{where}.label")
+            roi = listed(e["roi"], f"{where}.roi") if e.get("roi") is not None else None
             if img is not None and lab is not None:
-                training.append(CaseSpec(case_id(img), (img,), lab))
+                training.append(CaseSpec(case_id(img), (img,), lab, roi))
 
     test: list[CaseSpec] = []
     tentries = data.get("test", [])
@@ -380,11 +409,13 @@ def _cases_msd(raw_dir: Path, data: dict, problems: list[str]) -> tuple[list[Cas
         problems.append(f"{jpath}: 'test' must be a list of image paths, found {_kind(tentries)}")
         tentries = []
     for i, e in enumerate(tentries):
-        if isinstance(e, dict) and "image" in e:  # some converted datasets list {"image": ...}
+        roi = None
+        if isinstance(e, dict) and "image" in e:  # some converted datasets list {"image": ...} (+ "roi")
+            roi = listed(e["roi"], f"test[{i}].roi") if e.get("roi") is not None else None
             e = e["image"]
         img = listed(e, f"test[{i}]")
         if img is not None:
-            test.append(CaseSpec(case_id(img), (img,), None))
+            test.append(CaseSpec(case_id(img), (img,), None, roi))
 
     _check_duplicate_ids(training, "training", jpath, problems)
     _check_duplicate_ids(test, "test", jpath, problems)
@@ -415,12 +446,33 @@ def _cases_nnunetv2(raw_dir: Path, data: dict, num_channels: int, ending: str,
     test = []
     if (raw_dir / "imagesTs").is_dir():
         test = _discover(raw_dir, "imagesTs", None, num_channels, ending, problems) or []
+    test = _attach_rois(raw_dir, "roiTs", test, ending, problems)
     if training is None:  # imagesTr missing, already reported
         return [], test
+    training = _attach_rois(raw_dir, "roiTr", training, ending, problems)
     if not training and not any(str(raw_dir / "imagesTr") in p or "dataset[" in p for p in problems):
         where = "'dataset'" if "dataset" in data else f"{raw_dir / 'imagesTr'} (files <case>_0000{ending})"
         problems.append(f"{raw_dir / 'dataset.json'}: no training cases found in {where}")
     return training, test
+
+
+def _attach_rois(raw_dir: Path, sub: str, cases: list[CaseSpec], ending: str, problems: list[str]
+                 ) -> list[CaseSpec]:
+    """Region-of-interest masks ``<sub>/<case><ending>`` (optional, per case) attached to their cases."""
+    folder = raw_dir / sub
+    if not folder.is_dir():
+        return cases
+    by_id = {c.case_id: c for c in cases}
+    found = {}
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith(".") or not f.is_file() or not f.name.endswith(ending):
+            continue
+        cid = f.name[: -len(ending)]
+        if cid in by_id:
+            found[cid] = f"{sub}/{f.name}"
+        else:
+            problems.append(f"{f}: region-of-interest mask without a case (no image {cid}_0000{ending})")
+    return [replace(c, roi=found.get(c.case_id)) for c in cases]
 
 
 def _count_case_ids(raw_dir: Path, data: dict, training: list[CaseSpec]) -> int:
@@ -507,18 +559,25 @@ def _discover(raw_dir: Path, images_sub: str, labels_sub: str | None, num_channe
                 problems.append(f"{raw_dir / labels[cid]}: label without image files "
                                 f"(expected {images_sub}/{cid}_0000{ending})")
     cases = []
+    # an RGB file holds three channels: nnU-Net names it <case>_0000.png with channel_names R, G, B
+    one_file = ending.lower() in NATURAL_ENDINGS and num_channels > 1
     for cid in sorted(channels):
         found = channels[cid]
         ok = True
-        for c in range(num_channels):
-            if c not in found:
-                problems.append(f"{img_dir / f'{cid}_{c:04d}{ending}'}: missing channel file: case {cid!r} has "
-                                f"no channel {c} (dataset.json declares {num_channels} channels, one file each)")
+        if one_file and set(found) == {0}:
+            files = (found[0],)
+        else:
+            files = tuple(found[c] for c in range(num_channels) if c in found)
+            for c in range(num_channels):
+                if c not in found:
+                    problems.append(f"{img_dir / f'{cid}_{c:04d}{ending}'}: missing channel file: case {cid!r} "
+                                    f"has no channel {c} (dataset.json declares {num_channels} channels, one "
+                                    f"file each)")
+                    ok = False
+            for c in sorted(set(found) - set(range(num_channels))):
+                problems.append(f"{raw_dir / found[c]}: channel {c} but dataset.json declares only {num_channels} "
+                                f"channel(s)")
                 ok = False
-        for c in sorted(set(found) - set(range(num_channels))):
-            problems.append(f"{raw_dir / found[c]}: channel {c} but dataset.json declares only {num_channels} "
-                            f"channel(s)")
-            ok = False
         label = None
         if labels_sub is not None:
             label = labels.get(cid)
@@ -527,5 +586,5 @@ def _discover(raw_dir: Path, images_sub: str, labels_sub: str | None, num_channe
                                 f"(its images are in {images_sub})")
                 ok = False
         if ok:
-            cases.append(CaseSpec(cid, tuple(found[c] for c in range(num_channels)), label))
+            cases.append(CaseSpec(cid, files, label))
     return cases

@@ -2,6 +2,9 @@
 
 SimpleITK reports spacing and sizes in ``(x, y, z)`` order while its arrays are ``(z, y, x)``; this module is the
 one place that converts. Everything else in autoseg sees spacing in numpy axis order, in mm.
+
+2D image files (PNG, single-page TIFF, JPEG, BMP, GIF) are read and written by :mod:`autoseg.io.natural` as
+volumes of one slice: an RGB file is a multi-channel image like a 4D file, ``(3, 1, y, x)``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
+from autoseg.io import natural
 from autoseg.schema.base import atomic_path
 
 
@@ -46,6 +50,12 @@ class Geometry:
         d = np.asarray(img.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
         return cls(tuple(float(s) for s in spacing), tuple(float(o) for o in origin),
                    tuple(float(v) for v in d.ravel()))
+
+    @classmethod
+    def of_2d(cls, spacing: Sequence[float]) -> "Geometry":
+        """A 2D image's geometry: one slice of :data:`autoseg.io.natural.SLICE_SPACING`, ``spacing`` (y, x) mm."""
+        return cls((natural.SLICE_SPACING, float(spacing[0]), float(spacing[1])), (0.0, 0.0, 0.0),
+                   (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
 
     def apply_to(self, img: sitk.Image) -> None:
         """Stamp this geometry on a 3D SimpleITK image (in place)."""
@@ -113,6 +123,9 @@ def read_header(path: Path) -> Header:
     AutosegError
         The file cannot be read as an image (one line naming it).
     """
+    if natural.is_2d_file(path):
+        h = natural.read_natural_header(path)
+        return Header(4 if h.channels > 1 else 3, (1, *h.size), h.channels, Geometry.of_2d(h.spacing))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -133,7 +146,8 @@ def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
     Parameters
     ----------
     paths
-        One 3D file per channel, or a single 4D file whose last ITK dimension holds the channels.
+        One 3D file per channel, or a single 4D file whose last ITK dimension holds the channels (or one 2D RGB
+        file).
 
     Returns
     -------
@@ -145,6 +159,11 @@ def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
     channels = []
     geometry = None
     for p in paths:
+        if natural.is_2d_file(Path(p)):
+            arr, h = natural.read_natural(Path(p))
+            geometry = geometry or Geometry.of_2d(h.spacing)
+            channels.extend(arr[:, None].astype(np.float32, copy=False))  # (c, 1, y, x)
+            continue
         img = _read(Path(p))
         if geometry is None:
             geometry = Geometry.of(img)
@@ -160,6 +179,11 @@ def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
 
 def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
     """Read a label map as ``(z, y, x)``, in its stored dtype (the caller checks values are integers)."""
+    if natural.is_2d_file(Path(path)):
+        arr, h = natural.read_natural(Path(path))
+        if h.channels != 1:
+            raise AutosegError(f"{path}: label map is an RGB image, expected one grey value per pixel")
+        return arr, Geometry.of_2d(h.spacing)
     img = _read(Path(path))
     if img.GetDimension() != 3:
         raise AutosegError(f"{path}: label map is {img.GetDimension()}D, expected 3D")
@@ -176,7 +200,17 @@ def _atomic_write_image(img: sitk.Image, path: Path, compress: bool) -> None:
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: Path, compress: bool = True) -> None:
-    """Write ``(z, y, x)`` or ``(C, z, y, x)`` (as one 4D file, channels last in the file) atomically."""
+    """Write ``(z, y, x)`` or ``(C, z, y, x)`` (as one 4D file, channels last in the file) atomically.
+
+    A 2D ending (``.png``, ``.tif`` ...) takes one slice, ``(1, y, x)`` (or ``(3, 1, y, x)`` RGB), as a 2D file;
+    its geometry is not stored (the format has none).
+    """
+    if natural.has_natural_ending(path) and array.ndim in (3, 4) and array.shape[-3] == 1:
+        try:
+            natural.write_natural(array[:, 0] if array.ndim == 4 else array[0], Path(path))
+        except OSError as e:
+            raise OSError(e.errno or errno.EIO, e.strerror or str(e), str(path)) from None
+        return
     if array.ndim == 3:
         img = sitk.GetImageFromArray(array)
         geometry.apply_to(img)

@@ -32,6 +32,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from autoseg.errors import AutosegError
+from autoseg.io import natural
 from autoseg.io.image import Geometry, itk_error_reason
 from autoseg.schema.dataset import CaseSpec, DatasetSpec
 
@@ -62,12 +64,15 @@ class LoadedCase:
         Geometry of the (first) image file, ``None`` when it is unreadable.
     problems
         One line per problem, ``"<file path>: <problem>"``. When not empty the arrays must not be trusted.
+    roi
+        ``(z, y, x)`` bool region-of-interest mask (``True`` inside), ``None`` when the case has none.
     """
 
     image: np.ndarray | None
     label: np.ndarray | None
     geometry: Geometry | None
     problems: tuple[str, ...]
+    roi: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:
@@ -84,6 +89,14 @@ class _File:
     channels: int  # size of the 4th ITK dimension, 1 for a 3D file
     geometry: Geometry
     array: np.ndarray | None = None
+    natural: natural.NaturalHeader | None = None  # a 2D image file (PNG, TIFF, ...): one slice
+
+    @property
+    def kind(self) -> str:
+        """How the file is named in messages: ``"4D image"``, ``"RGB image"`` ..."""
+        if self.natural is not None:
+            return self.natural.description
+        return f"{self.dimension}D image"
 
 
 def load_and_check_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> LoadedCase:
@@ -115,7 +128,10 @@ def load_and_check_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> Loa
     images, image = _load_images(paths, n, spec.channel_names, "dataset.json declares", problems)
     ref = images[0]
     if label is not None:
-        if label.dimension != 3:
+        if label.natural is not None and label.channels != 1:
+            problems.append(f"{label.path}: label map is an RGB image, expected one grey value per pixel "
+                            f"(the class value)")
+        elif label.dimension != 3:
             problems.append(f"{label.path}: label map is {label.dimension}D "
                             f"({_fmt_size(label.size)} x {label.channels}), expected 3D")
         elif ref is not None:
@@ -125,7 +141,50 @@ def load_and_check_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> Loa
         label.array = _pixels(label, problems)
         if label.array is not None:
             label_arr = _check_label(label, spec.labels, problems)
-    return LoadedCase(image, label_arr, ref.geometry if ref is not None else None, tuple(problems))
+    roi = _load_roi(raw_dir / case.roi, ref, problems) if case.roi is not None else None
+    return LoadedCase(image, label_arr, ref.geometry if ref is not None else None, tuple(problems), roi)
+
+
+def load_and_check_roi(path: Path, image_file: Path) -> tuple[np.ndarray | None, list[str]]:
+    """Read a region-of-interest mask and check it against its image (one of the case's image files).
+
+    Returns
+    -------
+    roi
+        ``(z, y, x)`` bool, ``True`` inside (nonzero values); ``None`` when it cannot be used.
+    problems
+        One line each naming the mask file.
+    """
+    problems: list[str] = []
+    ref = _header(Path(image_file), problems)
+    return _load_roi(Path(path), ref, problems), problems
+
+
+def _load_roi(path: Path, ref: _File | None, problems: list[str]) -> np.ndarray | None:
+    """A mask's voxels as bool after the checks: a single-channel map on the image's grid, finite, not empty."""
+    f = _header(path, problems)
+    if f is None:
+        return None
+    if f.channels != 1 or f.dimension != 3:
+        problems.append(f"{path}: region-of-interest mask is {'an RGB' if f.natural else 'a multi-channel'} image, "
+                        f"expected one value per voxel (nonzero inside)")
+        return None
+    if ref is not None:
+        n = len(problems)
+        _compare_grids(f, ref, f"image ({ref.path.name})", problems)
+        if len(problems) > n:
+            return None
+    arr = _pixels(f, problems)
+    if arr is None:
+        return None
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        problems.append(f"{path}: region-of-interest mask contains NaN or infinite values")
+        return None
+    roi = arr != 0
+    if not roi.any():
+        problems.append(f"{path}: region-of-interest mask is empty (no nonzero voxel): nothing of the image would count")
+        return None
+    return roi
 
 
 def load_and_check_images(paths: Sequence[Path], num_channels: int, channel_names: Sequence[str] = (),
@@ -244,6 +303,14 @@ def _header(path: Path, problems: list[str]) -> _File | None:
     if not path.is_file():
         problems.append(f"{path}: {'a folder, not an image file' if path.is_dir() else 'file not found'}")
         return None
+    if natural.is_2d_file(path):
+        try:
+            h = natural.read_natural_header(path)
+        except AutosegError as e:
+            problems.append(str(e))
+            return None
+        return _File(path, 4 if h.channels > 1 else 3, (1, *h.size), h.channels, Geometry.of_2d(h.spacing),
+                     natural=h)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -275,6 +342,13 @@ def _channels_match(f: _File, n: int, nfiles: int, names: tuple[str, ...], probl
                     expected_by: str = "dataset.json declares") -> bool:
     """One file per channel: each 3D. One file for several channels: 4D with exactly ``n`` channels."""
     declared = f"{expected_by} {n} channel{'s' if n > 1 else ''}" + (f" ({', '.join(names)})" if names else "")
+    if f.natural is not None:
+        if f.channels != n or (nfiles > 1 and f.channels > 1):
+            what = "one file per case holding them" if n == 3 else f"{n} grey files per case, one per channel"
+            problems.append(f"{f.path}: {f.kind} ({f.channels} channel{'s' if f.channels > 1 else ''}), but "
+                            f"{declared}" + (f": {what}" if n != 1 else ""))
+            return False
+        return True
     if nfiles == n and n > 1 and f.dimension == 4:
         problems.append(f"{f.path}: 4D image with {f.channels} channels, but each channel file must be 3D "
                         f"({declared}, one file each)")
@@ -289,7 +363,15 @@ def _channels_match(f: _File, n: int, nfiles: int, names: tuple[str, ...], probl
 
 
 def _compare_grids(f: _File, ref: _File, what: str, problems: list[str]) -> None:
-    """Report where ``f``'s voxel grid differs from ``ref``'s (size exact, geometry within tolerances)."""
+    """Report where ``f``'s voxel grid differs from ``ref``'s (size exact, geometry within tolerances).
+
+    Two 2D image files are compared by size only: the formats store no position, and a label or mask takes the
+    spacing of its image (a sidecar is only needed beside the image)."""
+    if f.natural is not None and ref.natural is not None:
+        if f.size != ref.size:
+            problems.append(f"{f.path}: size {f.size[2]}x{f.size[1]} (width x height) differs from the {what}: "
+                            f"{ref.size[2]}x{ref.size[1]}")
+        return
     if f.size != ref.size:
         problems.append(f"{f.path}: size {_fmt_size(f.size)} (z,y,x) differs from the {what}: {_fmt_size(ref.size)}")
     a, b = f.geometry, ref.geometry
@@ -329,6 +411,13 @@ def _pixels(f: _File, problems: list[str]) -> np.ndarray | None:
     ``.nii`` / ``.nii.gz`` files are read with nibabel (:func:`_nifti_pixels`), everything else with ITK, which also
     gets the NIfTI files whose header nibabel does not accept.
     """
+    if f.natural is not None:
+        try:
+            arr, _ = natural.read_natural(f.path)
+        except AutosegError as e:
+            problems.append(str(e))
+            return None
+        return arr[:, None] if f.channels > 1 else arr  # (c, 1, y, x) like a 4D file, or (1, y, x)
     if f.path.name.lower().endswith((".nii", ".nii.gz")):
         done, arr = _nifti_pixels(f, problems)
         if done:

@@ -36,6 +36,8 @@ def plans_table(plans: Plans) -> str:
     lines.append("")
     lines.append(f"dataset {plans.dataset_name}; preset {plans.preset}, {plans.memory_target_gb:g} GB target; "
                  f"axis order after transpose {plans.transpose_forward}; normalisation {norm}")
+    if set(plans.configurations) == {"2d"} and round(plans.original_median_shape[0]) == 1:
+        lines.append("2D images (one slice per case): the 2d configuration only, 3D configurations need volumes")
     if budgeted:
         b = budgeted[0].budget
         lines.append(f"fitted to {b.minutes:g} training minutes per fold on {b.device} (measured "

@@ -14,7 +14,7 @@ import numpy as np
 
 from autoseg.io.image import Geometry
 from autoseg.planning.spacing import resampled_shape
-from autoseg.preprocessing.crop import crop_to_nonzero, uncrop
+from autoseg.preprocessing.crop import IGNORE, crop_to_nonzero, uncrop
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import resample_data, resample_labels
 from autoseg.schema.base import sha256_of
@@ -135,7 +135,9 @@ def target_spacing_for(config: ConfigurationPlan, spacing: tuple[float, ...]) ->
 
 def class_locations(seg: np.ndarray, num_classes: int, rng: np.random.Generator,
                     max_per_class: int = MAX_CLASS_LOCATIONS) -> dict[int, np.ndarray]:
-    """Up to ``max_per_class`` random voxel coordinates of each foreground class ``1..num_classes-1``.
+    """Up to ``max_per_class`` random voxel coordinates of each foreground class ``1..num_classes-1``, and for a
+    case with a region-of-interest mask (voxels :data:`~autoseg.preprocessing.crop.IGNORE`) under key 0 the
+    voxels inside it, where random (not foreground-forced) training patches are centred.
 
     Parameters
     ----------
@@ -153,8 +155,12 @@ def class_locations(seg: np.ndarray, num_classes: int, rng: np.random.Generator,
     """
     flat = seg.reshape(-1)
     out = {}
-    for c in range(1, num_classes):
-        idx = np.flatnonzero(flat == c)
+    ignored = flat == IGNORE
+    classes = range(1, num_classes)
+    if ignored.any():
+        classes = (0, *classes)
+    for c in classes:
+        idx = np.flatnonzero(~ignored if c == 0 else flat == c)
         if idx.size > max_per_class:
             idx = np.sort(rng.choice(idx, size=max_per_class, replace=False))
         out[c] = np.stack(np.unravel_index(idx, seg.shape), axis=1).astype(np.int32).reshape(-1, 3)
@@ -171,7 +177,7 @@ def _transpose(image: np.ndarray, label: np.ndarray | None, geometry: Geometry, 
 
 def preprocess_case(image: np.ndarray, label: np.ndarray | None, geometry: Geometry, plans: Plans,
                     config_name: str, case_id: str = "case", rng: np.random.Generator | None = None,
-                    max_locations: int = MAX_CLASS_LOCATIONS) -> PreprocessedCase:
+                    max_locations: int = MAX_CLASS_LOCATIONS, roi: np.ndarray | None = None) -> PreprocessedCase:
     """Preprocess one case for ``config_name``.
 
     Parameters
@@ -192,6 +198,9 @@ def preprocess_case(image: np.ndarray, label: np.ndarray | None, geometry: Geome
         Source of the class-location subsample (required with a label).
     max_locations
         Class locations kept per class.
+    roi
+        Raw ``(z, y, x)`` bool region-of-interest mask: the label outside it becomes
+        :data:`~autoseg.preprocessing.crop.IGNORE`.
 
     Returns
     -------
@@ -201,6 +210,8 @@ def preprocess_case(image: np.ndarray, label: np.ndarray | None, geometry: Geome
     if label is not None and len(plans.labels) > 127:
         raise ValueError(f"{len(plans.labels)} labels do not fit the int8 segmentation")
     fwd, image_t, label_t, spacing_t = _transpose(image, label, geometry, plans)
+    if label_t is not None and roi is not None:
+        label_t = np.where(roi.transpose(fwd), label_t, IGNORE)
     crop = crop_to_nonzero(image_t, label_t)
     data = normalize(crop.image, crop.mask, config.normalization)
     shape_crop = tuple(int(s) for s in data.shape[1:])
@@ -216,8 +227,8 @@ def preprocess_case(image: np.ndarray, label: np.ndarray | None, geometry: Geome
         seg3 = resample_labels(crop.label, new_shape, spacing_t, target, config.resample_order_label,
                                config.separate_z_anisotropy)
         num_classes = len(plans.labels)
-        counts = tuple(int(n) for n in np.bincount(seg3.reshape(-1).astype(np.int16) + 1,
-                                                   minlength=num_classes + 1)[1:num_classes + 1])
+        counts = tuple(int(n) for n in np.bincount(seg3.reshape(-1).astype(np.int16) - IGNORE,
+                                                   minlength=num_classes - IGNORE)[-IGNORE:num_classes - IGNORE])
         locations = class_locations(seg3, num_classes, rng, max_locations)
         seg = seg3[None]
 

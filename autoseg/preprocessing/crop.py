@@ -9,8 +9,11 @@ from scipy.ndimage import binary_fill_holes
 
 from autoseg.fingerprint.case import nonzero_bbox
 
-#: Label value of voxels inside the crop box but outside the nonzero region ("outside": ignored in training).
+#: Label value of voxels inside the crop box but outside the nonzero region ("outside": background in training).
 OUTSIDE = -1
+#: Label value of voxels whose label does not count: outside the case's region-of-interest mask. The losses and the
+#: pseudo-Dice leave them out (negative targets), and random training patches are centred inside the region.
+IGNORE = -2
 
 
 @dataclass(frozen=True)

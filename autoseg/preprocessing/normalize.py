@@ -8,7 +8,7 @@ import numpy as np
 
 from autoseg.schema.plans import ChannelNormalization
 
-SCHEMES = ("zscore", "ct", "none", "rescale_0_1")
+SCHEMES = ("zscore", "ct", "none", "rescale_0_1", "rgb_0_1")
 EPS = 1e-8
 
 
@@ -22,6 +22,8 @@ def normalization_problems(norms: Sequence[ChannelNormalization], num_channels: 
             problems.append(f"channel {c}: unknown normalization scheme {n.scheme!r} (known: {', '.join(SCHEMES)})")
         elif n.scheme == "ct" and None in (n.clip_low, n.clip_high, n.mean, n.std):
             problems.append(f"channel {c}: scheme 'ct' needs clip_low, clip_high, mean and std")
+        elif n.scheme == "rgb_0_1" and not (n.scale is not None and n.scale > 0):
+            problems.append(f"channel {c}: scheme 'rgb_0_1' needs a positive scale")
     return problems
 
 
@@ -38,7 +40,8 @@ def normalize_channel(x: np.ndarray, mask: np.ndarray, norm: ChannelNormalizatio
     norm
         The scheme: ``zscore`` (per image; with ``use_nonzero_mask`` the statistics come from the mask and voxels
         outside it are 0), ``ct`` (clip to ``[clip_low, clip_high]``, then ``(x - mean) / max(std, 1e-8)``),
-        ``none`` (cast only) or ``rescale_0_1`` (min-max to [0, 1]).
+        ``none`` (cast only), ``rescale_0_1`` (min-max to [0, 1]) or ``rgb_0_1`` (divided by ``norm.scale``, the
+        full scale of colour pixels: [0, 255] -> [0, 1]).
     out
         float32 ``(z, y, x)`` array to write into (default: a new one).
 
@@ -74,6 +77,8 @@ def normalize_channel(x: np.ndarray, mask: np.ndarray, norm: ChannelNormalizatio
         if out.size:
             out -= out.min()
             out /= np.float32(max(float(out.max()), EPS))
+    elif norm.scheme == "rgb_0_1":
+        out /= np.float32(norm.scale)
     elif norm.scheme != "none":
         raise ValueError(f"unknown normalization scheme {norm.scheme!r} (known: {', '.join(SCHEMES)})")
     return out

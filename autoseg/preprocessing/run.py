@@ -153,7 +153,7 @@ def _preprocess_one(raw_dir: Path, spec: DatasetSpec, case: CaseSpec, plans: Pla
                 pc = derive_case(done[key], plans, task.config, rng)
             else:
                 pc = preprocess_case(loaded.image, loaded.label, loaded.geometry, plans, task.config, case.case_id,
-                                     rng)
+                                     rng, roi=loaded.roi)
                 done[key] = pc
             CaseStore(task.folder).write(pc)
             del pc

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from autoseg.schema.base import OMIT_IF_NONE
+
 
 @dataclass(frozen=True)
 class CaseSpec:
@@ -19,11 +21,15 @@ class CaseSpec:
         single 4D file holding every channel (MSD ``tensorImageSize: 4D``).
     label
         Label file relative to the raw folder, ``None`` for test cases.
+    roi
+        Region-of-interest mask relative to the raw folder (nonzero inside), or ``None``: the whole image counts.
+        Outside it training ignores the labels, prediction writes background and evaluation does not look.
     """
 
     case_id: str
     images: tuple[str, ...]
     label: str | None = None
+    roi: str | None = field(default=None, metadata=OMIT_IF_NONE)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,10 @@ class DatasetSpec:
         Image file ending (``.nii.gz``).
     training, test
         The labelled and unlabelled cases.
+    source_label_values
+        The value each label had in the source files before ``autoseg convert`` made them consecutive
+        (``(0, 255)`` for 0/255 vessel masks), indexed like ``labels``; predictions are written with these values.
+        ``None``: the values are the label indices.
     """
 
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -58,7 +68,13 @@ class DatasetSpec:
     file_ending: str
     training: tuple[CaseSpec, ...]
     test: tuple[CaseSpec, ...] = ()
+    source_label_values: tuple[int, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
     schema_version: int = field(default=SCHEMA_VERSION)
+
+    @property
+    def has_roi(self) -> bool:
+        """Whether any case has a region-of-interest mask."""
+        return any(c.roi is not None for c in self.training + self.test)
 
     @property
     def num_channels(self) -> int:

@@ -27,13 +27,15 @@ class ChannelNormalization:
     ----------
     scheme
         ``"zscore"`` (per image), ``"ct"`` (clip to the dataset's foreground percentiles, then dataset-wide
-        z-score), ``"none"``, or ``"rescale_0_1"``.
+        z-score), ``"none"``, ``"rescale_0_1"`` (per-image min-max) or ``"rgb_0_1"`` (divided by ``scale``).
     use_nonzero_mask
         z-score statistics are taken inside the nonzero region only, and voxels outside it stay 0.
     clip_low, clip_high
         CT only: the foreground 0.5 / 99.5 percentiles of the training data.
     mean, std
         CT only: the foreground mean and standard deviation of the training data.
+    scale
+        ``rgb_0_1`` only: the full scale of the pixel values (255 for 8-bit colour, 65535 for 16-bit).
     """
 
     scheme: str
@@ -42,6 +44,7 @@ class ChannelNormalization:
     clip_high: float | None = None
     mean: float | None = None
     std: float | None = None
+    scale: float | None = field(default=None, metadata=OMIT_IF_NONE)
 
 
 @dataclass(frozen=True)

@@ -94,8 +94,10 @@ def load_predictor(ctx: DatasetContext, configuration: str = DEFAULT_CONFIGURATI
 def predict(ctx: DatasetContext, images_dir: Path, output_dir: Path, configuration: str | None = None,
             folds: Sequence[str] | None = None, save_probabilities: bool = False, step: float = 0.5,
             tta: bool = True, overwrite: bool = False, continue_: bool = False, device: str = "auto",
-            precision: str = "auto", progress: bool = True, skip_bad: bool = False) -> PredictSummary:
-    """Segment every image in ``images_dir`` into ``output_dir`` (see :func:`autoseg.api.predict`)."""
+            precision: str = "auto", progress: bool = True, skip_bad: bool = False,
+            roi_dir: Path | None = None) -> PredictSummary:
+    """Segment every image in ``images_dir`` into ``output_dir`` (see :func:`autoseg.api.predict`); label maps are
+    written with the dataset's source label values (``autoseg convert``'s mapping undone)."""
     configuration = configuration or default_configuration(ctx)
     postprocess = None
     if configuration == BEST:
@@ -106,4 +108,5 @@ def predict(ctx: DatasetContext, images_dir: Path, output_dir: Path, configurati
             postprocess = partial(apply_postprocessing, pp=pp)
     predictor = load_predictor(ctx, configuration, folds, device, precision, step, tta)
     return predict_folder(predictor, Path(images_dir), Path(output_dir), ctx.spec.file_ending, save_probabilities,
-                          overwrite, continue_, progress, postprocess=postprocess, skip_bad=skip_bad)
+                          overwrite, continue_, progress, postprocess=postprocess, skip_bad=skip_bad,
+                          roi_dir=roi_dir, label_values=ctx.spec.source_label_values)

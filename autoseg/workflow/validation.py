@@ -11,6 +11,7 @@ from autoseg.evaluation.folder import evaluate_folder
 from autoseg.inference.run import InputCase, iter_logits
 from autoseg.io.image import write_image
 from autoseg.io.probabilities import save_probabilities
+from autoseg.io.roi import apply_roi, apply_roi_to_probabilities, read_roi, spec_rois
 from autoseg.report import write_fold_report
 from autoseg.schema.base import load_json
 from autoseg.schema.evaluation import EvaluationSummary
@@ -54,6 +55,7 @@ def validate_fold(ctx: DatasetContext, configuration: str, fold: str, device: st
     predictor = load_folds(ctx, configuration, [fold], device=device)
     next_stage = ctx.plans.configurations[configuration].next_stage
     ending = ctx.spec.file_ending
+    rois = spec_rois(ctx.spec)  # outside a case's region of interest: background, and not scored
     for case, geometry, props, logits in iter_logits(predictor, training_cases(ctx, val_ids), "validation",
                                                      progress):
         if next_stage is not None:
@@ -61,13 +63,15 @@ def validate_fold(ctx: DatasetContext, configuration: str, fold: str, device: st
                             ctx.plans.configurations[next_stage])
         pred = predictor.finish(logits, props, probabilities=True)
         del logits
-        write_image(pred.segmentation, geometry, folder.validation_segmentation(case.case_id, ending))
-        save_probabilities(folder.validation_probabilities(case.case_id), pred.probabilities)
+        roi = read_roi(rois[case.case_id], case.files[0]) if case.case_id in rois else None
+        write_image(apply_roi(pred.segmentation, roi), geometry, folder.validation_segmentation(case.case_id, ending))
+        save_probabilities(folder.validation_probabilities(case.case_id),
+                           apply_roi_to_probabilities(pred.probabilities, roi))
     cases = {c.case_id: c for c in ctx.spec.training}
     gt_dir = ctx.raw_dir / Path(cases[val_ids[0]].label).parent
     evaluate_folder(folder.validation, gt_dir, labels=list(range(1, len(ctx.plans.labels))), file_ending=ending,
                     label_names=list(ctx.plans.labels), case_ids=val_ids, output=folder.validation_summary,
-                    progress=progress)
+                    progress=progress, roi=rois)
     write_fold_report(folder, ctx.spec)
     return validation_dice(folder)
 

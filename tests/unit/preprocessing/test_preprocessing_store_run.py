@@ -136,7 +136,7 @@ def test_failing_case_is_named(ws, monkeypatch):
     raw, spec, plans, paths = ws
     bad = spec.training[2].case_id
 
-    def boom(image, label, geometry, plans, config, case_id, rng):
+    def boom(image, label, geometry, plans, config, case_id, rng, **kwargs):
         if case_id == bad:
             raise ValueError("synthetic failure\nsecond line")
         return real(image, label, geometry, plans, config, case_id, rng)
@@ -155,10 +155,10 @@ def test_worker_killed_by_the_os_suggests_fewer_workers(ws, monkeypatch):
     victim = spec.training[1].case_id
     real = run_mod.preprocess_case
 
-    def oom(image, label, geometry, plans, config, case_id, rng):
+    def oom(image, label, geometry, plans, config, case_id, rng, **kwargs):
         if case_id == victim:
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(image, label, geometry, plans, config, case_id, rng)
+        return real(image, label, geometry, plans, config, case_id, rng, **kwargs)
 
     monkeypatch.setattr(run_mod, "preprocess_case", oom)
     with pytest.raises(AutosegError) as e:
