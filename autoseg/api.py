@@ -157,6 +157,14 @@ def load_predictor(workspace: Path, dataset: str, configuration: str = DEFAULT_C
     return _load(load_context(workspace, dataset), configuration, folds, device, precision, step, mirror)
 
 
+def convert(source: Path, out_dir: Path, spec, progress: bool = True) -> Path:
+    """Make an nnU-Net v2 raw dataset from any folder of images and masks (:func:`autoseg.io.convert.convert`;
+    ``spec`` is a :class:`autoseg.io.convert.ConvertSpec`)."""
+    from autoseg.io.convert import convert as _convert
+
+    return _convert(Path(source), Path(out_dir), spec, progress)
+
+
 def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, configuration: str | None = None,
             folds: list[str] | None = None, save_probabilities: bool = False, step: float = 0.5, tta: bool = True,
             overwrite: bool = False, continue_: bool = False, device: str = "auto", precision: str = "auto",

@@ -77,6 +77,30 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--device", default="auto",
                     help="device --budget is measured on: auto (CUDA when present), cpu, cuda, cuda:N")
 
+    cv = sub.add_parser("convert", help="make a raw dataset from any folder of images and masks (file patterns)",
+                        description="Describe where each case's files are with patterns relative to SOURCE, "
+                                    "{case} standing for the case id in the file name; the result in OUT_DIR is "
+                                    "an nnU-Net v2 raw dataset for `autoseg plan`. Every unmatched file, missing "
+                                    "partner and unmapped label value is reported and nothing is written.")
+    cv.add_argument("source", type=Path, metavar="SOURCE")
+    cv.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    cv.add_argument("--spec", type=Path, default=None, metavar="FILE",
+                    help="a JSON file with the keys images, labels, roi, test_images, test_roi, label_map, "
+                         "label_names, channel_names, name (instead of the options below)")
+    cv.add_argument("--images", nargs="+", default=None, metavar="PATTERN",
+                    help="training image files, one pattern per channel, e.g. 'training/images/{case}_training.tif'")
+    cv.add_argument("--labels", default=None, metavar="PATTERN", help="training label files")
+    cv.add_argument("--roi", default=None, metavar="PATTERN", help="training region-of-interest masks (optional)")
+    cv.add_argument("--test-images", nargs="+", default=(), metavar="PATTERN", help="unlabelled images (optional)")
+    cv.add_argument("--test-roi", default=None, metavar="PATTERN", help="their region-of-interest masks")
+    cv.add_argument("--map", nargs="+", default=(), metavar="SOURCE=LABEL",
+                    help="label values to map, e.g. 255=1 (values not mapped must already be label indices)")
+    cv.add_argument("--label-names", nargs="+", default=(), metavar="NAME",
+                    help="name of every label, background first (default: background label_1 ...)")
+    cv.add_argument("--channel-names", nargs="+", default=(), metavar="NAME",
+                    help="one per channel (default: R G B for colour files, else image)")
+    cv.add_argument("--name", default=None, help="dataset name (default: OUT_DIR's name)")
+
     pp = sub.add_parser("preprocess", help="preprocess a planned dataset (restartable; reuses unchanged data)")
     pp.add_argument("dataset", metavar="DATASET", help="dataset name (its folder in the workspace)")
     pp.add_argument("-w", "--workspace", type=Path, default=Path(default_ws),
@@ -381,6 +405,29 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_convert(args) -> int:
+    from autoseg import api
+    from autoseg.io.convert import ConvertSpec, parse_label_map
+
+    if args.spec is not None:
+        given = [o for o, v in (("--images", args.images), ("--labels", args.labels), ("--roi", args.roi),
+                                ("--test-images", args.test_images), ("--test-roi", args.test_roi),
+                                ("--map", args.map), ("--label-names", args.label_names),
+                                ("--channel-names", args.channel_names), ("--name", args.name)) if v]
+        if given:
+            raise AutosegError(f"--spec {args.spec}: give the patterns either in the file or as options, not both "
+                               f"({', '.join(given)})")
+        spec = ConvertSpec.from_json(args.spec)
+    else:
+        if not args.images or not args.labels:
+            raise AutosegError("convert: --images and --labels are required (or --spec FILE)")
+        spec = ConvertSpec(tuple(args.images), args.labels, args.roi, tuple(args.test_images), args.test_roi,
+                           parse_label_map(args.map), tuple(args.label_names), tuple(args.channel_names), args.name)
+    out = api.convert(args.source, args.out_dir, spec)
+    print(f"wrote {out} (nnU-Net v2 raw layout); next: autoseg plan {out}")
+    return 0
+
+
 def _make_data(out: Path, spec) -> Path:
     from autoseg import synthetic
 
@@ -391,7 +438,8 @@ def _make_data(out: Path, spec) -> Path:
 
 _COMMANDS = {"predict": _cmd_predict, "train": _cmd_train, "verify": _cmd_verify, "plan": _cmd_plan,
              "preprocess": _cmd_preprocess, "demo": _cmd_demo, "evaluate": _cmd_evaluate,
-             "find-best": _cmd_find_best, "export": _cmd_export, "import": _cmd_import, "report": _cmd_report}
+             "find-best": _cmd_find_best, "export": _cmd_export, "import": _cmd_import, "report": _cmd_report,
+             "convert": _cmd_convert}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
