@@ -16,7 +16,8 @@ from autoseg.synthetic import PRESETS, SyntheticSpec, case_name, label_names, ma
 
 # Big presets shrunk so every test stays in seconds; the anatomy code is the same at any size.
 SMALL = {name: (replace(spec, shape=(40, 40, 40)) if name == "large" else spec) for name, spec in PRESETS.items()}
-MRI_PRESETS = [n for n, s in PRESETS.items() if not any(c.upper() == "CT" for c in s.channels)]
+MRI_PRESETS = [n for n, s in PRESETS.items()
+               if not any(c.upper() == "CT" for c in s.channels) and s.anatomy != "fundus"]
 TINY = PRESETS["tiny"]
 
 
@@ -275,3 +276,17 @@ def test_spec_validation(bad):
 def test_import_has_no_torch():
     code = "import sys, autoseg.synthetic; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fundus_preset_is_2d_rgb_with_vessels_inside_the_field_of_view(tmp_path):
+    from autoseg.io.dataset_json import read_dataset_spec
+    from autoseg.synthetic import fundus_case
+
+    spec = PRESETS["2d-rgb"]
+    image, label, geometry, roi = fundus_case(spec, 0)
+    assert image.shape[:2] == (3, 1) and label.shape == roi.shape == image.shape[1:]
+    assert image.min() >= 0 and image.max() <= 255 and np.array_equal(image, np.round(image))
+    assert (label == 1).any() and not label[roi == 0].any()
+    assert np.array_equal(fundus_case(spec, 0)[0], image)  # deterministic
+    ds = read_dataset_spec(make_dataset(tmp_path / "f", replace(spec, num_training=3, num_test=1)))
+    assert ds.channel_names == ("R", "G", "B") and ds.file_ending == ".png" and ds.has_roi
