@@ -10,8 +10,9 @@ identical to nnU-Net's), and otherwise walks down a fixed ladder of cheaper plan
 2. the patch trimmed at the planned spacing while it still holds :data:`MIN_TRIM_COVERAGE` of the median case's
    voxels (nnU-Net's patch is often as large as the whole case: trimming it costs little context);
 3. the target spacing, coarser in steps of the preset's ``lowres_spacing_step`` (the finest axes first, as nnU-Net
-   does for its ``3d_lowres``) up to :data:`MAX_COARSENING` per axis and never below :data:`MIN_COARSE_EDGE` voxels
-   of the median case, with the patch fitted to the memory target scaled by the voxel ratio, so the patch keeps
+   does for its ``3d_lowres``) up to :data:`MAX_COARSENING` per axis, never below :data:`MIN_COARSE_EDGE` voxels
+   of the median case and never so coarse that the thinnest structure is less than :data:`MIN_VOXELS_ACROSS`
+   voxels across, with the patch fitted to the memory target scaled by the voxel ratio, so the patch keeps
    nnU-Net's field of view in mm: the network keeps its context and loses resolution (predictions are resampled
    to full resolution anyway);
 4. the patch, at the coarsest spacing, by fitting it to smaller memory targets with the memory planner itself
@@ -49,6 +50,11 @@ PATCH_STEP = 0.9
 MAX_COARSENING = 2.0
 #: The spacing rung stops coarsening an axis once the median case would have fewer voxels along it.
 MIN_COARSE_EDGE = 32
+#: The spacing rung keeps the dataset's thinnest structure (its typical thickness, see
+#: :func:`autoseg.fingerprint.case.thinnest_structure_mm`) at least this many voxels across: a left atrium
+#: (5.6 mm) may go from 0.625 to 1.25 mm, hippocampi (2.8 mm at 1 mm) and retinal vessels (2 pixels) are never
+#: coarsened; their budget is met by the patch and width rungs instead.
+MIN_VOXELS_ACROSS = 3.0
 #: Smallest patch volume the patch rung goes to, as a fraction of the patch it starts from.
 MIN_PATCH_FRACTION = 1 / 8
 #: Smallest base width the ladder goes to.
@@ -136,12 +142,14 @@ def _smaller_patches(spacing, median_shape, dataset_voxels: float, num_classes: 
             yield dataclasses.replace(choice, batch_size=min(choice.batch_size, max_batch)), target
 
 
-def coarser_spacings(spacing: Sequence[float], median_shape: Sequence[float], step: float) -> list[np.ndarray]:
+def coarser_spacings(spacing: Sequence[float], median_shape: Sequence[float], step: float,
+                     structure_mm: float | None = None) -> list[np.ndarray]:
     """The spacing rung's candidates, finest first (the planned spacing itself excluded).
 
     Each step multiplies the finest axes (those more than 2x finer than the coarsest) by ``step``, or all axes when
-    none is, leaving out axes that reached :data:`MAX_COARSENING` or whose median extent would drop below
-    :data:`MIN_COARSE_EDGE` voxels.
+    none is, leaving out axes that reached :data:`MAX_COARSENING`, whose median extent would drop below
+    :data:`MIN_COARSE_EDGE` voxels, or whose spacing would leave a structure ``structure_mm`` thick fewer than
+    :data:`MIN_VOXELS_ACROSS` voxels across.
 
     Examples
     --------
@@ -150,10 +158,14 @@ def coarser_spacings(spacing: Sequence[float], median_shape: Sequence[float], st
     [[1.5, 1.5, 1.5], [2.0, 2.0, 2.0]]
     >>> coarser_spacings((1.0, 1.0, 1.0), (30, 200, 200), 2.0)[0].tolist()  # 30 voxels: too few to coarsen
     [1.0, 2.0, 2.0]
+    >>> coarser_spacings((1.0, 1.0), (584, 565), 1.5, structure_mm=2.0)  # 2-pixel vessels: never coarsened
+    []
     """
     base = np.asarray(spacing, dtype=np.float64)
     median = np.asarray(median_shape, dtype=np.float64)
     limit = np.minimum(base * MAX_COARSENING, np.maximum(base, base * median / MIN_COARSE_EDGE))
+    if structure_mm is not None:
+        limit = np.minimum(limit, np.maximum(base, structure_mm / MIN_VOXELS_ACROSS))
     current, out = base.copy(), []
     while True:
         open_axes = current < limit - 1e-9
@@ -167,8 +179,8 @@ def coarser_spacings(spacing: Sequence[float], median_shape: Sequence[float], st
 
 def fit_to_budget(spacing: Sequence[float], median_shape: Sequence[float], dataset_voxels: float,
                   num_classes: int, in_channels: int, preset: PlannerPreset, memory_gb: float,
-                  budget_seconds: float, seconds_per_mac: float, min_iterations: int = MIN_ITERATIONS
-                  ) -> BudgetChoice:
+                  budget_seconds: float, seconds_per_mac: float, min_iterations: int = MIN_ITERATIONS,
+                  structure_mm: float | None = None) -> BudgetChoice:
     """The first plan of the ladder (module docstring) that reaches ``min_iterations`` in ``budget_seconds``.
 
     Parameters
@@ -186,6 +198,8 @@ def fit_to_budget(spacing: Sequence[float], median_shape: Sequence[float], datas
         :data:`TRAINING_OVERHEAD` times the step this prices.
     min_iterations
         Iterations a fold needs.
+    structure_mm
+        Thickness of the dataset's thinnest structure, mm (limits the spacing rung; ``None``: not known).
 
     Returns
     -------
@@ -236,7 +250,7 @@ def fit_to_budget(spacing: Sequence[float], median_shape: Sequence[float], datas
             kept = target
             yield last
         offs, fov = last[3], last[0].patch_size
-        for sp in coarser_spacings(spacing0, median0, preset.lowres_spacing_step):
+        for sp in coarser_spacings(spacing0, median0, preset.lowres_spacing_step, structure_mm):
             ratio = float(np.prod(np.asarray(spacing0) / sp))
             med = tuple(float(m) * s0 / s for m, s0, s in zip(median0, spacing0, sp))
             coarse = fit_configuration(sp, med, dataset_voxels * ratio, num_classes, preset, kept * ratio)

@@ -28,12 +28,13 @@ def _config(name: str, spacing, median_shape, choice: ConfigurationChoice,
 
 
 def fit_plan_to_budget(plan: ConfigurationPlan, dataset_voxels: float, num_classes: int, in_channels: int,
-                       preset: PlannerPreset, memory_gb: float, budget: TimeBudget) -> ConfigurationPlan:
+                       preset: PlannerPreset, memory_gb: float, budget: TimeBudget,
+                       structure_mm: float | None = None) -> ConfigurationPlan:
     """``plan`` (nnU-Net's) refitted by :func:`autoseg.planning.budget.fit_to_budget`, with its
     :class:`~autoseg.schema.plans.BudgetFit` recorded; spacing, median shape, patch, batch and network may change.
     """
     got = fit_to_budget(plan.spacing, plan.median_shape, dataset_voxels, num_classes, in_channels, preset,
-                        memory_gb, budget.minutes * 60, budget.seconds_per_mac, budget.min_iterations)
+                        memory_gb, budget.minutes * 60, budget.seconds_per_mac, budget.min_iterations, structure_mm)
     fit = BudgetFit(minutes=float(budget.minutes), device=budget.device,
                     seconds_per_tmac=round(budget.seconds_per_mac * 1e12, 3),
                     seconds_per_iteration=round(got.seconds_per_iteration, 3), iterations=got.iterations,
@@ -46,8 +47,10 @@ def fit_plan_to_budget(plan: ConfigurationPlan, dataset_voxels: float, num_class
 
 
 def _fit_all(configs: dict[str, ConfigurationPlan], voxels: dict[str, float], num_classes: int, channels: int,
-             preset: PlannerPreset, memory_gb: float, budget: TimeBudget) -> dict[str, ConfigurationPlan]:
-    fitted = {name: fit_plan_to_budget(c, voxels[name], num_classes, channels, preset, memory_gb, budget)
+             preset: PlannerPreset, memory_gb: float, budget: TimeBudget, structure_mm: float | None
+             ) -> dict[str, ConfigurationPlan]:
+    fitted = {name: fit_plan_to_budget(c, voxels[name], num_classes, channels, preset, memory_gb, budget,
+                                       structure_mm)
               for name, c in configs.items() if name != "3d_cascade_fullres"}
     full = fitted.get("3d_fullres")
     if "3d_lowres" in fitted and full is not None and full.spacing != configs["3d_fullres"].spacing:
@@ -138,7 +141,7 @@ def make_plans(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: float
                          else float(np.prod(c.median_shape, dtype=np.float64)) * num_cases)
                   for name, c in configs.items()}
         configs = _fit_all(configs, voxels, num_classes, len(fingerprint.channel_names), preset, memory_gb,
-                           budget)
+                           budget, fingerprint.thinnest_structure_mm)
 
     return Plans(
         dataset_name=fingerprint.dataset_name,

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
+
+from autoseg.schema.base import OMIT_IF_NONE
+
 
 @dataclass(frozen=True)
 class IntensityStats:
@@ -38,6 +42,10 @@ class CaseFingerprint:
         Voxels after cropping / voxels before.
     foreground_voxels
         Number of labelled (nonzero label) voxels.
+    thinnest_structure_mm
+        Typical thickness of the case's thinnest foreground class: twice the median distance of its voxels to its
+        border, mm (``None`` in fingerprints made before it was measured, or without foreground). The budget rule
+        does not coarsen the spacing beyond what keeps such structures several voxels across.
     """
 
     case_id: str
@@ -46,6 +54,7 @@ class CaseFingerprint:
     shape_after_crop: tuple[int, ...]
     relative_size_after_crop: float
     foreground_voxels: int
+    thinnest_structure_mm: float | None = field(default=None, metadata=OMIT_IF_NONE)
 
 
 @dataclass(frozen=True)
@@ -87,3 +96,9 @@ class Fingerprint:
     @property
     def shapes_after_crop(self) -> list[tuple[int, ...]]:
         return [c.shape_after_crop for c in self.cases]
+
+    @property
+    def thinnest_structure_mm(self) -> float | None:
+        """Median over the cases of their thinnest structure's thickness, mm (``None`` when not measured)."""
+        values = [c.thinnest_structure_mm for c in self.cases if c.thinnest_structure_mm is not None]
+        return float(np.median(values)) if values else None

@@ -72,6 +72,19 @@ def test_short_budgets_give_up_in_the_documented_order(case, minutes, rungs):
     assert np.allclose(np.asarray(got.median_shape) * ratio, case[1])
 
 
+@pytest.mark.parametrize("structure_mm, coarsened", [(None, True), (5.6, True), (1.6, False), (1.8, False)])
+def test_thin_structures_keep_their_resolution(structure_mm, coarsened):
+    """A left atrium (5.6 mm thick at 0.625 mm) may be coarsened to 1.25 mm; structures under 3 voxels across at
+    the coarser spacing (vessels, thin walls) are not: the patch and width rungs pay for the budget instead."""
+    spacing, median, cases, classes = LA2018
+    got = fit_to_budget(spacing, median, math.prod(median) * cases, classes, 1, PRESET, 8.0, 60 * 60, CPU, 500,
+                        structure_mm)
+    rungs = [t.split()[0] for t in got.trade_offs]
+    assert ("spacing" in rungs) == coarsened
+    if not coarsened:
+        assert got.spacing == spacing and rungs[:2] == ["patch", "patch"]
+
+
 def test_trim_keeps_most_of_the_median_case_and_the_spacing_rung_keeps_the_field_of_view():
     got = fit(LA2018, 600, CPU)
     base = nnunet(LA2018)
