@@ -17,6 +17,7 @@ from tqdm import tqdm
 from autoseg.errors import AutosegError, option
 from autoseg.inference.predictor import Predictor
 from autoseg.io.image import Geometry, write_image
+from autoseg.io import natural
 from autoseg.io.natural import has_natural_ending, output_ending
 from autoseg.io.roi import apply_roi, apply_roi_to_probabilities, find_rois, read_roi
 from autoseg.io.verify import load_and_check_images, load_and_check_roi
@@ -68,6 +69,19 @@ def find_cases(images_dir: Path, num_channels: int, file_ending: str = ".nii.gz"
                 raise AutosegError(*problems)
             return [InputCase(cid, tuple(g[c] for c in sorted(g))) for cid, g in sorted(groups.items())]
     return [InputCase(p.name[:-len(file_ending)], (p,)) for p in files]
+
+
+def input_ending(images_dir: Path, file_ending: str) -> str:
+    """The ending of the images to segment: the dataset's, or for a 2D model the 2D format the folder holds when it
+    has none of the dataset's (a model trained on TIFF photographs segments a folder of PNG files)."""
+    if not natural.has_natural_ending(file_ending) or not images_dir.is_dir():
+        return file_ending
+    names = [p.name.lower() for p in images_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if any(n.endswith(file_ending.lower()) for n in names):
+        return file_ending
+    counts = {e: sum(n.endswith(e) for n in names) for e in natural.ENDINGS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else file_ending
 
 
 def check_inputs(cases: Sequence[InputCase], num_channels: int, channel_names: Sequence[str] = (),
@@ -224,6 +238,7 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
     output_dir = Path(output_dir)
     check_output_dir(output_dir, images_dir)
     n_channels = len(predictor.plans.channel_names)
+    file_ending = input_ending(Path(images_dir), file_ending)
     cases = find_cases(images_dir, n_channels, file_ending)
     bad = check_inputs(cases, n_channels, predictor.plans.channel_names, progress)
     rois = {}
