@@ -99,7 +99,8 @@ def is_2d_file(path: Path) -> bool:
         return _sitk_dimension(path) == 2
 
 
-def _sitk_dimension(path: Path) -> int | None:
+def _sitk_info(path: Path):
+    """SimpleITK's reader after reading the header, or ``None`` when it cannot."""
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -108,7 +109,12 @@ def _sitk_dimension(path: Path) -> int | None:
         reader.ReadImageInformation()
     except RuntimeError:
         return None
-    return reader.GetDimension()
+    return reader
+
+
+def _sitk_dimension(path: Path) -> int | None:
+    reader = _sitk_info(path)
+    return None if reader is None else reader.GetDimension()
 
 
 def _is_grey_palette(im) -> bool:
@@ -187,6 +193,8 @@ def read_natural_header(path: Path) -> NaturalHeader:
             channels, mode = _channels_of(im), im.mode
             size = (int(im.size[1]), int(im.size[0]))
             spacing = _file_spacing(path, im)
+            if channels == 3 and _deep_colour(im):
+                mode = "sitk"  # Pillow would decode 16-bit colour as 8-bit, dropping the low bytes
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         sitk_header = _sitk_header(path)
         if sitk_header is None:
@@ -197,17 +205,20 @@ def read_natural_header(path: Path) -> NaturalHeader:
     return NaturalHeader(size, channels, mode, side or spacing or (1.0, 1.0))
 
 
+def _deep_colour(im) -> bool:
+    """A colour TIFF with more than 8 bits per sample (Pillow has no mode for it)."""
+    tags = getattr(im, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    if bits is None:
+        return False
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return any(int(b) > 8 for b in bits)
+
+
 def _sitk_header(path: Path) -> tuple[tuple[int, int], int] | None:
     """``((y, x), channels)`` of a 2D file SimpleITK reads and Pillow does not (16-bit RGB TIFF ...)."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-    if reader.GetDimension() != 2:
+    reader = _sitk_info(path)
+    if reader is None or reader.GetDimension() != 2:
         return None
     comps = reader.GetNumberOfComponents()
     w, h = reader.GetSize()

@@ -168,3 +168,14 @@ def test_missing_label_partner_is_named(tmp_path):
     (root / "labelsTr" / "c0.png").unlink()
     with pytest.raises(DatasetError, match="c0.png: missing label file"):
         read_dataset_spec(root)
+
+
+def test_16_bit_rgb_tiff_is_read_through_simpleitk(tmp_path):
+    import SimpleITK as sitk
+
+    rgb16 = RNG.integers(0, 65536, (13, 17, 3)).astype(np.uint16)
+    sitk.WriteImage(sitk.GetImageFromArray(rgb16, isVector=True), str(tmp_path / "c.tif"))
+    h = read_header(tmp_path / "c.tif")
+    assert (h.size, h.channels) == ((1, 13, 17), 3)
+    image, _ = read_image([tmp_path / "c.tif"])
+    np.testing.assert_array_equal(image[:, 0], np.moveaxis(rgb16, -1, 0).astype(np.float32))
