@@ -180,7 +180,7 @@ def read_image(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
 def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
     """Read a label map as ``(z, y, x)``, in its stored dtype (the caller checks values are integers)."""
     if natural.is_2d_file(Path(path)):
-        arr, h = natural.read_natural(Path(path))
+        arr, h = natural.read_natural(Path(path), label=True)
         if h.channels != 1:
             raise AutosegError(f"{path}: label map is an RGB image, expected one grey value per pixel")
         return arr, Geometry.of_2d(h.spacing)

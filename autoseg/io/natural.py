@@ -123,11 +123,11 @@ def _is_grey_palette(im) -> bool:
     return bool(rgb.size == 0 or (rgb[:, 0] == rgb[:, 1]).all() and (rgb[:, 1] == rgb[:, 2]).all())
 
 
-def _channels_of(im) -> int:
+def _channels_of(im, label: bool = False) -> int:
     if im.mode in _GREY_MODES:
         return 1
     if im.mode == "P":
-        return 1 if _is_grey_palette(im) else 3
+        return 1 if label or _is_grey_palette(im) else 3
     if im.mode in _COLOUR_MODES:
         return 3
     raise AutosegError(f"{im.filename}: pixel mode {im.mode!r} is not supported (grey, RGB or RGBA expected)")
@@ -174,8 +174,12 @@ def _sidecar_spacing(path: Path) -> tuple[float, float] | None:
     return sp
 
 
-def read_natural_header(path: Path) -> NaturalHeader:
+def read_natural_header(path: Path, label: bool = False) -> NaturalHeader:
     """Size, channels, mode and spacing of a 2D image file (pixels are not decoded).
+
+    ``label``: the file is a label map or mask. A palette file then has one channel whatever its palette: with a
+    grey palette its grey values (what a viewer shows: DRIVE's 0/255 masks), with a colour palette its palette
+    indices (the Pascal VOC convention: the index is the class, the colours are only for display).
 
     Raises
     ------
@@ -190,7 +194,7 @@ def read_natural_header(path: Path) -> NaturalHeader:
             frames = getattr(im, "n_frames", 1)
             if frames != 1:
                 raise AutosegError(f"{path}: {frames} frames (an animation or a stack); a 2D image has one")
-            channels, mode = _channels_of(im), im.mode
+            channels, mode = _channels_of(im, label), im.mode
             size = (int(im.size[1]), int(im.size[0]))
             spacing = _file_spacing(path, im)
             if channels == 3 and _deep_colour(im):
@@ -232,8 +236,8 @@ def _reason(e: BaseException) -> str:
     return text[:200]
 
 
-def read_natural(path: Path) -> tuple[np.ndarray, NaturalHeader]:
-    """Decode a 2D image file completely.
+def read_natural(path: Path, label: bool = False) -> tuple[np.ndarray, NaturalHeader]:
+    """Decode a 2D image file completely (``label``: as a label map or mask, see :func:`read_natural_header`).
 
     Returns
     -------
@@ -249,13 +253,15 @@ def read_natural(path: Path) -> tuple[np.ndarray, NaturalHeader]:
     """
     from PIL import Image, UnidentifiedImageError
 
-    header = read_natural_header(path)
+    header = read_natural_header(path, label)
     if header.mode == "sitk":
         return _read_with_sitk(path, header), header
     try:
         with Image.open(path) as im:
             im.load()  # decodes everything: a truncated or corrupt file fails here, not later
-            if im.mode == "P" or im.mode == "PA":
+            if im.mode == "P" and label and not _is_grey_palette(im):
+                pass  # palette indices are the classes
+            elif im.mode == "P" or im.mode == "PA":
                 im = im.convert("L" if header.channels == 1 else "RGB")
             elif im.mode in ("LA", "La"):
                 im = im.convert("L")

@@ -90,6 +90,7 @@ class _File:
     geometry: Geometry
     array: np.ndarray | None = None
     natural: natural.NaturalHeader | None = None  # a 2D image file (PNG, TIFF, ...): one slice
+    label: bool = False  # read as a label map or mask
 
     @property
     def kind(self) -> str:
@@ -124,7 +125,7 @@ def load_and_check_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> Loa
         problems.append(f"{paths[0] if paths else raw_dir}: case {case.case_id!r} has {len(paths)} image files "
                         f"but dataset.json declares {n} channels")
         return LoadedCase(None, None, None, tuple(problems))
-    label = _header(raw_dir / case.label, problems) if case.label is not None else None
+    label = _header(raw_dir / case.label, problems, label=True) if case.label is not None else None
     images, image = _load_images(paths, n, spec.channel_names, "dataset.json declares", problems)
     ref = images[0]
     if label is not None:
@@ -162,7 +163,7 @@ def load_and_check_roi(path: Path, image_file: Path) -> tuple[np.ndarray | None,
 
 def _load_roi(path: Path, ref: _File | None, problems: list[str]) -> np.ndarray | None:
     """A mask's voxels as bool after the checks: a single-channel map on the image's grid, finite, not empty."""
-    f = _header(path, problems)
+    f = _header(path, problems, label=True)
     if f is None:
         return None
     if f.channels != 1 or f.dimension != 3:
@@ -298,19 +299,21 @@ def check_test_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> LoadedC
 # headers
 
 
-def _header(path: Path, problems: list[str]) -> _File | None:
-    """Header of one file via ``ReadImageInformation``; ``None`` (after reporting) when unusable."""
+def _header(path: Path, problems: list[str], label: bool = False) -> _File | None:
+    """Header of one file via ``ReadImageInformation``; ``None`` (after reporting) when unusable. ``label``: a
+    label map or mask (a 2D palette file then holds one value per pixel, see
+    :func:`autoseg.io.natural.read_natural_header`)."""
     if not path.is_file():
         problems.append(f"{path}: {'a folder, not an image file' if path.is_dir() else 'file not found'}")
         return None
     if natural.is_2d_file(path):
         try:
-            h = natural.read_natural_header(path)
+            h = natural.read_natural_header(path, label)
         except AutosegError as e:
             problems.append(str(e))
             return None
         return _File(path, 4 if h.channels > 1 else 3, (1, *h.size), h.channels, Geometry.of_2d(h.spacing),
-                     natural=h)
+                     natural=h, label=label)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -413,7 +416,7 @@ def _pixels(f: _File, problems: list[str]) -> np.ndarray | None:
     """
     if f.natural is not None:
         try:
-            arr, _ = natural.read_natural(f.path)
+            arr, _ = natural.read_natural(f.path, f.label)
         except AutosegError as e:
             problems.append(str(e))
             return None

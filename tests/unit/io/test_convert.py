@@ -70,8 +70,8 @@ def test_drive_like_folder_converts_to_a_raw_dataset_autoseg_verifies(tmp_path):
      "21_manual1.gif: label value(s) 128 not mapped"),
     (lambda s: Image.fromarray(np.zeros((10, 24), np.uint8)).save(s / "training/1st_manual/21_manual1.gif"),
      "21_manual1.gif: label map of 24x10 pixels (width x height), its image 21_training.tif has 24x20"),
-    (lambda s: Image.fromarray(np.full((20, 24, 3), (200, 0, 0), np.uint8)).save(
-        s / "training/1st_manual/21_manual1.gif"), "21_manual1.gif: label map is an RGB image"),
+    (lambda s: Image.fromarray(np.full((20, 24, 3), (200, 0, 0), np.uint8)).save(  # true RGB pixels
+        s / "training/1st_manual/21_manual1.gif", format="PNG"), "21_manual1.gif: label map is an RGB image"),
     (lambda s: Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(s / "test/images/09_test.png"),
      "09_test.png: matches no pattern"),
 ])

@@ -179,3 +179,16 @@ def test_16_bit_rgb_tiff_is_read_through_simpleitk(tmp_path):
     assert (h.size, h.channels) == ((1, 13, 17), 3)
     image, _ = read_image([tmp_path / "c.tif"])
     np.testing.assert_array_equal(image[:, 0], np.moveaxis(rgb16, -1, 0).astype(np.float32))
+
+
+def test_palette_label_with_a_colour_palette_holds_class_indices(tmp_path):
+    """Pascal VOC style: the palette index is the class, the colours are for display."""
+    classes = np.zeros((13, 17), np.uint8)
+    classes[3:6, 4:9], classes[8:11, 2:5] = 1, 2
+    im = Image.fromarray(classes, "P")
+    im.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9))
+    im.save(tmp_path / "voc.png")
+    arr, _ = read_label(tmp_path / "voc.png")
+    np.testing.assert_array_equal(arr[0], classes)
+    image, _ = read_image([tmp_path / "voc.png"])  # as an image it is the colours
+    assert image.shape == (3, 1, 13, 17) and image[0, 0, 4, 5] == 128
