@@ -25,7 +25,7 @@ FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "continue_": "--conti
          "epochs": "--epochs", "configurations": "-c", "folds": "-f", "memory_gb": "--gpu-memory",
          "pretrained": "--pretrained", "device": "--device", "precision": "--precision", "preset": "--preset",
          "num_workers": "-j", "min_iterations": "--min-iterations",
-         "freeze_encoder_epochs": "--freeze-encoder-epochs"}
+         "freeze_encoder_epochs": "--freeze-encoder-epochs", "warmup_fraction": "--warmup"}
 
 
 def _flag(name: str) -> str:
@@ -141,7 +141,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--budget", type=_positive_float, default=None, metavar="MINUTES",
                    help="fit the number of epochs to this wall-clock time, from the measured speed")
     t.add_argument("--batch-size", type=_workers, default=None)
-    t.add_argument("--learning-rate", type=_positive_float, default=None)
+    t.add_argument("--learning-rate", type=_positive_float, default=None,
+                   help="initial learning rate of SGD (default 0.01, nnU-Net's)")
+    t.add_argument("--warmup", type=float, default=None, metavar="FRACTION",
+                   help="linear learning-rate warm-up over this share of the epochs before the poly decay "
+                        "(default 0, nnU-Net's schedule)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--deterministic", action="store_true", default=None,
                    help="bitwise reproducible batches and deterministic torch kernels (slower)")
@@ -285,7 +289,8 @@ def _cmd_train(args) -> int:
 
     overrides = dict(epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                      validation_iterations=args.validation_iterations, batch_size=args.batch_size,
-                     learning_rate=args.learning_rate, seed=args.seed, deterministic=args.deterministic,
+                     learning_rate=args.learning_rate, warmup_fraction=args.warmup, seed=args.seed,
+                     deterministic=args.deterministic,
                      precision=args.precision, num_workers=args.workers, checkpoint_every=args.checkpoint_every,
                      pretrained=args.pretrained, pretrained_fold=args.pretrained_fold,
                      freeze_encoder_epochs=args.freeze_encoder_epochs)

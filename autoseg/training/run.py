@@ -47,6 +47,8 @@ def make_config(plans_sha256: str, dataset: str, configuration: str, fold: str, 
                            f"tensors transferred from a pretrained model are frozen")
     if given.get("freeze_encoder_epochs", 0) < 0:
         raise AutosegError(f"{option('freeze_encoder_epochs')} {given['freeze_encoder_epochs']}: must be >= 0")
+    if not 0.0 <= given.get("warmup_fraction", 0.0) < 1.0:
+        raise AutosegError(f"{option('warmup_fraction')} {given['warmup_fraction']}: must be in [0, 1)")
     return TrainConfig(dataset=dataset, configuration=configuration, fold=fold, plans_sha256=plans_sha256, **given)
 
 
