@@ -67,21 +67,22 @@ def evaluate(pred_dir: Path, gt_dir: Path, workspace: Path | None = None, datase
     roi_dir
         Region-of-interest masks ``<case><ending>``: scores are computed inside them only.
 
-    Without ``dataset`` the file ending is the one most reference files have.
+    Without ``dataset`` the file ending is the one most reference files have; with it, the dataset's ignore label
+    (if any) is left out of the scores.
     """
     from autoseg.evaluation.folder import evaluate_folder, reference_ending
 
-    label_names, file_ending = None, reference_ending(Path(gt_dir))
+    label_names, file_ending, ignore_label = None, reference_ending(Path(gt_dir)), None
     if dataset is not None:
         if workspace is None:
             raise AutosegError(f"dataset '{dataset}' given without a workspace to find it in")
         ctx = load_context(workspace, dataset)
-        label_names, file_ending = ctx.plans.labels, ctx.spec.file_ending
+        label_names, file_ending, ignore_label = ctx.plans.labels, ctx.spec.file_ending, ctx.spec.ignore_label
         if labels is None:
             labels = list(range(1, len(label_names)))
     return evaluate_folder(Path(pred_dir), Path(gt_dir), labels, num_workers, file_ending, label_names=label_names,
                            nsd_tolerance_mm=nsd_tolerance_mm, output=output, progress=progress,
-                           predicted_only=predicted_only, roi=roi_dir)
+                           predicted_only=predicted_only, roi=roi_dir, ignore_label=ignore_label)
 
 
 def train(workspace: Path, dataset: str, configuration: str, fold: str = "0", device: str = "auto",

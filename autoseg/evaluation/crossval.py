@@ -140,7 +140,7 @@ def _evaluate(folder: Path, spec: DatasetSpec, num_workers: int | None, progress
     evaluate_folder(folder, reference_dir(spec), labels=list(range(1, len(spec.labels))), num_workers=num_workers,
                     file_ending=spec.file_ending, label_names=list(spec.labels),
                     case_ids=[c.case_id for c in spec.training], output=summary_file(folder), progress=progress,
-                    roi=spec_rois(spec))
+                    roi=spec_rois(spec), ignore_label=spec.ignore_label)
 
 
 def merge_folds(paths: DatasetPaths, config: str, spec: DatasetSpec, splits: Sequence[dict[str, list[str]]],

@@ -32,7 +32,8 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
                     label_names: Sequence[str] | None = None, case_ids: Sequence[str] | None = None,
                     nsd_tolerance_mm: float = 1.0, output: Path | None = None,
                     progress: bool = True, predicted_only: bool = False,
-                    roi: Path | Mapping[str, Path] | None = None) -> EvaluationSummary:
+                    roi: Path | Mapping[str, Path] | None = None,
+                    ignore_label: int | None = None) -> EvaluationSummary:
     """Per case and class Dice, IoU, HD95 and NSD of every reference case; writes ``summary.json``.
 
     Parameters
@@ -63,6 +64,9 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
         Region-of-interest masks: a folder holding ``<case><ending>`` for every case, or case id -> mask file
         (cases without an entry are scored whole). Scores are computed inside the mask only, as DRIVE's field of
         view requires: outside it prediction and reference are both taken as background.
+    ignore_label
+        Reference value of voxels that are not annotated (the dataset's ``ignore`` label): they are left out the
+        same way, and the value is never a label to score.
 
     Raises
     ------
@@ -81,7 +85,9 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
     _check_geometry(cases)
     masks = masks_by_case(roi, [c[0] for c in cases], file_ending)
 
-    jobs = [(cid, p, r, values, nsd_tolerance_mm, masks.get(cid)) for cid, p, r in cases]
+    if values is not None and ignore_label is not None and ignore_label in values:
+        raise AutosegError(f"label {ignore_label}: the ignore label is not scored")
+    jobs = [(cid, p, r, values, nsd_tolerance_mm, masks.get(cid), ignore_label) for cid, p, r in cases]
     results = map_cases(_evaluate_case, jobs, [c[0] for c in cases], num_workers, "evaluate", progress)
     problems = [r.problem for r in results if r.problem]
     if problems:
@@ -204,7 +210,8 @@ _ABSENT = ClassMetrics(dice=None, iou=None, hd95=None, nsd=None, tp=0, fp=0, fn=
 
 
 def _evaluate_case(case_id: str, pred_path: Path, ref_path: Path, values: tuple[int, ...] | None,
-                   tolerance_mm: float, roi_path: Path | None = None) -> _CaseResult:
+                   tolerance_mm: float, roi_path: Path | None = None, ignore_label: int | None = None
+                   ) -> _CaseResult:
     try:
         pred, _ = read_label(pred_path)
         ref, geometry = read_label(ref_path)
@@ -212,6 +219,9 @@ def _evaluate_case(case_id: str, pred_path: Path, ref_path: Path, values: tuple[
         if roi_path is not None:
             roi = read_roi(roi_path, ref_path)
             pred, ref = apply_roi(pred, roi), apply_roi(ref, roi)
+        if ignore_label is not None:
+            annotated = ref != ignore_label
+            pred, ref = apply_roi(pred, annotated), apply_roi(ref, annotated)
     except AutosegError as e:
         return _CaseResult(case_id, str(pred_path), str(ref_path), {}, frozenset(), "; ".join(e.problems))
     ref_values = frozenset(int(v) for v in np.unique(ref)) - {0}

@@ -133,6 +133,9 @@ def read_dataset_spec(raw_dir: Path) -> DatasetSpec:
         _check_num_training(data.get("numTraining"), found, layout, bad)
 
     name = _dataset_name(data, raw_dir, bad)
+    ignore = None
+    if labels and labels[-1] == "ignore":  # partial annotation: not a class, its voxels do not count
+        ignore, labels = len(labels) - 1, labels[:-1]
     source_values = _source_label_values(data.get("source_label_values"), labels, bad)
     if problems:
         raise DatasetError(*problems)
@@ -146,6 +149,7 @@ def read_dataset_spec(raw_dir: Path) -> DatasetSpec:
         training=tuple(training),
         test=tuple(test),
         source_label_values=source_values,
+        ignore_label=ignore,
     )
 
 
@@ -236,8 +240,13 @@ def _check_label_values(values: dict[int, str], bad) -> list[str] | None:
         bad(f"label names must be unique, {dup_names} used for several values")
         ok = False
     if "ignore" in names:
-        bad("the 'ignore' label (partial annotation) is not supported")
-        ok = False
+        if names[-1] != "ignore":
+            bad(f"the 'ignore' label must have the highest value ({len(names) - 1}), found "
+                f"{names.index('ignore')}: it cannot be the background or lie between other labels")
+            ok = False
+        elif len(names) < 3:
+            bad("'labels' declares no foreground label besides 'ignore' and the background")
+            ok = False
     return names if ok else None
 
 

@@ -35,7 +35,7 @@ import SimpleITK as sitk
 from autoseg.errors import AutosegError
 from autoseg.io import natural
 from autoseg.io.image import Geometry, itk_error_reason
-from autoseg.schema.dataset import CaseSpec, DatasetSpec
+from autoseg.schema.dataset import IGNORE, CaseSpec, DatasetSpec
 
 # Image and label must share their voxel grid. Spacing is compared relatively (rtol 1e-3): files written by
 # different tools round spacings differently (float32 pixdim, 0.7999999 vs 0.8). The origin gets an absolute
@@ -141,7 +141,7 @@ def load_and_check_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> Loa
     if label is not None and label.dimension == 3:
         label.array = _pixels(label, problems)
         if label.array is not None:
-            label_arr = _check_label(label, spec.labels, problems)
+            label_arr = _check_label(label, spec.labels, problems, spec.ignore_label)
     roi = _load_roi(raw_dir / case.roi, ref, problems) if case.roi is not None else None
     return LoadedCase(image, label_arr, ref.geometry if ref is not None else None, tuple(problems), roi)
 
@@ -585,10 +585,15 @@ def _check_finite(arr: np.ndarray, where, problems: list[str]) -> None:
                     f"(of {arr.size}); intensities must be finite")
 
 
-def _check_label(f: _File, labels: tuple[str, ...], problems: list[str]) -> np.ndarray | None:
-    """Check label values (integers, declared); return them as int16, or ``None`` when they cannot be."""
+def _check_label(f: _File, labels: tuple[str, ...], problems: list[str], ignore: int | None = None
+                 ) -> np.ndarray | None:
+    """Check label values (integers, declared); return them as int16, or ``None`` when they cannot be.
+
+    With an ``ignore`` label value its voxels become :data:`autoseg.preprocessing.crop.IGNORE` in the returned
+    array (so nothing downstream takes them for a class); a map holding nothing else is a problem.
+    """
     arr = f.array
-    k = len(labels)
+    k = len(labels) + (1 if ignore is not None else 0)
     if np.issubdtype(arr.dtype, np.floating):
         finite = np.isfinite(arr)
         if not finite.all():
@@ -607,10 +612,18 @@ def _check_label(f: _File, labels: tuple[str, ...], problems: list[str]) -> np.n
     if lo < 0 or hi > k - 1:
         bad = np.unique(arr[(arr < 0) | (arr > k - 1)])
         shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-        problems.append(f"{f.path}: label values {{{shown}}} not declared in dataset.json labels (0-{k - 1})")
+        problems.append(f"{f.path}: label values {{{shown}}} not declared in dataset.json labels (0-{k - 1}"
+                        + (f", {ignore} = ignore)" if ignore is not None else ")"))
     if lo < np.iinfo(np.int16).min or hi > np.iinfo(np.int16).max:
         return None
-    return arr.astype(np.int16)
+    out = arr.astype(np.int16)
+    if ignore is not None:
+        ignored = out == ignore
+        if ignored.all():
+            problems.append(f"{f.path}: every voxel is the ignore label ({ignore}): the case has no annotation")
+            return None
+        out[ignored] = IGNORE
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -87,23 +87,26 @@ def _counts(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
     return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(ref)) - tp
 
 
-def _case_counts(pred_path: Path, ref_path: Path, labels: tuple[int, ...]) -> np.ndarray:
+def _case_counts(pred_path: Path, ref_path: Path, labels: tuple[int, ...], ignore_label: int | None = None
+                 ) -> np.ndarray:
     """``(4, n_labels, 3)`` true positive, false positive, false negative voxels per variant and label:
     as predicted, with the largest foreground component, and per label with that label's largest component
-    (on the prediction, and on the largest-foreground result)."""
+    (on the prediction, and on the largest-foreground result). Voxels the reference marks ``ignore_label`` are
+    not counted (the components are still found on the whole prediction)."""
     pred, _ = read_label(pred_path)
     ref, _ = read_label(ref_path)
     if pred.shape != ref.shape:
         raise AutosegError(f"{pred_path}: size {pred.shape} (z, y, x) differs from the reference's {ref.shape} "
                            f"({ref_path})")
+    annotated = ref != ignore_label if ignore_label is not None else True
     fg = keep_largest_component(pred, None)
     out = np.zeros((4, len(labels), 3), dtype=np.int64)
     for i, v in enumerate(labels):
         r, p, f = ref == v, pred == v, fg == v
-        out[_BASE, i] = _counts(p, r)
-        out[_FG, i] = _counts(f, r)
-        out[_BASE_CLS, i] = _counts(largest_component_mask(p), r)
-        out[_FG_CLS, i] = _counts(largest_component_mask(f), r)
+        out[_BASE, i] = _counts(p & annotated, r)
+        out[_FG, i] = _counts(f & annotated, r)
+        out[_BASE_CLS, i] = _counts(largest_component_mask(p) & annotated, r)
+        out[_FG_CLS, i] = _counts(largest_component_mask(f) & annotated, r)
     return out
 
 
@@ -135,7 +138,7 @@ def _improves(before: float | None, after: float | None) -> bool:
 
 def choose_postprocessing(pred_dir: Path, gt_dir: Path, labels: Sequence[int], file_ending: str = ".nii.gz",
                           case_ids: Sequence[str] | None = None, num_workers: int | None = None,
-                          progress: bool = True) -> Postprocessing:
+                          progress: bool = True, ignore_label: int | None = None) -> Postprocessing:
     """Decide which connected-component rules improve the Dice of a folder of cross-validation predictions.
 
     Parameters
@@ -148,6 +151,8 @@ def choose_postprocessing(pred_dir: Path, gt_dir: Path, labels: Sequence[int], f
         Cases to use (default: every reference file).
     num_workers
         Parallel processes (default: one per core).
+    ignore_label
+        Reference value of voxels that are not annotated: not counted.
 
     Returns
     -------
@@ -173,7 +178,7 @@ def choose_postprocessing(pred_dir: Path, gt_dir: Path, labels: Sequence[int], f
     if missing:
         raise AutosegError(*(f"{pred_dir / (c + file_ending)}: prediction missing (its reference exists in "
                              f"{gt_dir})" for c in missing))
-    jobs = [(pred_dir / f"{c}{file_ending}", gt_dir / f"{c}{file_ending}", labels) for c in case_ids]
+    jobs = [(pred_dir / f"{c}{file_ending}", gt_dir / f"{c}{file_ending}", labels, ignore_label) for c in case_ids]
     counts = np.stack(map_cases(_case_counts, jobs, case_ids, num_workers, desc="postprocessing", progress=progress))
 
     keys = [str(v) for v in labels]

@@ -8,12 +8,10 @@ import numpy as np
 from scipy.ndimage import binary_fill_holes
 
 from autoseg.fingerprint.case import nonzero_bbox
+from autoseg.schema.dataset import IGNORE  # noqa: F401 (the other special label value, beside OUTSIDE)
 
 #: Label value of voxels inside the crop box but outside the nonzero region ("outside": background in training).
 OUTSIDE = -1
-#: Label value of voxels whose label does not count: outside the case's region-of-interest mask. The losses and the
-#: pseudo-Dice leave them out (negative targets), and random training patches are centred inside the region.
-IGNORE = -2
 
 
 @dataclass(frozen=True)

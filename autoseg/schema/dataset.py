@@ -8,6 +8,12 @@ from typing import ClassVar
 from autoseg.schema.base import OMIT_IF_NONE
 
 
+#: Label value, in arrays read from label files and in preprocessed segmentations, of voxels whose label does not
+#: count: the dataset's ``ignore`` label, and everything outside a case's region-of-interest mask. The losses and
+#: the pseudo-Dice leave them out (negative targets), random training patches are centred on the other voxels.
+IGNORE = -2
+
+
 @dataclass(frozen=True)
 class CaseSpec:
     """One case of a raw dataset.
@@ -56,6 +62,10 @@ class DatasetSpec:
         The value each label had in the source files before ``autoseg convert`` made them consecutive
         (``(0, 255)`` for 0/255 vessel masks), indexed like ``labels``; predictions are written with these values.
         ``None``: the values are the label indices.
+    ignore_label
+        Value of the ``ignore`` label in the label files (the highest, after every class), or ``None``. Voxels
+        holding it are not annotated: training, sampling and evaluation leave them out; it is not a class of
+        ``labels`` and never predicted.
     """
 
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -69,6 +79,7 @@ class DatasetSpec:
     training: tuple[CaseSpec, ...]
     test: tuple[CaseSpec, ...] = ()
     source_label_values: tuple[int, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
+    ignore_label: int | None = field(default=None, metadata=OMIT_IF_NONE)
     schema_version: int = field(default=SCHEMA_VERSION)
 
     @property

@@ -102,7 +102,7 @@ def find_best(ctx: DatasetContext, configurations: Sequence[str] | None = None,
     winner = ranked[0]
     pp = choose_postprocessing(paths.crossval_candidate(winner.name), reference_dir(spec), range(1, len(spec.labels)),
                                spec.file_ending, case_ids=[c.case_id for c in spec.training],
-                               num_workers=num_workers, progress=progress)
+                               num_workers=num_workers, progress=progress, ignore_label=spec.ignore_label)
     save_json(pp, paths.postprocessing)
     best = BestChoice(dataset=spec.name, candidates=tuple(ranked), chosen=winner.configurations,
                       folds={c: tuple(str(k) for k in range(n)) for c in winner.configurations},

@@ -71,7 +71,7 @@ def validate_fold(ctx: DatasetContext, configuration: str, fold: str, device: st
     gt_dir = ctx.raw_dir / Path(cases[val_ids[0]].label).parent
     evaluate_folder(folder.validation, gt_dir, labels=list(range(1, len(ctx.plans.labels))), file_ending=ending,
                     label_names=list(ctx.plans.labels), case_ids=val_ids, output=folder.validation_summary,
-                    progress=progress, roi=rois)
+                    progress=progress, roi=rois, ignore_label=ctx.spec.ignore_label)
     write_fold_report(folder, ctx.spec)
     return validation_dice(folder)
 

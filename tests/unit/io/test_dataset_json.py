@@ -175,7 +175,8 @@ def test_msd_label_problems(tmp_path, labels, keyword):
     ({"background": 0, "a": [1, 2]}, "region-based labels are not supported"),
     ({"background": 0, "a": "1"}, "integer value"),
     ({"0": "background", "1": "a"}, "MSD-style"),
-    ({"background": 0, "a": 1, "ignore": 2}, "'ignore' label"),
+    ({"background": 0, "ignore": 1, "a": 2}, "'ignore' label must have the highest value (2), found 1"),
+    ({"background": 0, "ignore": 1}, "no foreground label besides 'ignore'"),
 ])
 def test_nnunetv2_label_problems(tmp_path, labels, keyword):
     raw = _nnunet(tmp_path / "x", labels=labels)
@@ -254,3 +255,9 @@ def test_real_brats():
     assert spec.num_channels == 2 and spec.channel_names == ("FLAIR", "T1c")
     assert spec.num_classes == 5 and len(spec.training) == 6 and spec.test == ()
     assert all(len(c.images) == 1 for c in spec.training)  # one 4D file per case
+
+
+def test_ignore_label_is_the_highest_value_and_not_a_class(tmp_path):
+    raw = _nnunet(tmp_path / "x", labels={"background": 0, "a": 1, "ignore": 2})
+    spec = read_dataset_spec(raw)
+    assert spec.labels == ("background", "a") and spec.ignore_label == 2 and spec.num_classes == 2
