@@ -25,7 +25,7 @@ FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "continue_": "--conti
          "epochs": "--epochs", "configurations": "-c", "folds": "-f", "memory_gb": "--gpu-memory",
          "pretrained": "--pretrained", "device": "--device", "precision": "--precision", "preset": "--preset",
          "num_workers": "-j", "min_iterations": "--min-iterations",
-         "freeze_encoder_epochs": "--freeze-encoder-epochs", "warmup_fraction": "--warmup"}
+         "freeze_encoder_epochs": "--freeze-encoder-epochs", "warmup_fraction": "--warmup", "schedule": "--schedule"}
 
 
 def _flag(name: str) -> str:
@@ -143,6 +143,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_workers, default=None)
     t.add_argument("--learning-rate", type=_positive_float, default=None,
                    help="initial learning rate of SGD (default 0.01, nnU-Net's)")
+    t.add_argument("--schedule", choices=("auto", "nnunet", "short"), default=None,
+                   help="optimiser recipe: nnunet (momentum 0.99, lr 0.01, no warm-up), short (momentum 0.9, lr 0.1, "
+                        "10%% warm-up: converges faster in a few thousand iterations) or auto (default: short when "
+                        "the run is expected to be shorter than 5,000 iterations)")
     t.add_argument("--warmup", type=float, default=None, metavar="FRACTION",
                    help="linear learning-rate warm-up over this share of the epochs before the poly decay "
                         "(default 0, nnU-Net's schedule)")
@@ -289,7 +293,8 @@ def _cmd_train(args) -> int:
 
     overrides = dict(epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                      validation_iterations=args.validation_iterations, batch_size=args.batch_size,
-                     learning_rate=args.learning_rate, warmup_fraction=args.warmup, seed=args.seed,
+                     learning_rate=args.learning_rate, warmup_fraction=args.warmup, schedule=args.schedule,
+                     seed=args.seed,
                      deterministic=args.deterministic,
                      precision=args.precision, num_workers=args.workers, checkpoint_every=args.checkpoint_every,
                      pretrained=args.pretrained, pretrained_fold=args.pretrained_fold,

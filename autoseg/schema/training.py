@@ -29,6 +29,11 @@ class TrainConfig:
     warmup_fraction
         Share of the epochs over which the learning rate ramps up linearly before the poly decay (0: nnU-Net's
         schedule).
+    schedule
+        ``"nnunet"`` (the numbers above), ``"short"`` (:data:`autoseg.training.schedule.SHORT_RUN`: momentum 0.9,
+        lr 0.1, 10% warm-up, for runs of a few thousand iterations) or ``"auto"``, resolved when a fresh run starts
+        from its expected iterations (:func:`autoseg.training.schedule.choose_schedule`) and saved resolved;
+        learning rate, momentum and warm-up given explicitly are kept either way.
     oversample_foreground
         Fraction of every batch forced to contain foreground.
     deep_supervision
@@ -74,6 +79,7 @@ class TrainConfig:
     poly_exponent: float = 0.9
     grad_clip: float = 12.0
     warmup_fraction: float = 0.0
+    schedule: str = "auto"
     oversample_foreground: float = 0.33
     deep_supervision: bool = True
     seed: int = 12345

@@ -27,6 +27,7 @@ from autoseg.schema.training import TrainConfig
 from autoseg.training import distributed as dist_utils
 from autoseg.training.callbacks import checkpoint_payload
 from autoseg.training.losses import DeepSupervisionLoss, DiceCELoss
+from autoseg.training.schedule import SCHEDULES, SHORT_RUN, choose_schedule, expected_iterations
 from autoseg.training.trainer import Trainer, TrainState
 from autoseg.workspace import FoldPaths
 
@@ -122,9 +123,12 @@ def resolve_run(folder: FoldPaths, plans_sha256: str, fresh: Callable[[], TrainC
 
 
 def resolve_runtime(config: TrainConfig, plan: ConfigurationPlan, device: str, fresh: bool, explicit_length: bool,
-                    distributed: dist_utils.DistributedSpec | None = None) -> tuple[torch.device, TrainConfig, str]:
-    """The device and the run's resolved numbers: precision, memory layout, batch size, and on a CPU without an
-    explicit length a time budget (nnU-Net's 1000 x 250 iterations is a GPU budget, weeks on a CPU).
+                    distributed: dist_utils.DistributedSpec | None = None, given: frozenset[str] = frozenset()
+                    ) -> tuple[torch.device, TrainConfig, str]:
+    """The device and the run's resolved numbers: precision, memory layout, batch size, on a CPU without an
+    explicit length a time budget (nnU-Net's 1000 x 250 iterations is a GPU budget, weeks on a CPU), and for a
+    fresh run with ``schedule="auto"`` the optimiser recipe for its expected length (``given``: the
+    :class:`TrainConfig` fields the user set, which are kept).
 
     Returns
     -------
@@ -143,7 +147,28 @@ def resolve_runtime(config: TrainConfig, plan: ConfigurationPlan, device: str, f
         config = replace(config, budget_minutes=CPU_DEFAULT_BUDGET_MINUTES)
         note = (f"training on the CPU without --epochs or --budget: using --budget {CPU_DEFAULT_BUDGET_MINUTES:g} "
                 f"(minutes)")
+    if fresh:
+        config, chosen = _resolve_schedule(config, plan, dev, given)
+        note = "\n".join(n for n in (note, chosen) if n)
     return dev, config, note
+
+
+def _resolve_schedule(config: TrainConfig, plan: ConfigurationPlan, dev: torch.device, given: frozenset[str]
+                      ) -> tuple[TrainConfig, str]:
+    if config.schedule not in SCHEDULES:
+        raise AutosegError(f"{option('schedule')} {config.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    schedule, iterations = config.schedule, None
+    if schedule == "auto":
+        fit = plan.budget
+        iterations = expected_iterations(config.epochs, config.iterations_per_epoch, config.budget_minutes,
+                                         fit.minutes if fit else None, fit.iterations if fit else None)
+        schedule = choose_schedule(iterations, dev.type == "cpu")
+    if schedule != "short":
+        return replace(config, schedule=schedule), ""
+    config = replace(config, schedule=schedule, **{k: v for k, v in SHORT_RUN.items() if k not in given})
+    why = f"~{iterations:,.0f} iterations expected" if iterations is not None else "a CPU budget"
+    return config, (f"short run ({why}): SGD momentum {config.momentum:g}, learning rate {config.learning_rate:g}, "
+                    f"{config.warmup_fraction:.0%} warm-up ({option('schedule')} nnunet keeps nnU-Net's recipe)")
 
 
 def build_model(plans: Plans, configuration: str, config: TrainConfig, dev: torch.device,

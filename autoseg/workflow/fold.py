@@ -89,7 +89,9 @@ def run_fold(ctx: DatasetContext, configuration: str, fold: str, overrides: dict
             dice = validate_fold(ctx, configuration, fold, device, progress)
         return TrainResult(folder.root, start.state, start.config, dice, already_finished=True)
     explicit = overrides.get("epochs") is not None or overrides.get("iterations_per_epoch") is not None
-    state, config = train_fold(ctx, configuration, fold, start, device, explicit, progress, distributed)
+    given = frozenset(k for k, v in overrides.items() if v is not None)
+    state, config = train_fold(ctx, configuration, fold, start, device, explicit, progress, distributed,
+                               given=given)
     dice = validate_fold(ctx, configuration, fold, device, progress) if validate else None
     return TrainResult(folder.root, state, config, dice)
 
@@ -97,7 +99,8 @@ def run_fold(ctx: DatasetContext, configuration: str, fold: str, overrides: dict
 def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunStart, device: str = "auto",
                explicit_length: bool = False, progress: bool = True,
                distributed: dist_utils.DistributedSpec | None = None,
-               callbacks: Sequence[Callback] = ()) -> tuple[TrainState, TrainConfig]:
+               callbacks: Sequence[Callback] = (), given: frozenset[str] = frozenset()
+               ) -> tuple[TrainState, TrainConfig]:
     """Train a fold from ``start`` (fresh or resumed); returns the final state and the resolved configuration.
 
     The main process writes ``train_config.json``, the checkpoints, ``log.jsonl`` and ``progress.png``
@@ -109,7 +112,7 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
     folder = ctx.fold(configuration, fold)
     is_main = distributed is None or distributed.is_main
     dev, config, note = resolve_runtime(start.config, plan, device, start.state is None, explicit_length,
-                                        distributed)
+                                        distributed, given)
     if note and progress and is_main:
         print(note, flush=True)
     state = start.state or TrainState(config.epochs, config.iterations_per_epoch, config.validation_iterations)
