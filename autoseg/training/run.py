@@ -168,7 +168,7 @@ def _resolve_schedule(config: TrainConfig, plan: ConfigurationPlan, dev: torch.d
     config = replace(config, schedule=schedule, **{k: v for k, v in SHORT_RUN.items() if k not in given})
     why = f"~{iterations:,.0f} iterations expected" if iterations is not None else "a CPU budget"
     return config, (f"short run ({why}): SGD momentum {config.momentum:g}, learning rate {config.learning_rate:g}, "
-                    f"{config.warmup_fraction:.0%} warm-up ({option('schedule')} nnunet keeps nnU-Net's recipe)")
+                    f"{config.warmup_fraction:.0%} warm-up (--schedule nnunet keeps nnU-Net's recipe)")
 
 
 def build_model(plans: Plans, configuration: str, config: TrainConfig, dev: torch.device,

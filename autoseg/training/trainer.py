@@ -188,6 +188,13 @@ class Trainer:
         st.total_epochs = st.epoch + plan.epochs
         st.calibrated = True
 
+    def _set_learning_rate(self) -> float:
+        st, cfg = self.state, self.config
+        lr = learning_rate(cfg.learning_rate, st.epoch, st.total_epochs, cfg.poly_exponent, cfg.warmup_fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
     def _freeze(self, frozen: bool) -> None:
         names = set(self.frozen)
         for name, p in self.model.named_parameters():
@@ -198,10 +205,7 @@ class Trainer:
         st, cfg = self.state, self.config
         if self.frozen:
             self._freeze(st.epoch < cfg.freeze_encoder_epochs)
-        lr = learning_rate(cfg.learning_rate, st.epoch, st.total_epochs, cfg.poly_exponent,
-                           cfg.warmup_fraction)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = self._set_learning_rate()
         self.model.train()
         start = time.perf_counter()
         wait, losses, step_times = 0.0, [], []
@@ -218,6 +222,7 @@ class Trainer:
             it += 1
             if cfg.budget_minutes is not None and not st.calibrated and it == CALIBRATION_STEPS:
                 self._calibrate(step_times)
+                lr = self._set_learning_rate()  # the schedule now knows the run's length
                 bar.total = st.iterations_per_epoch
                 bar.set_description(f"epoch {st.epoch + 1}/{st.total_epochs}")
             bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
