@@ -43,7 +43,7 @@ def preprocess(workspace: Path, dataset: str, configs: list[str] | None = None, 
 def evaluate(pred_dir: Path, gt_dir: Path, workspace: Path | None = None, dataset: str | None = None,
              num_workers: int | None = None, labels: list[int | str] | None = None, output: Path | None = None,
              nsd_tolerance_mm: float = 1.0, progress: bool = True, predicted_only: bool = False,
-             roi_dir: Path | None = None) -> EvaluationSummary:
+             roi_dir: Path | None = None, regions=None) -> EvaluationSummary:
     """Evaluate predicted label maps against references; writes ``summary.json`` (default in ``pred_dir``).
 
     Parameters
@@ -66,6 +66,9 @@ def evaluate(pred_dir: Path, gt_dir: Path, workspace: Path | None = None, datase
         Show a progress bar.
     roi_dir
         Region-of-interest masks ``<case><ending>``: scores are computed inside them only.
+    regions
+        :class:`autoseg.schema.dataset.Region` s to score instead of labels (e.g. from
+        :func:`autoseg.evaluation.folder.parse_regions`); default: the dataset's regions if it declares any.
 
     Without ``dataset`` the file ending is the one most reference files have; with it, the dataset's ignore label
     (if any) is left out of the scores.
@@ -78,11 +81,13 @@ def evaluate(pred_dir: Path, gt_dir: Path, workspace: Path | None = None, datase
             raise AutosegError(f"dataset '{dataset}' given without a workspace to find it in")
         ctx = load_context(workspace, dataset)
         label_names, file_ending, ignore_label = ctx.plans.labels, ctx.spec.file_ending, ctx.spec.ignore_label
-        if labels is None:
+        regions = regions if regions is not None else ctx.spec.regions
+        if labels is None and regions is None:
             labels = list(range(1, len(label_names)))
     return evaluate_folder(Path(pred_dir), Path(gt_dir), labels, num_workers, file_ending, label_names=label_names,
                            nsd_tolerance_mm=nsd_tolerance_mm, output=output, progress=progress,
-                           predicted_only=predicted_only, roi=roi_dir, ignore_label=ignore_label)
+                           predicted_only=predicted_only, roi=roi_dir, ignore_label=ignore_label,
+                           regions=regions)
 
 
 def train(workspace: Path, dataset: str, configuration: str, fold: str = "0", device: str = "auto",

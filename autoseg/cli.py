@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="tolerance of the normalised surface Dice, mm (default 1)")
     ev.add_argument("--roi", type=Path, default=None, metavar="DIR",
                     help="region-of-interest masks <case><ending> (nonzero inside): score inside them only")
+    ev.add_argument("--regions", nargs="+", default=None, metavar="NAME=LABELS",
+                    help="score regions (unions of labels) instead of labels, e.g. 'whole tumour=1,2,3,4' "
+                         "'tumour core=1,3,4' 'enhancing tumour=4'")
 
     t = sub.add_parser("train", help="train a configuration's fold (resumable, extendable, time-budgeted)")
     t.add_argument("dataset", metavar="DATASET")
@@ -277,12 +280,12 @@ def _cmd_preprocess(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from autoseg import api
-    from autoseg.evaluation.folder import summary_table
+    from autoseg.evaluation.folder import parse_regions, summary_table
 
     summary = api.evaluate(args.pred_dir, args.gt_dir, workspace=args.workspace, dataset=args.dataset,
                            num_workers=args.workers, labels=args.labels, output=args.output,
                            nsd_tolerance_mm=args.nsd_tolerance, predicted_only=args.predicted_only,
-                           roi_dir=args.roi)
+                           roi_dir=args.roi, regions=parse_regions(args.regions) if args.regions else None)
     print(summary_table(summary))
     print(f"\nwrote {args.output or args.pred_dir / 'summary.json'}")
     return 0

@@ -8,7 +8,7 @@ so a geometry mismatch or a missing file fails in seconds, naming every file con
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -16,11 +16,12 @@ import numpy as np
 
 from autoseg.errors import AutosegError
 from autoseg.parallel import map_cases
-from autoseg.evaluation.metrics import label_metrics
+from autoseg.evaluation.metrics import class_metrics, label_metrics
 from autoseg.io.image import read_header, read_label
 from autoseg.io.roi import apply_roi, masks_by_case, read_roi
 from autoseg.schema.base import save_json
 from autoseg.workspace import summary_file
+from autoseg.schema.dataset import Region
 from autoseg.schema.evaluation import CaseEvaluation, ClassMetrics, EvaluationSummary, MeanMetrics
 
 #: Relative tolerance when comparing the spacings of prediction and reference (NIfTI stores float32).
@@ -33,7 +34,8 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
                     nsd_tolerance_mm: float = 1.0, output: Path | None = None,
                     progress: bool = True, predicted_only: bool = False,
                     roi: Path | Mapping[str, Path] | None = None,
-                    ignore_label: int | None = None) -> EvaluationSummary:
+                    ignore_label: int | None = None, regions: Sequence[Region] | None = None
+                    ) -> EvaluationSummary:
     """Per case and class Dice, IoU, HD95 and NSD of every reference case; writes ``summary.json``.
 
     Parameters
@@ -67,6 +69,10 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
     ignore_label
         Reference value of voxels that are not annotated (the dataset's ``ignore`` label): they are left out the
         same way, and the value is never a label to score.
+    regions
+        Score regions instead of labels: each region is the union of its label values in prediction and
+        reference (BraTS' whole tumour / tumour core / enhancing tumour). The summary's ``labels`` are then the
+        region numbers 1..R, named by the regions, and ``regions`` lists their label values.
 
     Raises
     ------
@@ -77,7 +83,15 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if nsd_tolerance_mm < 0:
         raise AutosegError(f"NSD tolerance {nsd_tolerance_mm} mm must not be negative")
-    values = None if labels is None else resolve_labels(labels, label_names)
+    if regions is not None:
+        if labels is not None:
+            raise AutosegError("give labels or regions to evaluate, not both")
+        regions = tuple(regions)
+        if not regions:
+            raise AutosegError("no region to evaluate")
+        values, label_names = tuple(range(1, len(regions) + 1)), ("background", *(r.name for r in regions))
+    else:
+        values = None if labels is None else resolve_labels(labels, label_names)
     if predicted_only and case_ids is None:
         case_ids = sorted(f.name[: -len(file_ending)] for f in pred_dir.glob(f"*{file_ending}")
                           if not f.name.startswith(".")) if pred_dir.is_dir() else None
@@ -87,7 +101,7 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
 
     if values is not None and ignore_label is not None and ignore_label in values:
         raise AutosegError(f"label {ignore_label}: the ignore label is not scored")
-    jobs = [(cid, p, r, values, nsd_tolerance_mm, masks.get(cid), ignore_label) for cid, p, r in cases]
+    jobs = [(cid, p, r, values, nsd_tolerance_mm, masks.get(cid), ignore_label, regions) for cid, p, r in cases]
     results = map_cases(_evaluate_case, jobs, [c[0] for c in cases], num_workers, "evaluate", progress)
     problems = [r.problem for r in results if r.problem]
     if problems:
@@ -98,8 +112,34 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
         if not values:
             raise AutosegError(f"{gt_dir}: no reference file contains a nonzero label; give the labels to evaluate")
     summary = _summarise(pred_dir, gt_dir, values, label_names, nsd_tolerance_mm, results)
+    if regions is not None:
+        summary = replace(summary, regions={str(i): r.labels for i, r in enumerate(regions, 1)})
     save_json(summary, Path(output) if output is not None else summary_file(pred_dir))
     return summary
+
+
+def parse_regions(items: Sequence[str]) -> tuple[Region, ...]:
+    """``["whole tumour=1,2,3,4", "enhancing=4"]`` -> regions.
+
+    Examples
+    --------
+    >>> parse_regions(["WT=1,2,4", "ET=4"])
+    (Region(name='WT', labels=(1, 2, 4)), Region(name='ET', labels=(4,)))
+    """
+    out = []
+    for item in items:
+        name, sep, values = str(item).partition("=")
+        try:
+            labels = tuple(sorted({int(v) for v in values.split(",") if v.strip()}))
+        except ValueError:
+            labels = ()
+        if not sep or not name.strip() or not labels or min(labels) <= 0:
+            raise AutosegError(f"region {item!r}: expected NAME=LABEL,LABEL,... with positive label values, "
+                               f"e.g. 'whole tumour=1,2,3,4'")
+        if name.strip() in {r.name for r in out}:
+            raise AutosegError(f"region {name.strip()!r} given twice")
+        out.append(Region(name.strip(), labels))
+    return tuple(out)
 
 
 def reference_ending(gt_dir: Path, default: str = ".nii.gz") -> str:
@@ -210,8 +250,8 @@ _ABSENT = ClassMetrics(dice=None, iou=None, hd95=None, nsd=None, tp=0, fp=0, fn=
 
 
 def _evaluate_case(case_id: str, pred_path: Path, ref_path: Path, values: tuple[int, ...] | None,
-                   tolerance_mm: float, roi_path: Path | None = None, ignore_label: int | None = None
-                   ) -> _CaseResult:
+                   tolerance_mm: float, roi_path: Path | None = None, ignore_label: int | None = None,
+                   regions: tuple[Region, ...] | None = None) -> _CaseResult:
     try:
         pred, _ = read_label(pred_path)
         ref, geometry = read_label(ref_path)
@@ -228,7 +268,12 @@ def _evaluate_case(case_id: str, pred_path: Path, ref_path: Path, values: tuple[
     if values is None:
         # labels are only known once every reference was read: measure all present here, fill in absent ones later
         values = tuple(sorted(ref_values | (frozenset(int(v) for v in np.unique(pred)) - {0})))
-    raw = label_metrics(pred, ref, values, geometry.spacing, tolerance_mm)
+    if regions is not None:
+        raw = {i: class_metrics(np.isin(pred, r.labels), np.isin(ref, r.labels), geometry.spacing, tolerance_mm)
+               for i, r in enumerate(regions, 1)}
+        ref_values = frozenset(i for i, r in enumerate(regions, 1) if np.isin(ref, r.labels).any())
+    else:
+        raw = label_metrics(pred, ref, values, geometry.spacing, tolerance_mm)
     classes = {v: ClassMetrics(dice=_defined(r.dice), iou=_defined(r.iou), hd95=_defined(r.hd95),
                                nsd=_defined(r.nsd), tp=r.counts.tp, fp=r.counts.fp, fn=r.counts.fn,
                                n_ref=r.counts.n_ref, n_pred=r.counts.n_pred) for v, r in raw.items()}
@@ -266,10 +311,12 @@ def summary_table(summary: EvaluationSummary) -> str:
     def f(x: float | None, fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
 
-    rows = [f"{'label':<20} {'Dice':>7} {'IoU':>7} {'HD95 mm':>9} {'NSD':>7} {'cases':>6}"]
+    rows = [f"{'region' if summary.regions else 'label':<20} {'Dice':>7} {'IoU':>7} {'HD95 mm':>9} {'NSD':>7} {'cases':>6}"]
     for v in summary.labels:
         m = summary.mean[str(v)]
-        name = f"{v} {summary.label_names[str(v)]}" if summary.label_names[str(v)] != str(v) else str(v)
+        name = summary.label_names[str(v)]
+        if summary.regions is None and name != str(v):
+            name = f"{v} {name}"
         rows.append(f"{name[:20]:<20} {f(m.dice, '.4f'):>7} {f(m.iou, '.4f'):>7} {f(m.hd95, '.2f'):>9} "
                     f"{f(m.nsd, '.4f'):>7} {m.n_cases:>6}")
     rows.append(f"foreground mean Dice: {f(summary.foreground_mean_dice, '.4f')} over {len(summary.cases)} cases "

@@ -26,7 +26,7 @@ from typing import Any
 
 from autoseg.errors import DatasetError
 from autoseg.io.natural import ENDINGS as NATURAL_ENDINGS
-from autoseg.schema.dataset import CaseSpec, DatasetSpec
+from autoseg.schema.dataset import CaseSpec, DatasetSpec, Region
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _FOLDER_PREFIX = re.compile(r"^(Task\d+|Dataset\d+)_")
@@ -91,6 +91,7 @@ def read_dataset_spec(raw_dir: Path) -> DatasetSpec:
         raise DatasetError(f"{jpath}: expected a JSON object at the top level, found {_kind(data)}")
 
     problems: list[str] = []
+    regions = order = None
 
     def bad(msg: str) -> None:
         problems.append(f"{jpath}: {msg}")
@@ -98,15 +99,19 @@ def read_dataset_spec(raw_dir: Path) -> DatasetSpec:
     if "channel_names" in data:
         layout = "nnunetv2"
         channels = _channel_names(data["channel_names"], "channel_names", bad)
-        labels = _labels_nnunetv2(data.get("labels"), bad)
+        raw_labels = data.get("labels")
+        if _has_regions(raw_labels):
+            labels, regions, order = _region_labels(raw_labels, data.get("regions_class_order"), bad)
+        else:
+            labels = _labels_nnunetv2(raw_labels, bad)
+            if "regions_class_order" in data:
+                bad("'regions_class_order' is given but no label is a region (a list of several label values)")
         file_ending = data.get("file_ending")
         if file_ending is None:
             bad("missing key 'file_ending' (e.g. \".nii.gz\"), required in nnU-Net v2 layout")
         elif not isinstance(file_ending, str) or not file_ending.startswith("."):
             bad(f"'file_ending' must be a string starting with '.', e.g. \".nii.gz\", found {file_ending!r}")
             file_ending = None
-        if "regions_class_order" in data:
-            bad("region-based training ('regions_class_order') is not supported")
         training, test = [], []
         if file_ending is not None and channels is not None:
             training, test = _cases_nnunetv2(raw_dir, data, len(channels), file_ending, problems)
@@ -133,6 +138,12 @@ def read_dataset_spec(raw_dir: Path) -> DatasetSpec:
         _check_num_training(data.get("numTraining"), found, layout, bad)
 
     name = _dataset_name(data, raw_dir, bad)
+    side = raw_dir / REGIONS_FILE
+    if side.is_file():
+        if regions is not None:
+            bad(f"regions are declared both here and in {side}; keep one")
+        elif labels is not None:
+            regions, order = _regions_file(side, labels, problems)
     ignore = None
     if labels and labels[-1] == "ignore":  # partial annotation: not a class, its voxels do not count
         ignore, labels = len(labels) - 1, labels[:-1]
@@ -150,7 +161,122 @@ def read_dataset_spec(raw_dir: Path) -> DatasetSpec:
         test=tuple(test),
         source_label_values=source_values,
         ignore_label=ignore,
+        regions=regions,
+        regions_class_order=order,
     )
+
+
+#: Beside an MSD ``dataset.json`` (which has no region syntax): ``{"regions": {"whole tumour": [1, 2, 3, 4], ...},
+#: "regions_class_order": [2, 1, 4]}``, on the label values the MSD ``labels`` declare.
+REGIONS_FILE = "regions.json"
+
+
+def _has_regions(value: Any) -> bool:
+    """nnU-Net's rule: region mode when a label's value is a list of more than one label value."""
+    return isinstance(value, dict) and any(isinstance(v, (list, tuple)) and len(v) > 1 for v in value.values())
+
+
+def _region_list(name: str, value: Any, where: str, bad) -> tuple[int, ...] | None:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        bad(f"{where} region {name!r} must be a label value or a list of label values, found {value!r}")
+        return None
+    if any(v <= 0 for v in values):
+        bad(f"{where} region {name!r} includes the background 0 (or a negative value): {values}")
+        return None
+    return tuple(sorted(set(values)))
+
+
+def _class_order(order: Any, regions: list, values: set[int], where: str, bad) -> tuple[int, ...] | None:
+    n = len(regions)
+    if order is None:
+        bad(f"{where}: 'regions_class_order' is missing: one label value per region ({n}), written where the "
+            f"region is predicted")
+        return None
+    if not isinstance(order, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in order):
+        bad(f"{where}: 'regions_class_order' must be a list of {n} label values, found {order!r}")
+        return None
+    if len(order) != n:
+        bad(f"{where}: 'regions_class_order' has {len(order)} entries for {n} regions "
+            f"({', '.join(r.name for r in regions)})")
+        return None
+    unknown = sorted(set(order) - values)
+    if unknown:
+        bad(f"{where}: 'regions_class_order' names label value(s) {unknown} that no region holds "
+            f"(values {sorted(values)})")
+        return None
+    return tuple(order)
+
+
+def _region_labels(value: dict, order: Any, bad) -> tuple[list[str] | None, tuple[Region, ...] | None,
+                                                         tuple[int, ...] | None]:
+    """nnU-Net v2 region syntax: ``{"background": 0, "whole tumor": [1, 2, 3], "enhancing tumor": 3,
+    "ignore": 4}``; every non-background, non-ignore entry is a region, in declaration order."""
+    if value.get("background") != 0 or isinstance(value.get("background"), bool):
+        bad("'labels' needs \"background\": 0 (a single value) in region-based datasets")
+        return None, None, None
+    regions, names_by_value, ok = [], {}, True
+    for name, v in value.items():
+        if name in ("background", "ignore"):
+            continue
+        got = _region_list(name, v, "'labels'", bad)
+        if got is None:
+            ok = False
+            continue
+        regions.append(Region(str(name), got))
+        if len(got) == 1:
+            names_by_value.setdefault(got[0], str(name))
+    if not ok or not regions:
+        return None, None, None
+    values = sorted({v for r in regions for v in r.labels})
+    if values != list(range(1, len(values) + 1)):
+        bad(f"the label values of the regions must be consecutive 1..K, found {values}")
+        return None, None, None
+    names = ["background"] + [names_by_value.get(v, f"label_{v}") for v in values]
+    ignore = value.get("ignore")
+    if ignore is not None:
+        if ignore != len(values) + 1 or isinstance(ignore, bool):
+            bad(f"the 'ignore' label must have the highest value ({len(values) + 1}), found {ignore!r}")
+            return None, None, None
+        names.append("ignore")
+    got_order = _class_order(order, regions, set(values), "'labels'", bad)
+    return (names, tuple(regions), got_order) if got_order is not None else (None, None, None)
+
+
+def _regions_file(path: Path, labels: list[str], problems: list[str]
+                  ) -> tuple[tuple[Region, ...] | None, tuple[int, ...] | None]:
+    """An MSD dataset's ``regions.json``, on the label values its ``labels`` declare."""
+    def bad(msg: str) -> None:
+        problems.append(f"{path}: {msg}")
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_object_hook)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        bad(f"cannot be read as JSON ({e})")
+        return None, None
+    spec = data.get("regions") if isinstance(data, dict) else None
+    if not isinstance(spec, dict) or not spec:
+        bad('expected {"regions": {"name": [label values], ...}, "regions_class_order": [...]}')
+        return None, None
+    declared = set(range(1, len(labels) - (1 if labels[-1] == "ignore" else 0)))
+    regions, ok = [], True
+    for name, v in spec.items():
+        got = _region_list(name, v, "'regions'", bad)
+        if got is None:
+            ok = False
+            continue
+        undeclared = sorted(set(got) - declared)
+        if undeclared:
+            bad(f"region {name!r} names label value(s) {undeclared} that dataset.json does not declare "
+                f"(foreground labels {sorted(declared)})")
+            ok = False
+            continue
+        regions.append(Region(str(name), got))
+    if not ok:
+        return None, None
+    order = _class_order(data.get("regions_class_order"), regions, {v for r in regions for v in r.labels},
+                         "'regions_class_order'", bad)
+    return (tuple(regions), order) if order is not None else (None, None)
 
 
 def _source_label_values(value: Any, labels: list[str] | None, bad) -> tuple[int, ...] | None:
@@ -307,7 +433,7 @@ def _labels_nnunetv2(value: Any, bad) -> list[str] | None:
     values: dict[int, str] = {}
     for k, v in value.items():
         if isinstance(v, (list, tuple)):
-            bad(f"label {k!r} has region value {v}: region-based labels are not supported")
+            bad(f"label {k!r} has the one-value list {v}: write the value itself (a region lists several)")
             ok = False
             continue
         if isinstance(v, bool) or not isinstance(v, int):

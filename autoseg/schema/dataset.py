@@ -39,6 +39,22 @@ class CaseSpec:
 
 
 @dataclass(frozen=True)
+class Region:
+    """A region of nnU-Net's region-based training: a name and the label values it is the union of.
+
+    Attributes
+    ----------
+    name
+        ``"whole tumour"``.
+    labels
+        Label values of the files, sorted (``(1, 2, 3, 4)``).
+    """
+
+    name: str
+    labels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """A raw dataset: channels, labels and cases, in a layout-independent form (MSD or nnU-Net v2 raw).
 
@@ -66,6 +82,11 @@ class DatasetSpec:
         Value of the ``ignore`` label in the label files (the highest, after every class), or ``None``. Voxels
         holding it are not annotated: training, sampling and evaluation leave them out; it is not a class of
         ``labels`` and never predicted.
+    regions, regions_class_order
+        Region-based datasets (nnU-Net v2's labels with list values, or an MSD dataset's ``regions.json``): the
+        regions in declaration order, and the label value written where each is predicted (later ones overwrite
+        earlier ones). ``labels`` then names the label values of the files (``label_<v>`` when no entry names a
+        single value). ``None`` for label-based datasets.
     """
 
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -80,6 +101,8 @@ class DatasetSpec:
     test: tuple[CaseSpec, ...] = ()
     source_label_values: tuple[int, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
     ignore_label: int | None = field(default=None, metadata=OMIT_IF_NONE)
+    regions: tuple[Region, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
+    regions_class_order: tuple[int, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
     schema_version: int = field(default=SCHEMA_VERSION)
 
     @property

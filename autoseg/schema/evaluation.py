@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from autoseg.schema.base import OMIT_IF_NONE
+
 
 @dataclass(frozen=True)
 class ClassMetrics:
@@ -99,6 +101,8 @@ class EvaluationSummary:
         Label value (as a string) -> means over cases.
     foreground_mean_dice
         Mean over the foreground labels (value > 0) of their mean Dice: the model-selection score.
+    regions
+        When regions were scored: region number (as a string, the entries of ``labels``) -> its label values.
     """
 
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -111,4 +115,5 @@ class EvaluationSummary:
     cases: tuple[CaseEvaluation, ...]
     mean: dict[str, MeanMetrics]
     foreground_mean_dice: float | None
+    regions: dict[str, tuple[int, ...]] | None = field(default=None, metadata=OMIT_IF_NONE)
     schema_version: int = field(default=SCHEMA_VERSION)

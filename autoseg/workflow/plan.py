@@ -134,6 +134,11 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
     planner_preset = load_preset(preset)
     target_gb = memory_target(planner_preset, memory_gb)
     spec = read_dataset_spec(raw_dir)
+    if spec.regions is not None:
+        names = ", ".join(r.name for r in spec.regions)
+        raise AutosegError(f"{raw_dir / 'dataset.json'}: region-based training ({names}) is not available yet; "
+                           f"train on the labels (declare them without regions) and score regions with "
+                           f"`autoseg evaluate --regions`")
     budget = None
     if budget_minutes is not None:
         if budget_minutes <= 0:

@@ -172,7 +172,8 @@ def test_msd_label_problems(tmp_path, labels, keyword):
 
 @pytest.mark.parametrize("labels, keyword", [
     ({"background": 0, "a": 1, "b": 1}, "used by both"),
-    ({"background": 0, "a": [1, 2]}, "region-based labels are not supported"),
+    ({"background": 0, "a": [1, 2]}, "'regions_class_order' is missing"),
+    ({"background": 0, "a": [1]}, "one-value list"),
     ({"background": 0, "a": "1"}, "integer value"),
     ({"0": "background", "1": "a"}, "MSD-style"),
     ({"background": 0, "ignore": 1, "a": 2}, "'ignore' label must have the highest value (2), found 1"),
@@ -261,3 +262,50 @@ def test_ignore_label_is_the_highest_value_and_not_a_class(tmp_path):
     raw = _nnunet(tmp_path / "x", labels={"background": 0, "a": 1, "ignore": 2})
     spec = read_dataset_spec(raw)
     assert spec.labels == ("background", "a") and spec.ignore_label == 2 and spec.num_classes == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# regions
+
+BRATS = {"background": 0, "whole tumour": [1, 2, 3], "tumour core": [2, 3], "enhancing tumour": 3}
+
+
+def test_nnunetv2_regions_in_declaration_order(tmp_path):
+    raw = _nnunet(tmp_path / "x", labels={**BRATS, "ignore": 4}, regions_class_order=[1, 2, 3])
+    spec = read_dataset_spec(raw)
+    assert [(r.name, r.labels) for r in spec.regions] == [("whole tumour", (1, 2, 3)), ("tumour core", (2, 3)),
+                                                          ("enhancing tumour", (3,))]
+    assert spec.regions_class_order == (1, 2, 3) and spec.ignore_label == 4
+    assert spec.labels == ("background", "label_1", "label_2", "enhancing tumour")
+
+
+def test_msd_regions_side_file(tmp_path):
+    raw = _msd(tmp_path / "m", labels={"0": "background", "1": "necrosis", "2": "oedema", "3": "enhancing"})
+    (raw / "regions.json").write_text(json.dumps({"regions": {"whole": [1, 2, 3], "core": [1, 3], "enh": [3]},
+                                                  "regions_class_order": [2, 1, 3]}))
+    spec = read_dataset_spec(raw)
+    assert [r.labels for r in spec.regions] == [(1, 2, 3), (1, 3), (3,)] and spec.regions_class_order == (2, 1, 3)
+    assert spec.labels == ("background", "necrosis", "oedema", "enhancing")
+
+
+@pytest.mark.parametrize("labels, order, keyword", [
+    (BRATS, None, "'regions_class_order' is missing"),
+    (BRATS, [1, 2], "has 2 entries for 3 regions"),
+    (BRATS, [1, 2, 7], "label value(s) [7] that no region holds"),
+    (BRATS, [1, 2, [3]], "must be a list of 3 label values"),
+    ({"background": 0, "a": [1, 3]}, [1], "consecutive 1..K, found [1, 3]"),
+    ({"background": 0, "a": [0, 1, 2]}, [1], "includes the background 0"),
+    ({**BRATS, "ignore": 2}, [1, 2, 3], "'ignore' label must have the highest value (4)"),
+    ({"background": 0, "a": 1, "b": 2}, [1, 2], "no label is a region"),
+])
+def test_region_declaration_problems_are_one_line_each(tmp_path, labels, order, keyword):
+    extra = {"labels": labels} | ({"regions_class_order": order} if order is not None else {})
+    problems = _problems(_nnunet(tmp_path / "x", **extra))
+    assert len(problems) == 1 and keyword in problems[0], problems
+
+
+def test_msd_regions_naming_undeclared_labels(tmp_path):
+    raw = _msd(tmp_path / "m")
+    (raw / "regions.json").write_text(json.dumps({"regions": {"whole": [1, 2]}, "regions_class_order": [1]}))
+    problems = _problems(raw)
+    assert len(problems) == 1 and "regions.json: region 'whole' names label value(s) [2]" in problems[0]
