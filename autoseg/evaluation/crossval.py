@@ -22,6 +22,7 @@ import numpy as np
 from autoseg.errors import AutosegError
 from autoseg.evaluation.folder import evaluate_folder
 from autoseg.parallel import map_cases
+from autoseg.inference.outputs import to_segmentation
 from autoseg.io.image import Geometry, read_header, write_image
 from autoseg.io.roi import spec_rois
 from autoseg.io.probabilities import load_probabilities
@@ -137,8 +138,10 @@ def _publish(tmp: Path, folder: Path) -> None:
 
 
 def _evaluate(folder: Path, spec: DatasetSpec, num_workers: int | None, progress: bool) -> None:
-    evaluate_folder(folder, reference_dir(spec), labels=list(range(1, len(spec.labels))), num_workers=num_workers,
-                    file_ending=spec.file_ending, label_names=list(spec.labels),
+    regions = spec.regions
+    evaluate_folder(folder, reference_dir(spec), labels=None if regions else list(range(1, len(spec.labels))),
+                    num_workers=num_workers, file_ending=spec.file_ending,
+                    label_names=None if regions else list(spec.labels), regions=regions,
                     case_ids=[c.case_id for c in spec.training], output=summary_file(folder), progress=progress,
                     roi=spec_rois(spec), ignore_label=spec.ignore_label)
 
@@ -194,7 +197,8 @@ def _header(path: Path) -> tuple[tuple[int, ...], Geometry]:
     return h.size, h.geometry
 
 
-def _ensemble_case(npz_files: tuple[Path, ...], ref_path: Path, out_path: Path) -> None:
+def _ensemble_case(npz_files: tuple[Path, ...], ref_path: Path, out_path: Path,
+                   class_order: tuple[int, ...] | None = None) -> None:
     shape, geometry = _header(ref_path)
     total = None
     for f in npz_files:
@@ -203,7 +207,10 @@ def _ensemble_case(npz_files: tuple[Path, ...], ref_path: Path, out_path: Path) 
             raise AutosegError(f"{f}: probabilities of shape {p.shape} (K, z, y, x) do not match the reference "
                                f"{shape} ({ref_path}) or the other configuration's")
         total = p if total is None else np.add(total, p, out=total)
-    seg = total.argmax(0)  # the mean's argmax: dividing by the number of files changes nothing
+    if class_order is not None:  # region sigmoids: the mean, thresholded in class order
+        seg = to_segmentation(total / len(npz_files), class_order)
+    else:
+        seg = total.argmax(0)  # the mean's argmax: dividing by the number of files changes nothing
     write_image(seg.astype(np.uint8 if total.shape[0] <= 256 else np.uint16), geometry, out_path)
 
 
@@ -236,7 +243,7 @@ def ensemble_pair(paths: DatasetPaths, config_a: str, config_b: str, spec: Datas
     out = paths.crossval_candidate(ensemble_name(config_a, config_b))
     tmp = _fresh(out)
     jobs = [(tuple(probabilities_file(d, c.case_id) for d in dirs), raw / c.label,
-             segmentation_file(tmp, c.case_id, spec.file_ending))
+             segmentation_file(tmp, c.case_id, spec.file_ending), spec.regions_class_order if spec.regions else None)
             for c in spec.training]
     map_cases(_ensemble_case, jobs, ids, num_workers, desc=f"ensemble {config_a}+{config_b}", progress=progress)
     _publish(tmp, out)

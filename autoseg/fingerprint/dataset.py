@@ -12,6 +12,7 @@ import numpy as np
 
 from autoseg.errors import DatasetError
 from autoseg.fingerprint.case import CaseIntensities, analyze_case
+from autoseg.io.dataset_json import REGIONS_FILE
 from autoseg.io.verify import load_and_check_case
 from autoseg.parallel import map_cases
 from autoseg.schema.dataset import CaseSpec, DatasetSpec
@@ -36,6 +37,9 @@ def source_hash(raw_dir: Path, spec: DatasetSpec) -> str:
     fingerprint can be reused.
     """
     h = hashlib.sha256((Path(raw_dir) / "dataset.json").read_bytes())
+    side = Path(raw_dir) / REGIONS_FILE
+    if side.is_file():  # an MSD dataset's regions: a change must not reuse the old fingerprint
+        h.update(side.read_bytes())
     for case in spec.training + spec.test:
         for rel in case.images + tuple(r for r in (case.label, case.roi) if r):
             st = (Path(raw_dir) / rel).stat()
@@ -136,7 +140,8 @@ def check_and_fingerprint(raw_dir: Path, spec: DatasetSpec, num_workers: int, se
         dataset_name=spec.name, channel_names=spec.channel_names, labels=spec.labels, cases=fps,
         intensity=pool_intensities(with_fg, spec.num_channels),
         median_relative_size_after_crop=float(np.median([f.relative_size_after_crop for f in fps])),
-        source_sha256=source_sha256 or source_hash(raw_dir, spec))
+        source_sha256=source_sha256 or source_hash(raw_dir, spec), regions=spec.regions,
+        regions_class_order=spec.regions_class_order)
 
 
 def default_num_workers(raw_dir: Path, spec: DatasetSpec, available_bytes: Callable[[], int] | None = None,

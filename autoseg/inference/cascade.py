@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from autoseg.data.sampling import one_hot_channels
+from autoseg.inference.outputs import to_probabilities
 from autoseg.inference.predictor import Predictor
 from autoseg.io.image import Geometry
 from autoseg.planning.spacing import resampled_shape
@@ -22,7 +23,7 @@ from autoseg.schema.plans import ConfigurationPlan
 
 
 def next_stage_segmentation(probabilities: np.ndarray, properties: CaseProperties,
-                            next_plan: ConfigurationPlan) -> np.ndarray:
+                            next_plan: ConfigurationPlan, class_order: tuple[int, ...] | None = None) -> np.ndarray:
     """A low-res prediction as a label map on the next stage's preprocessed grid.
 
     Both stages crop a case to the same nonzero box, so the next stage's grid follows from the low-res case's
@@ -36,6 +37,9 @@ def next_stage_segmentation(probabilities: np.ndarray, properties: CasePropertie
         The low-res case's :class:`CaseProperties`.
     next_plan
         The next stage's configuration.
+    class_order
+        Region-based outputs: ``probabilities`` are per-region sigmoids, written as these label values where they
+        exceed 0.5, in order; ``None``: softmax probabilities, argmax.
 
     Returns
     -------
@@ -50,6 +54,9 @@ def next_stage_segmentation(probabilities: np.ndarray, properties: CasePropertie
     for k in range(probabilities.shape[0]):
         p = resample_data(probabilities[k:k + 1], shape, properties.target_spacing, target, 1,
                           properties.separate_z_anisotropy)[0]
+        if class_order is not None:
+            labels[p > 0.5] = class_order[k]
+            continue
         better = p > best
         labels[better] = k
         np.maximum(best, p, out=best)
@@ -90,13 +97,18 @@ class CascadePredictor:
         """The previous stage's prediction, mapped to this stage's grid as one-hot channels, then this stage's
         averaged logits ``(K, Z, Y, X)``."""
         low_data, low_props, data = prepared
-        probs = torch.softmax(self.previous.logits(low_data), dim=0).numpy()
-        seg = next_stage_segmentation(probs, low_props, self.current.plan)
+        regions = self.plans.regions is not None
+        probs = to_probabilities(self.previous.logits(low_data), regions)
+        seg = next_stage_segmentation(probs, low_props, self.current.plan,
+                                      self.plans.regions_class_order if regions else None)
         del probs
         if seg.shape != data.shape[1:]:
             raise RuntimeError(f"{low_props.case_id}: previous stage grid {seg.shape} != {data.shape[1:]}")
         extra = one_hot_channels(seg[None], len(self.plans.labels))[0]
         return self.current.logits(np.concatenate([data, extra], axis=0))
 
-    finish = staticmethod(Predictor.finish)
+    def finish(self, logits: torch.Tensor, properties, probabilities: bool = False):
+        """This stage's logits to a :class:`~autoseg.inference.predictor.Prediction` (as a single predictor)."""
+        return self.current.finish(logits, properties, probabilities)
+
     predict = Predictor.predict  # prepare -> logits -> finish, the same sequence for every predictor kind

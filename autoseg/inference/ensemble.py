@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from autoseg.errors import AutosegError
+from autoseg.inference.outputs import to_segmentation
 from autoseg.inference.predictor import Prediction, Predictor
 from autoseg.io.image import Geometry
 
@@ -52,7 +53,7 @@ class EnsemblePredictor:
         return tuple(m.logits(d) for m, d in zip(self.members, data))
 
     def finish(self, logits: tuple, properties: tuple, probabilities: bool = False) -> Prediction:
-        """Each member's probabilities in the raw geometry, averaged; argmax.
+        """Each member's probabilities in the raw geometry, averaged; argmax (regions: thresholded in class order).
 
         Returns
         -------
@@ -64,6 +65,7 @@ class EnsemblePredictor:
             p = m.finish(lg, props, probabilities=True).probabilities.astype(np.float32, copy=False)
             total = p if total is None else np.add(total, p, out=total)
         total /= len(self.members)
-        return Prediction(total.argmax(0).astype(np.uint8), total if probabilities else None)
+        order = self.plans.regions_class_order if self.plans.regions else None
+        return Prediction(to_segmentation(total, order), total if probabilities else None)
 
     predict = Predictor.predict  # prepare -> logits -> finish, the same sequence for every predictor kind

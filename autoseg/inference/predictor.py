@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from autoseg.errors import AutosegError
+from autoseg.inference.outputs import outside_values, to_probabilities, to_segmentation
 from autoseg.inference.sliding_window import predict_logits
 from autoseg.io.image import Geometry
 from autoseg.io.verify import array_problems
@@ -94,7 +95,7 @@ class Predictor:
         nets = []
         for path in checkpoints:
             ckpt = load_checkpoint(Path(path), plans_sha256=sha)
-            net = build_network(plan.architecture, plans.input_channels(configuration), len(plans.labels),
+            net = build_network(plan.architecture, plans.input_channels(configuration), plans.num_outputs,
                                 deep_supervision=False)
             # a deep-supervision network has the same parameters: its auxiliary heads are simply unused here
             net.load_state_dict(ckpt["model"])
@@ -106,7 +107,7 @@ class Predictor:
         """Averaged logits ``(K, Z, Y, X)`` (on the CPU) of preprocessed data ``(C, Z, Y, X)``."""
         total = None
         for net in self.networks:
-            out = predict_logits(net, data, self.plan.patch_size, len(self.plans.labels), step=self.step,
+            out = predict_logits(net, data, self.plan.patch_size, self.plans.num_outputs, step=self.step,
                                  mirror_axes=self.mirror_axes, device=self.device, precision=self.precision)
             out = out.float().cpu()
             total = out if total is None else total + out
@@ -120,12 +121,13 @@ class Predictor:
             raise AutosegError(*problems)
         return preprocess_for_inference(image, geometry, self.plans, self.configuration, case_id)
 
-    @staticmethod
-    def finish(logits: torch.Tensor, properties, probabilities: bool = False) -> Prediction:
-        """Softmax, back to the raw geometry (resampled, un-cropped, transposed back), argmax."""
-        probs = torch.softmax(logits, dim=0).numpy()
-        raw_probs = revert_case(probs, properties, is_label=False)
-        seg = raw_probs.argmax(0).astype(np.uint8)
+    def finish(self, logits: torch.Tensor, properties, probabilities: bool = False) -> Prediction:
+        """Softmax (sigmoid for regions), back to the raw geometry (resampled, un-cropped, transposed back), then
+        the label map (:mod:`autoseg.inference.outputs`)."""
+        regions = self.plans.regions is not None
+        probs = to_probabilities(logits, regions)
+        raw_probs = revert_case(probs, properties, is_label=False, background=outside_values(len(probs), regions))
+        seg = to_segmentation(raw_probs, self.plans.regions_class_order if regions else None)
         return Prediction(seg, raw_probs if probabilities else None)
 
     def predict(self, image: np.ndarray, geometry: Geometry, case_id: str = "case",

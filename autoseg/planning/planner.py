@@ -87,7 +87,8 @@ def make_plans(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: float
     budget
         Training time per fold and the device's measured speed; ``None``: nnU-Net's plans, from memory alone.
     """
-    num_classes = len(fingerprint.labels)
+    # network outputs: one sigmoid per region, or one softmax channel per label
+    num_classes = len(fingerprint.regions) if fingerprint.regions else len(fingerprint.labels)
     num_cases = len(fingerprint.cases)
     aniso = preset.anisotropy_threshold
     spacings = fingerprint.spacings
@@ -156,4 +157,6 @@ def make_plans(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: float
         configurations=configs,
         fingerprint_sha256=sha256_of(fingerprint),
         autoseg_version=__version__,
+        regions=fingerprint.regions,
+        regions_class_order=fingerprint.regions_class_order,
     )

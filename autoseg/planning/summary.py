@@ -36,6 +36,10 @@ def plans_table(plans: Plans) -> str:
     lines.append("")
     lines.append(f"dataset {plans.dataset_name}; preset {plans.preset}, {plans.memory_target_gb:g} GB target; "
                  f"axis order after transpose {plans.transpose_forward}; normalisation {norm}")
+    if plans.regions:
+        lines.append("region-based: one sigmoid output per region, written as label values "
+                     + ", ".join(f"{r.name} ({'+'.join(map(str, r.labels))}) -> {v}"
+                                 for r, v in zip(plans.regions, plans.regions_class_order)))
     if set(plans.configurations) == {"2d"} and round(plans.original_median_shape[0]) == 1:
         lines.append("2D images (one slice per case): the 2d configuration only, 3D configurations need volumes")
     if budgeted:

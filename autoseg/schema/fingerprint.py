@@ -8,6 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from autoseg.schema.base import OMIT_IF_NONE
+from autoseg.schema.dataset import Region
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class Fingerprint:
     source_sha256
         Hash of ``dataset.json`` and of every listed file's size and modification time; an unchanged hash lets a
         re-run reuse this fingerprint.
+    regions, regions_class_order
+        From the dataset spec (region-based datasets).
     """
 
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -87,6 +90,8 @@ class Fingerprint:
     intensity: tuple[IntensityStats, ...]
     median_relative_size_after_crop: float
     source_sha256: str
+    regions: tuple[Region, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
+    regions_class_order: tuple[int, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
     schema_version: int = field(default=SCHEMA_VERSION)
 
     @property

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from autoseg.schema.base import OMIT_IF_NONE
+from autoseg.schema.dataset import Region
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,9 @@ class Plans:
         Name -> plan, in the order they should be trained.
     fingerprint_sha256
         Hash of the fingerprint these plans were derived from.
+    regions, regions_class_order
+        Region-based training (:class:`autoseg.schema.dataset.Region`): one sigmoid output per region, written as
+        the label values of ``regions_class_order``; ``None`` for softmax outputs, one per label.
     """
 
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -215,7 +219,14 @@ class Plans:
     configurations: dict[str, ConfigurationPlan]
     fingerprint_sha256: str
     autoseg_version: str
+    regions: tuple[Region, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
+    regions_class_order: tuple[int, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
     schema_version: int = field(default=SCHEMA_VERSION)
+
+    @property
+    def num_outputs(self) -> int:
+        """Network output channels: one per region (sigmoid), else one per label, background included (softmax)."""
+        return len(self.regions) if self.regions else len(self.labels)
 
     def input_channels(self, configuration: str) -> int:
         """Network input channels of a configuration: the image channels, plus for a cascade stage one one-hot

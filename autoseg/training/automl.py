@@ -80,7 +80,7 @@ def measure_step_seconds(plans: Plans, configuration: str, device: str, precisio
     prec = resolve_precision(precision, dev)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        net = build_network(plan.architecture, plans.input_channels(configuration), len(plans.labels))
+        net = build_network(plan.architecture, plans.input_channels(configuration), plans.num_outputs)
     shape = (plan.batch_size, plans.input_channels(configuration), *plan.patch_size)
     return benchmark_step(net, DeepSupervisionLoss(DiceCELoss(batch_dice=plan.batch_dice)), shape, dev, prec,
                           resolve_channels_last(None, dev, prec), iterations=2, warmup=1)

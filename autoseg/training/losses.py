@@ -113,6 +113,59 @@ class DiceCELoss(nn.Module):
         return self.weight_ce * self.ce(logits, target) + self.weight_dice * self.dice(logits, target)
 
 
+def region_targets(target: torch.Tensor, regions: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, 1, *spatial)`` label values -> the mask of voxels that count ``(B, 1, ...)`` and float region
+    memberships ``(B, R, ...)`` (0 where ignored)."""
+    if target.ndim < 3 or target.shape[1] != 1:
+        raise ValueError(f"target must be (B, 1, *spatial) label values, got shape {tuple(target.shape)}")
+    target = target.long()
+    valid = target >= 0
+    members = [torch.isin(target, torch.as_tensor(tuple(r), device=target.device)) for r in regions]
+    return valid, (torch.cat(members, dim=1) & valid).float()
+
+
+class RegionDiceBCELoss(nn.Module):
+    """nnU-Net's loss for region-based training: binary cross-entropy with logits plus ``1 - mean soft Dice`` of the
+    sigmoids, one independent channel per region (background is no channel, every region counts).
+
+    ``target`` holds label values (as for :class:`DiceCELoss`); region ``r`` is the union of ``regions[r]``.
+    Voxels with a negative target are left out of both terms; a patch entirely ignored contributes 0.
+
+    Parameters
+    ----------
+    regions
+        Label values of every region, in output-channel order.
+    batch_dice, smooth
+        As for :class:`SoftDiceLoss`.
+    weight_bce, weight_dice
+        Term weights (1 and 1, as nnU-Net).
+    """
+
+    def __init__(self, regions: Sequence[Sequence[int]], batch_dice: bool = False, smooth: float = 1e-5,
+                 weight_bce: float = 1.0, weight_dice: float = 1.0):
+        super().__init__()
+        self.regions = tuple(tuple(int(v) for v in r) for r in regions)
+        self.batch_dice, self.smooth = batch_dice, smooth
+        self.weight_bce, self.weight_dice = weight_bce, weight_dice
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(logits.device.type, enabled=False):
+            logits = _fp32(logits)
+            if logits.shape[1] != len(self.regions):
+                raise ValueError(f"{logits.shape[1]} output channels for {len(self.regions)} regions")
+            valid, t = region_targets(target, self.regions)
+            mask = valid.float()
+            bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none") * mask
+            bce = bce.sum() / (mask.sum() * logits.shape[1]).clamp_min(1)
+            probs = torch.sigmoid(logits) * mask
+            axes = tuple(range(2, probs.ndim))
+            intersect, sum_pred, sum_gt = (probs * t).sum(axes), probs.sum(axes), t.sum(axes)
+            if self.batch_dice:
+                intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+            dice = (2 * intersect + self.smooth) / (sum_pred + sum_gt + self.smooth).clamp_min(1e-8)
+            return self.weight_bce * bce + self.weight_dice * (1.0 - dice.mean())
+
+
 def deep_supervision_weights(n: int, coarsest: float = 0.0) -> tuple[float, ...]:
     """Weights ``1 / 2**i`` for outputs ``i = 0 .. n-1`` (full resolution first), the coarsest replaced by
     ``coarsest``, normalised to sum 1. A single output gets weight 1.

@@ -26,7 +26,7 @@ from autoseg.schema.plans import ConfigurationPlan, Plans
 from autoseg.schema.training import TrainConfig
 from autoseg.training import distributed as dist_utils
 from autoseg.training.callbacks import checkpoint_payload
-from autoseg.training.losses import DeepSupervisionLoss, DiceCELoss
+from autoseg.training.losses import DeepSupervisionLoss, DiceCELoss, RegionDiceBCELoss
 from autoseg.training.schedule import SCHEDULES, SHORT_RUN, choose_schedule, expected_iterations
 from autoseg.training.trainer import Trainer, TrainState
 from autoseg.workspace import FoldPaths
@@ -179,7 +179,7 @@ def build_model(plans: Plans, configuration: str, config: TrainConfig, dev: torc
     plan = plans.configurations[configuration]
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)  # identical initial weights on every rank, not touching the caller's RNG
-        network = build_network(plan.architecture, plans.input_channels(configuration), len(plans.labels),
+        network = build_network(plan.architecture, plans.input_channels(configuration), plans.num_outputs,
                                 deep_supervision=config.deep_supervision)
     if checkpoint is not None:
         network.load_state_dict(checkpoint["model"])
@@ -202,7 +202,10 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, checkpoint: dic
     return optimizer
 
 
-def build_loss(plan: ConfigurationPlan) -> torch.nn.Module:
+def build_loss(plan: ConfigurationPlan, regions=None) -> torch.nn.Module:
+    """Dice + cross-entropy over the labels, or Dice + BCE over ``regions`` (:class:`Region` s), deep-supervised."""
+    if regions:
+        return DeepSupervisionLoss(RegionDiceBCELoss([r.labels for r in regions], batch_dice=plan.batch_dice))
     return DeepSupervisionLoss(DiceCELoss(batch_dice=plan.batch_dice))
 
 

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from autoseg.schema.training import EpochLog, TrainConfig
+from autoseg.training.losses import region_targets
 from autoseg.training.schedule import epochs_that_fit, learning_rate, plan_budget
 
 #: Training steps timed before a time budget fixes the epoch length (the first is discarded as warm-up).
@@ -70,6 +71,16 @@ class Callback:
         pass
 
 
+def _region_confusion(logits: torch.Tensor, target: torch.Tensor, regions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(3, regions) true positives, false positives, false negatives of each region (predicted: logit > 0, i.e.
+    sigmoid > 0.5); voxels whose target is negative are ignored."""
+    valid, t = region_targets(target, regions)
+    pred = (logits > 0) & valid
+    t = t.bool()
+    axes = [0] + list(range(2, logits.ndim))
+    return torch.stack([(pred & t).sum(axes), (pred & ~t).sum(axes), (~pred & t).sum(axes)]).double()
+
+
 def _confusion(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(3, num_classes - 1) true positives, false positives, false negatives of the foreground classes.
 
@@ -121,6 +132,8 @@ class Trainer:
     frozen
         Parameter names not updated during the first ``config.freeze_encoder_epochs`` epochs (the epoch decides,
         so a resumed run freezes exactly as an uninterrupted one).
+    regions
+        Region-based training: the label values of every output channel; the pseudo-Dice is then per region.
     """
 
     model: torch.nn.Module
@@ -139,6 +152,7 @@ class Trainer:
     all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
     progress: bool = True
     frozen: tuple[str, ...] = ()
+    regions: tuple[tuple[int, ...], ...] | None = None
     history: list[EpochLog] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -175,6 +189,8 @@ class Trainer:
             output = self.model(data)
             loss = self.loss(output, targets)
         full_res = output[0] if isinstance(output, (list, tuple)) else output
+        if self.regions:
+            return float(loss), _region_confusion(full_res.float(), targets[0], self.regions)
         return float(loss), _confusion(full_res.float(), targets[0], self.num_classes)
 
     # -- epochs ---------------------------------------------------------------------------------------------
@@ -230,7 +246,8 @@ class Trainer:
         bar.close()
 
         self.model.eval()
-        val_losses, counts = [], torch.zeros(3, self.num_classes - 1, dtype=torch.float64)
+        scored = len(self.regions) if self.regions else self.num_classes - 1
+        val_losses, counts = [], torch.zeros(3, scored, dtype=torch.float64)
         for _ in range(st.validation_iterations):
             t0 = time.perf_counter()
             batch = next(self.val_batches)

@@ -17,6 +17,7 @@ import torch
 
 from autoseg.errors import AutosegError
 from autoseg.inference.cascade import next_stage_segmentation
+from autoseg.inference.outputs import to_probabilities
 from autoseg.preprocessing.case import CaseProperties
 from autoseg.schema.base import atomic_write
 from autoseg.schema.plans import ConfigurationPlan
@@ -24,10 +25,12 @@ from autoseg.workflow.context import DatasetContext
 
 
 def save_next_stage(path: Path, logits: torch.Tensor, properties: CaseProperties,
-                    next_plan: ConfigurationPlan) -> None:
+                    next_plan: ConfigurationPlan, class_order: tuple[int, ...] | None = None) -> None:
     """Write one low-res prediction (``(K, Z, Y, X)`` logits on its preprocessed grid) as the next stage's input
-    ``path`` (``(Z', Y', X')`` int8 ``.npy``; uncompressed, so loaders memory-map it), atomically."""
-    seg = next_stage_segmentation(torch.softmax(logits.float(), dim=0).numpy(), properties, next_plan)
+    ``path`` (``(Z', Y', X')`` int8 ``.npy``; uncompressed, so loaders memory-map it), atomically.
+    ``class_order``: the outputs are regions (sigmoid), written in this label order."""
+    probs = to_probabilities(logits, class_order is not None)
+    seg = next_stage_segmentation(probs, properties, next_plan, class_order)
     atomic_write(path, lambda f: np.save(f, seg))
 
 

@@ -192,7 +192,7 @@ def _check_checkpoints(archive: ModelArchive) -> None:
     plans = archive.plans
     for config, folds in archive.manifest.folds.items():
         plan = plans.configurations[config]
-        network = build_network(plan.architecture, plans.input_channels(config), len(plans.labels))
+        network = build_network(plan.architecture, plans.input_channels(config), plans.num_outputs)
         for fold in folds:
             ckpt = load_checkpoint_bytes(*archive.checkpoint_bytes(config, fold), archive.manifest.plans_sha256)
             check_weights(ckpt.get("model"), network, f"{archive.path}:{checkpoint_member(config, fold)}")

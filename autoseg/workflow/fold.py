@@ -126,11 +126,13 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
     if is_main:
         save_json(config, folder.train_config)
         recorders = fold_callbacks(folder, config.checkpoint_every, progress)
-    trainer = Trainer(model=model, loss=build_loss(plan), optimizer=build_optimizer(model, config, start.checkpoint),
+    regions = tuple(r.labels for r in plans.regions) if plans.regions else None
+    trainer = Trainer(model=model, loss=build_loss(plan, plans.regions),
+                      optimizer=build_optimizer(model, config, start.checkpoint),
                       train_batches=iterate(train_loader), val_batches=iterate(val_loader), config=config,
                       state=state, device=dev, precision=config.precision, channels_last=config.channels_last,
                       num_classes=len(plans.labels), autocast=autocast_context, callbacks=[*recorders, *callbacks],
-                      all_reduce=dist_utils.all_reduce_sum, progress=progress and is_main,
+                      all_reduce=dist_utils.all_reduce_sum, progress=progress and is_main, regions=regions,
                       frozen=_frozen_encoder(config, folder, distributed is not None))
     if start.checkpoint is not None and "grad_scaler" in start.checkpoint:
         trainer.scaler.load_state_dict(start.checkpoint["grad_scaler"])

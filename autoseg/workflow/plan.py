@@ -134,11 +134,6 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
     planner_preset = load_preset(preset)
     target_gb = memory_target(planner_preset, memory_gb)
     spec = read_dataset_spec(raw_dir)
-    if spec.regions is not None:
-        names = ", ".join(r.name for r in spec.regions)
-        raise AutosegError(f"{raw_dir / 'dataset.json'}: region-based training ({names}) is not available yet; "
-                           f"train on the labels (declare them without regions) and score regions with "
-                           f"`autoseg evaluate --regions`")
     budget = None
     if budget_minutes is not None:
         if budget_minutes <= 0:
@@ -187,7 +182,7 @@ def cpu_budget_advice(plans: Plans, workspace: Path, device: str = "auto",
     c = plans.configurations[name]
     speed = device_throughput(workspace, device)
     seconds = plan_seconds_per_iteration(c.architecture, c.patch_size, c.batch_size, plans.input_channels(name),
-                                         len(plans.labels), speed.seconds_per_mac)
+                                         plans.num_outputs, speed.seconds_per_mac)
     return budget_advice(name, seconds, min_iterations)
 
 

@@ -60,7 +60,7 @@ def validate_fold(ctx: DatasetContext, configuration: str, fold: str, device: st
                                                      progress):
         if next_stage is not None:
             save_next_stage(folder.next_stage_segmentation(case.case_id), logits, props,
-                            ctx.plans.configurations[next_stage])
+                            ctx.plans.configurations[next_stage], ctx.plans.regions_class_order)
         pred = predictor.finish(logits, props, probabilities=True)
         del logits
         roi = read_roi(rois[case.case_id], case.files[0]) if case.case_id in rois else None
@@ -69,9 +69,11 @@ def validate_fold(ctx: DatasetContext, configuration: str, fold: str, device: st
                            apply_roi_to_probabilities(pred.probabilities, roi))
     cases = {c.case_id: c for c in ctx.spec.training}
     gt_dir = ctx.raw_dir / Path(cases[val_ids[0]].label).parent
-    evaluate_folder(folder.validation, gt_dir, labels=list(range(1, len(ctx.plans.labels))), file_ending=ending,
-                    label_names=list(ctx.plans.labels), case_ids=val_ids, output=folder.validation_summary,
-                    progress=progress, roi=rois, ignore_label=ctx.spec.ignore_label)
+    regions = ctx.plans.regions
+    evaluate_folder(folder.validation, gt_dir, labels=None if regions else list(range(1, len(ctx.plans.labels))),
+                    file_ending=ending, label_names=None if regions else list(ctx.plans.labels), case_ids=val_ids,
+                    output=folder.validation_summary, progress=progress, roi=rois,
+                    ignore_label=ctx.spec.ignore_label, regions=regions)
     write_fold_report(folder, ctx.spec)
     return validation_dice(folder)
 
