@@ -100,9 +100,17 @@ def find_best(ctx: DatasetContext, configurations: Sequence[str] | None = None,
                                      ensemble_pair(paths, a, b, spec, num_workers, progress)))
     ranked = rank(candidates)
     winner = ranked[0]
-    pp = choose_postprocessing(paths.crossval_candidate(winner.name), reference_dir(spec), range(1, len(spec.labels)),
-                               spec.file_ending, case_ids=[c.case_id for c in spec.training],
-                               num_workers=num_workers, progress=progress, ignore_label=spec.ignore_label)
+    if spec.regions:
+        # the rules compare label values of prediction and reference; a region dataset's predictions hold its
+        # regions_class_order values, not the reference's labels: no component rule is chosen for it yet
+        scores = load_json(EvaluationSummary, summary_file(paths.crossval_candidate(winner.name))).mean
+        dice = {k: m.dice for k, m in scores.items()}
+        pp = Postprocessing(False, (), dice, dice)
+    else:
+        pp = choose_postprocessing(paths.crossval_candidate(winner.name), reference_dir(spec),
+                                   range(1, len(spec.labels)), spec.file_ending,
+                                   case_ids=[c.case_id for c in spec.training], num_workers=num_workers,
+                                   progress=progress, ignore_label=spec.ignore_label)
     save_json(pp, paths.postprocessing)
     best = BestChoice(dataset=spec.name, candidates=tuple(ranked), chosen=winner.configurations,
                       folds={c: tuple(str(k) for k in range(n)) for c in winner.configurations},
