@@ -1,7 +1,9 @@
 """Training patch sampling: the pre-augmentation patch, cropping with padding, foreground oversampling.
 
 Axis order is numpy order after the plans' ``transpose_forward``: a case holds data ``(C, Z, Y, X)`` float32 and a
-segmentation ``(1, Z, Y, X)`` int8 in which ``-1`` marks voxels outside the nonzero region. Patch sizes are in voxels.
+segmentation ``(1, Z, Y, X)`` int8 in which ``-1`` marks voxels outside the nonzero region and ``-2``
+(:data:`autoseg.schema.dataset.IGNORE`) voxels whose label does not count (the ignore label, outside a region of
+interest); random patches of such a case are centred on its annotated voxels (location key 0). Patch sizes are in voxels.
 
 A 3D configuration samples ``(C, Z, Y, X)`` boxes; a 2D configuration samples ``(C, Y, X)`` boxes from one random
 ``Z`` slice of the same 3D cases. The sampled box is the *pre-augmentation* patch: larger than the network's patch so

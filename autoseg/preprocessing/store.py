@@ -5,6 +5,7 @@ Files per case (no pickle anywhere)::
     <case>.npy         data, float32 (C, Z, Y, X); np.load(mmap_mode="r") reads patches without loading the case
     <case>_seg.npy     segmentation, int8 (1, Z, Y, X); -1 = outside the nonzero region
     <case>_locs.npz    one int32 (n, 3) array of (Z, Y, X) voxel coordinates per foreground class, keys "1", "2", ...
+                       (and "0": the annotated voxels, for a case with ignored ones)
     <case>.json        CaseProperties, written LAST: a case is complete iff its json exists and names the current
                        preprocessing hash
     store_info.json    StoreInfo: the preprocessing hash and configuration the folder holds
