@@ -18,7 +18,6 @@ from autoseg.errors import AutosegError, option
 from autoseg.inference.predictor import Predictor
 from autoseg.io.image import Geometry, write_image
 from autoseg.io import natural
-from autoseg.io.natural import has_natural_ending, output_ending
 from autoseg.io.roi import apply_roi, apply_roi_to_probabilities, find_rois, read_roi
 from autoseg.io.verify import load_and_check_images, load_and_check_roi
 from autoseg.schema.base import atomic_write_text
@@ -59,7 +58,7 @@ def find_cases(images_dir: Path, num_channels: int, file_ending: str = ".nii.gz"
         for m, p in zip(matches, files):
             groups.setdefault(m.group(1), {})[int(m.group(2))] = p
         expected = set(range(num_channels))
-        if has_natural_ending(file_ending) and all(set(g) == {0} for g in groups.values()):
+        if natural.has_natural_ending(file_ending) and all(set(g) == {0} for g in groups.values()):
             expected = {0}  # one RGB file holds every channel (nnU-Net's <case>_0000.png)
         if any(set(g) == expected for g in groups.values()):
             problems = [f"{images_dir / (cid + '_0000' + file_ending)}: case {cid} has channel files "
@@ -252,7 +251,7 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
     lut = None
     if label_values is not None:
         lut = np.asarray(label_values, dtype=np.uint8 if max(label_values) <= 255 else np.uint16)
-    out_ending = output_ending(file_ending)
+    out_ending = natural.output_ending(file_ending)
     outputs = {c.case_id: segmentation_file(output_dir, c.case_id, out_ending) for c in cases}
     existing = [cid for cid, p in outputs.items() if p.exists()]
     if existing and not (overwrite or continue_):
