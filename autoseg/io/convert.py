@@ -242,21 +242,23 @@ def _read_mask(path: Path, image: Path, what: str, problems: list[str]) -> np.nd
     return arr
 
 
-def _mapped(arr: np.ndarray, label_map: Mapping[int, int], num_labels: int, path: Path, problems: list[str]
-            ) -> np.ndarray | None:
-    values = np.unique(arr)
-    out_of = [int(v) for v in values if int(v) not in label_map and not 0 <= int(v) < num_labels]
+def _unmapped(values: set[int], label_map: Mapping[int, int], num_labels: int, path: Path,
+              problems: list[str]) -> None:
+    """One line when a label file holds values neither mapped nor label indices."""
+    out_of = sorted(v for v in values if v not in label_map and not 0 <= v < num_labels)
     if out_of:
         shown = ", ".join(map(str, out_of[:8])) + (", ..." if len(out_of) > 8 else "")
         problems.append(f"{path}: label value(s) {shown} not mapped (give e.g. --map {out_of[0]}=1) and not a "
                         f"label index 0..{num_labels - 1}")
-        return None
-    lut_max = max([int(values.max()), *label_map]) + 1
-    lut = np.arange(lut_max, dtype=np.int64)
+
+
+def _mapped(arr: np.ndarray, label_map: Mapping[int, int], num_labels: int) -> np.ndarray:
+    """Label values through ``label_map`` (checked by :func:`_unmapped`), as uint8 (uint16 beyond 256 labels)."""
+    arr = arr.astype(np.int64)
+    lut = np.arange(max([int(arr.max()), *label_map]) + 1, dtype=np.int64)
     for s, d in label_map.items():
-        if s < lut_max:
-            lut[s] = d
-    return lut[arr.astype(np.int64)].astype(np.uint8 if num_labels <= 256 else np.uint16)
+        lut[s] = d
+    return lut[arr].astype(np.uint8 if num_labels <= 256 else np.uint16)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -313,30 +315,24 @@ def convert(source: Path, out_dir: Path, spec: ConvertSpec, progress: bool = Tru
     is_2d = natural.has_natural_ending(ending)
     num_labels = len(spec.label_names) if spec.label_names else None
     # read every label once: values, sizes; the mapped arrays are written afterwards
-    raw_values: set[int] = set()
-    labels: dict[str, np.ndarray] = {}
+    # every label and mask is read once to check it, and once more when it is written: memory stays at one case
+    values_of: dict[str, set[int]] = {}
     for c in tqdm(train, desc="check labels", unit="case", disable=not progress, dynamic_ncols=True):
         arr = _read_mask(c.label, c.images[0], "label map", problems)
         if arr is not None:
-            labels[c.case_id] = arr
-            raw_values |= {int(v) for v in np.unique(arr)}
+            values_of[c.case_id] = {int(v) for v in np.unique(arr)}
+    raw_values = set().union(*values_of.values())
     targets = sorted({spec.label_map.get(v, v) for v in raw_values} | {0})
     if num_labels is None:
         num_labels = max(targets) + 1 if targets else 2
-    mapped = {}
     for c in train:
-        if c.case_id in labels:
-            m = _mapped(labels.pop(c.case_id), spec.label_map, num_labels, c.label, problems)
-            if m is not None:
-                mapped[c.case_id] = m
-    rois = {}
+        if c.case_id in values_of:
+            _unmapped(values_of[c.case_id], spec.label_map, num_labels, c.label, problems)
     for c in train + test:
         if c.roi is not None:
             arr = _read_mask(c.roi, c.images[0], "region-of-interest mask", problems)
-            if arr is not None:
-                if not arr.any():
-                    problems.append(f"{c.roi}: region-of-interest mask is empty (no nonzero pixel)")
-                rois[c.case_id] = (arr != 0).astype(np.uint8)
+            if arr is not None and not arr.any():
+                problems.append(f"{c.roi}: region-of-interest mask is empty (no nonzero pixel)")
     channels = _channel_names(spec, train[0].images, problems)
     names = spec.label_names or ("background", *(f"label_{k}" for k in range(1, num_labels)))
     if len(names) < 2:
@@ -360,9 +356,11 @@ def convert(source: Path, out_dir: Path, spec: ConvertSpec, progress: bool = Tru
                     arr, _ = natural.read_natural(f)
                     natural.write_natural(arr if arr.shape[0] == 3 else arr[0], dst)
             if tr == "Tr":
-                _write_mask(mapped[c.case_id], c.label, is_2d, tmp / "labelsTr" / f"{c.case_id}{out_ending}")
+                mapped = _mapped(read_label(c.label)[0], spec.label_map, num_labels)
+                _write_mask(mapped, c.label, is_2d, tmp / "labelsTr" / f"{c.case_id}{out_ending}")
             if c.roi is not None:
-                _write_mask(rois[c.case_id], c.roi, is_2d, tmp / f"roi{tr}" / f"{c.case_id}{out_ending}")
+                roi = (read_label(c.roi)[0] != 0).astype(np.uint8)
+                _write_mask(roi, c.roi, is_2d, tmp / f"roi{tr}" / f"{c.case_id}{out_ending}")
         meta: dict[str, Any] = {
             "name": spec.name or out_dir.name,
             "description": f"converted by autoseg convert from {source.resolve()}",
