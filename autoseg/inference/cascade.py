@@ -107,8 +107,5 @@ class CascadePredictor:
         extra = one_hot_channels(seg[None], len(self.plans.labels))[0]
         return self.current.logits(np.concatenate([data, extra], axis=0))
 
-    def finish(self, logits: torch.Tensor, properties, probabilities: bool = False):
-        """This stage's logits to a :class:`~autoseg.inference.predictor.Prediction` (as a single predictor)."""
-        return self.current.finish(logits, properties, probabilities)
-
+    finish = Predictor.finish  # this stage's logits -> prediction, with this stage's plans
     predict = Predictor.predict  # prepare -> logits -> finish, the same sequence for every predictor kind
