@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 
 
-def to_probabilities(logits: torch.Tensor, regions: bool) -> np.ndarray:
-    """``(K, ...)`` logits -> float32 probabilities: sigmoid per region, or softmax over labels (axis 0)."""
+def to_probabilities(logits, regions: bool) -> np.ndarray:
+    """``(K, ...)`` logits (a torch tensor) -> float32 probabilities: sigmoid per region, or softmax over labels
+    (axis 0)."""
+    import torch  # here: the label-map half of this module serves torch-free evaluation code
+
     logits = logits.float()
     return (torch.sigmoid(logits) if regions else torch.softmax(logits, dim=0)).numpy()
 
