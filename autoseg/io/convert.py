@@ -325,6 +325,9 @@ def convert(source: Path, out_dir: Path, spec: ConvertSpec, progress: bool = Tru
     targets = sorted({spec.label_map.get(v, v) for v in raw_values} | {0})
     if num_labels is None:
         num_labels = max(targets) + 1 if targets else 2
+    beyond = sorted(d for d in set(spec.label_map.values()) if d >= num_labels)
+    if beyond:
+        problems.append(f"label map: target value(s) {beyond} beyond the {num_labels} label names given")
     for c in train:
         if c.case_id in values_of:
             _unmapped(values_of[c.case_id], spec.label_map, num_labels, c.label, problems)

@@ -110,6 +110,15 @@ def test_spec_file_and_label_map_parsing(tmp_path):
         parse_label_map(["255:1"])
 
 
+def test_a_mapping_beyond_the_label_names_is_refused(tmp_path):
+    from dataclasses import replace
+
+    src = _drive_like(tmp_path / "src")
+    with pytest.raises(AutosegError, match="beyond the 2 label names"):
+        convert(src, tmp_path / "raw", replace(SPEC, label_map={255: 5}), progress=False)
+    assert not (tmp_path / "raw").exists()
+
+
 def test_3d_nifti_folder_with_other_naming_and_two_channels(tmp_path):
     src = tmp_path / "scans"
     (src / "img").mkdir(parents=True)
