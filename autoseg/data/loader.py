@@ -114,6 +114,9 @@ class LoaderConfig:
     start_method
         multiprocessing start method; ``None``: ``"fork"`` where available (no pickling, instant start), else
         ``"spawn"`` (then source and transforms must be picklable).
+    regions
+        Region-based training: label values of each region, for foreground oversampling per region
+        (:class:`~autoseg.data.sampling.SamplingConfig`).
     """
 
     patch_size: tuple[int, ...]
@@ -131,6 +134,7 @@ class LoaderConfig:
     poll_interval: float = 0.2
     cache_cases: int = 256
     start_method: str | None = None
+    regions: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
@@ -151,7 +155,7 @@ class LoaderConfig:
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(tuple(self.patch_size), None if self.sample_patch_size is None
                               else tuple(self.sample_patch_size), self.batch_size, self.oversample_foreground,
-                              self.num_extra_classes)
+                              self.num_extra_classes, self.regions)
 
 
 def batch_generator(seed: int, index: int) -> np.random.Generator:

@@ -231,6 +231,10 @@ class SamplingConfig:
         Cascade: label values (background included) of the previous stage's segmentation, which the source must
         provide through ``load_extra_seg``; 0 disables it. The sampled previous-stage box travels as a second
         segmentation channel (padded with -1) and becomes one-hot data channels after augmentation.
+    regions
+        Region-based training: the label values of each region. A forced sample then picks one of the regions
+        present in the case (equally weighted) and a voxel of it, so a small region nested in a large one (the
+        enhancing tumour in the whole tumour) is drawn as often as the large one; ``None``: per label.
     """
 
     patch_size: tuple[int, ...]
@@ -238,6 +242,7 @@ class SamplingConfig:
     batch_size: int = 2
     oversample_foreground: float = 0.33
     num_extra_classes: int = 0
+    regions: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.patch_size) not in (2, 3):
@@ -266,13 +271,27 @@ class SampleError(RuntimeError):
         self.case_id = case_id
 
 
-def _choose_voxel(locs: Mapping[int, np.ndarray], rng: np.random.Generator) -> np.ndarray | None:
-    """A random voxel of a random foreground label present in the case (labels weighted equally, as in nnU-Net)."""
+def _choose_voxel(locs: Mapping[int, np.ndarray], rng: np.random.Generator,
+                  regions: Sequence[Sequence[int]] | None = None) -> np.ndarray | None:
+    """A random voxel of a random foreground label present in the case (labels weighted equally, as in nnU-Net),
+    or with ``regions``, of a random region present (regions weighted equally; within one, voxels of its labels
+    drawn in proportion to the stored locations)."""
     present = sorted(int(k) for k, v in locs.items() if k > 0 and len(v) > 0)
     if not present:
         return None  # a case without foreground: fall back to a random box
-    coords = locs[present[int(rng.integers(len(present)))]]
-    return np.asarray(coords[int(rng.integers(len(coords)))], dtype=np.int64)
+    if regions is None:
+        coords = locs[present[int(rng.integers(len(present)))]]
+        return np.asarray(coords[int(rng.integers(len(coords)))], dtype=np.int64)
+    groups = [[v for v in r if v in present] for r in regions]
+    groups = [g for g in groups if g]
+    if not groups:
+        return None
+    group = groups[int(rng.integers(len(groups)))]
+    sizes = np.array([len(locs[v]) for v in group])
+    pick = int(rng.integers(sizes.sum()))
+    k = int(np.searchsorted(np.cumsum(sizes), pick, side="right"))
+    coords = locs[group[k]]
+    return np.asarray(coords[pick - int(sizes[:k].sum())], dtype=np.int64)
 
 
 def _box_start(shape: Sequence[int], patch: Sequence[int], box: Sequence[int], rng: np.random.Generator,
@@ -314,7 +333,7 @@ def sample_patch(data: np.ndarray, seg: np.ndarray, locs: Mapping[int, np.ndarra
         raise ValueError(f"previous-stage segmentation has shape {tuple(extra_seg.shape[1:])}, the case "
                          f"{tuple(seg.shape[1:])} (made from other plans? retrain the previous stage)")
     patch, box = config.patch_size, config.box
-    voxel = _choose_voxel(locs, rng) if force_fg else None
+    voxel = _choose_voxel(locs, rng, config.regions) if force_fg else None
     inside = locs.get(0)
     if voxel is None and inside is not None and len(inside) > 0:
         # a case with a region-of-interest mask: random patches are centred inside it

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from autoseg.postprocessing.components import describe_postprocessing
 from autoseg.schema.selection import BestChoice, Candidate, Postprocessing
 
 
@@ -32,13 +33,8 @@ def selection_table(best: BestChoice, pp: Postprocessing | None = None) -> str:
     folds = "; ".join(f"{c} folds {', '.join(f)}" for c, f in best.folds.items())
     rows.append(f"chosen: {' + '.join(best.chosen)} ({folds})")
     if pp is not None:
-        rules = []
-        if pp.keep_largest_foreground:
-            rules.append("keep the largest foreground component")
-        if pp.keep_largest_per_class:
-            rules.append("keep the largest component of "
-                         + ", ".join(best.labels.get(str(v), str(v)) for v in pp.keep_largest_per_class))
-        rows.append(f"postprocessing: {'; '.join(rules) if rules else 'none (removing components did not help)'}"
+        rules = describe_postprocessing(pp, best.labels, best.region_names)
+        rows.append(f"postprocessing: {'none (removing components did not help)' if rules == 'none' else rules}"
                     f"; foreground mean Dice {_f(pp.mean_dice_before)} -> {_f(pp.mean_dice_after)}")
     for c, why in best.skipped.items():
         rows.append(f"skipped {c}: {why}")

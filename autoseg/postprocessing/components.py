@@ -9,10 +9,17 @@ if the mean foreground Dice improves and no class's Dice gets worse; then, on to
 foreground label (when there are several) keep the largest component of that label only where that label's Dice
 improves. The per-label step changes only that label's voxels (to background), so it cannot lower another label's
 Dice: the labels are decided independently, from one pass over the cases.
+
+Region-based datasets (:func:`choose_region_postprocessing`) are scored by region: a region is the union of its label
+values in the predicted label map and in the reference. Regions overlap (a tumour core lies inside the whole
+tumour), so removing a component of one region changes the others: the rules are decided one after the other, the
+foreground rule first, then each region in order, each on top of those kept before, and one is kept only when it
+improves its own Dice and no region's Dice gets worse (one pass over the cases per decision).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -75,7 +82,36 @@ def apply_postprocessing(seg: np.ndarray, pp: Postprocessing) -> np.ndarray:
         seg = keep_largest_component(seg, None)
     for label in pp.keep_largest_per_class:
         seg = keep_largest_component(seg, label)
+    for values in pp.keep_largest_per_region or ():
+        seg = keep_largest_component(seg, values)
     return seg
+
+
+def describe_postprocessing(pp: Postprocessing | None, names: dict[str, str] | None = None,
+                            region_names: dict[tuple[int, ...], str] | None = None) -> str:
+    """The rules of ``pp`` in words, for the CLI.
+
+    Examples
+    --------
+    >>> describe_postprocessing(Postprocessing(True, (2,), {}, {}), {"2": "tumour"})
+    'keep the largest foreground component; keep the largest component of tumour'
+    >>> describe_postprocessing(Postprocessing(False, (), {}, {}, keep_largest_per_region=((1, 4),)),
+    ...                         region_names={(1, 4): "core"})
+    'keep the largest component of region core'
+    >>> describe_postprocessing(None)
+    'none'
+    """
+    if pp is None or pp.is_identity:
+        return "none"
+    names, region_names = names or {}, region_names or {}
+    rules = ["keep the largest foreground component"] if pp.keep_largest_foreground else []
+    if pp.keep_largest_per_class:
+        rules.append("keep the largest component of "
+                     + ", ".join(names.get(str(v), f"label {v}") for v in pp.keep_largest_per_class))
+    if pp.keep_largest_per_region:
+        rules.append("keep the largest component of region "
+                     + ", ".join(region_names.get(tuple(r), "+".join(map(str, r))) for r in pp.keep_largest_per_region))
+    return "; ".join(rules)
 
 
 #: Variants scored per case, rows of the count array returned by ``_case_counts``.
@@ -136,6 +172,22 @@ def _improves(before: float | None, after: float | None) -> bool:
     return after is None or after > before
 
 
+def _case_ids(pred_dir: Path, gt_dir: Path, file_ending: str, case_ids: Sequence[str] | None) -> list[str]:
+    """The cases to score (default: every reference file), each with its prediction, else an error per missing
+    file."""
+    if case_ids is None:
+        case_ids = sorted(p.name[:-len(file_ending)] for p in gt_dir.glob(f"*{file_ending}")
+                          if not p.name.startswith("."))
+    case_ids = list(case_ids)
+    if not case_ids:
+        raise AutosegError(f"{gt_dir}: no reference files ending in {file_ending}")
+    missing = [c for c in case_ids if not (pred_dir / f"{c}{file_ending}").is_file()]
+    if missing:
+        raise AutosegError(*(f"{pred_dir / (c + file_ending)}: prediction missing (its reference exists in "
+                             f"{gt_dir})" for c in missing))
+    return case_ids
+
+
 def choose_postprocessing(pred_dir: Path, gt_dir: Path, labels: Sequence[int], file_ending: str = ".nii.gz",
                           case_ids: Sequence[str] | None = None, num_workers: int | None = None,
                           progress: bool = True, ignore_label: int | None = None) -> Postprocessing:
@@ -168,16 +220,7 @@ def choose_postprocessing(pred_dir: Path, gt_dir: Path, labels: Sequence[int], f
     labels = tuple(int(v) for v in labels)
     if not labels:
         raise AutosegError(f"{gt_dir}: no foreground label to postprocess")
-    if case_ids is None:
-        case_ids = sorted(p.name[:-len(file_ending)] for p in gt_dir.glob(f"*{file_ending}")
-                          if not p.name.startswith("."))
-    case_ids = list(case_ids)
-    if not case_ids:
-        raise AutosegError(f"{gt_dir}: no reference files ending in {file_ending}")
-    missing = [c for c in case_ids if not (pred_dir / f"{c}{file_ending}").is_file()]
-    if missing:
-        raise AutosegError(*(f"{pred_dir / (c + file_ending)}: prediction missing (its reference exists in "
-                             f"{gt_dir})" for c in missing))
+    case_ids = _case_ids(pred_dir, gt_dir, file_ending, case_ids)
     jobs = [(pred_dir / f"{c}{file_ending}", gt_dir / f"{c}{file_ending}", labels, ignore_label) for c in case_ids]
     counts = np.stack(map_cases(_case_counts, jobs, case_ids, num_workers, desc="postprocessing", progress=progress))
 
@@ -196,3 +239,68 @@ def choose_postprocessing(pred_dir: Path, gt_dir: Path, labels: Sequence[int], f
                 after[k] = per_class[k]
     return Postprocessing(keep_largest_foreground=keep_fg, keep_largest_per_class=tuple(kept),
                           dice_before=before, dice_after=after)
+
+
+def _region_case_counts(pred_path: Path, ref_path: Path, regions: tuple[tuple[int, ...], ...],
+                        ignore_label: int | None, pp: Postprocessing) -> np.ndarray:
+    """``(n_regions, 3)`` true positive, false positive, false negative voxels per region of the prediction with
+    the rules of ``pp`` applied."""
+    pred, _ = read_label(pred_path)
+    ref, _ = read_label(ref_path)
+    if pred.shape != ref.shape:
+        raise AutosegError(f"{pred_path}: size {pred.shape} (z, y, x) differs from the reference's {ref.shape} "
+                           f"({ref_path})")
+    annotated = ref != ignore_label if ignore_label is not None else True
+    seg = apply_postprocessing(pred, pp)
+    return np.array([_counts(np.isin(seg, values) & annotated, np.isin(ref, values)) for values in regions],
+                    dtype=np.int64).reshape(len(regions), 3)
+
+
+def choose_region_postprocessing(pred_dir: Path, gt_dir: Path, regions: Sequence[Sequence[int]],
+                                 file_ending: str = ".nii.gz", case_ids: Sequence[str] | None = None,
+                                 num_workers: int | None = None, progress: bool = True,
+                                 ignore_label: int | None = None) -> Postprocessing:
+    """Decide the connected-component rules of a region-based dataset on its cross-validation predictions.
+
+    Parameters
+    ----------
+    pred_dir, gt_dir
+        Folders of predicted label maps (holding ``regions_class_order`` values) and reference label maps.
+    regions
+        Label values of each region, in declaration order; Dice values are keyed by region number ``"1"``...
+    case_ids, num_workers, progress, ignore_label
+        As for :func:`choose_postprocessing`.
+
+    Returns
+    -------
+    Postprocessing
+        With ``keep_largest_per_region`` set (possibly empty); decided one rule at a time (module docs).
+    """
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    groups = tuple(tuple(int(v) for v in r) for r in regions)
+    if not groups:
+        raise AutosegError(f"{gt_dir}: no region to postprocess")
+    case_ids = _case_ids(pred_dir, gt_dir, file_ending, case_ids)
+    keys = [str(i) for i in range(1, len(groups) + 1)]
+
+    def score(pp: Postprocessing, what: str) -> dict[str, float | None]:
+        jobs = [(pred_dir / f"{c}{file_ending}", gt_dir / f"{c}{file_ending}", groups, ignore_label, pp)
+                for c in case_ids]
+        counts = np.stack(map_cases(_region_case_counts, jobs, case_ids, num_workers,
+                                    desc=f"postprocessing ({what})", progress=progress))
+        return dict(zip(keys, _mean_dice(counts)))
+
+    def better(now: dict, then: dict, key: str | None) -> bool:
+        own = (_improves(foreground_mean(now), foreground_mean(then)) if key is None
+               else _improves(now[key], then[key]))
+        return own and not any(_worse(now[k], then[k]) for k in keys)
+
+    kept = Postprocessing(False, (), {}, {}, keep_largest_per_region=())
+    before = current = score(kept, "as predicted")
+    for key, values in zip([None, *keys], [None, *groups]):
+        candidate = (replace(kept, keep_largest_foreground=True) if key is None
+                     else replace(kept, keep_largest_per_region=(*kept.keep_largest_per_region, values)))
+        then = score(candidate, "largest foreground component" if key is None else f"region {key}")
+        if better(current, then, key):
+            kept, current = candidate, then
+    return replace(kept, dice_before=before, dice_after=current)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from autoseg.schema.base import OMIT_IF_NONE
+
 
 def foreground_mean(dice: dict[str, float | None]) -> float | None:
     """Mean of the defined per-class Dice values of the foreground labels (keys other than ``"0"``)."""
@@ -61,9 +63,12 @@ class BestChoice:
         Postprocessing rules to apply after prediction, relative to the dataset's workspace folder
         (``postprocessing.json``), ``None`` for none.
     labels
-        Label value (as a string) -> name, for tables.
+        Label value (region number for region datasets, as a string) -> name, for tables.
     skipped
         Configuration -> why it was not a candidate (e.g. folds not trained).
+    regions
+        Region-based datasets: region number (as a string) -> its label values; ``None`` otherwise (left out of
+        the JSON).
     """
 
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -76,6 +81,12 @@ class BestChoice:
     labels: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     schema_version: int = field(default=SCHEMA_VERSION)
+    regions: dict[str, tuple[int, ...]] | None = field(default=None, metadata=OMIT_IF_NONE)
+
+    @property
+    def region_names(self) -> dict[tuple[int, ...], str]:
+        """A region's label values -> its name (empty for label datasets)."""
+        return {tuple(v): self.labels.get(k, k) for k, v in (self.regions or {}).items()}
 
     @property
     def best(self) -> Candidate:
@@ -93,10 +104,15 @@ class Postprocessing:
         Keep only the largest connected component of all foreground labels together (26-connectivity in 3D).
     keep_largest_per_class
         Label values for which only the largest connected component of that label is kept, in order.
+    keep_largest_per_region
+        Region-based datasets: the label values of each region (as they appear in the predicted label map) whose
+        largest connected component alone is kept, in order, after the rules above; ``None`` for label datasets
+        (left out of the JSON, so label datasets' files are unchanged).
     dice_before
-        Label value (as a string) -> mean cross-validation Dice without postprocessing.
+        Label value (region number for region datasets, as a string) -> mean cross-validation Dice without
+        postprocessing.
     dice_after
-        Label value (as a string) -> mean cross-validation Dice with the rules above.
+        The same with the rules above.
     """
 
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -106,11 +122,13 @@ class Postprocessing:
     dice_before: dict[str, float | None]
     dice_after: dict[str, float | None]
     schema_version: int = field(default=SCHEMA_VERSION)
+    keep_largest_per_region: tuple[tuple[int, ...], ...] | None = field(default=None, metadata=OMIT_IF_NONE)
 
     @property
     def is_identity(self) -> bool:
         """No rule is kept: postprocessing changes nothing."""
-        return not self.keep_largest_foreground and not self.keep_largest_per_class
+        return (not self.keep_largest_foreground and not self.keep_largest_per_class
+                and not self.keep_largest_per_region)
 
     @property
     def mean_dice_before(self) -> float | None:

@@ -211,11 +211,14 @@ def build_loss(plan: ConfigurationPlan, regions=None) -> torch.nn.Module:
 
 def build_loaders(source: StoreSource, plan: ConfigurationPlan, train_ids: Sequence[str], val_ids: Sequence[str],
                   config: TrainConfig, state: TrainState, num_extra_classes: int,
-                  distributed: dist_utils.DistributedSpec | None = None) -> tuple[BatchLoader, BatchLoader]:
+                  distributed: dist_utils.DistributedSpec | None = None, regions=None
+                  ) -> tuple[BatchLoader, BatchLoader]:
     """The training and patch-validation batch streams, resuming where ``state`` left them.
 
-    Every rank draws its own stream (seed + 7919 x rank) of its share of the global batch.
+    Every rank draws its own stream (seed + 7919 x rank) of its share of the global batch. With ``regions``
+    (:class:`Region` s), foreground is oversampled per region.
     """
+    sample_regions = tuple(tuple(r.labels) for r in regions) if regions else None
     world, rank = (distributed.world_size, distributed.rank) if distributed else (1, 0)
     local_batch = dist_utils.split_batch(config.batch_size, world, rank)
     workers = config.num_workers if config.num_workers is not None else default_loader_workers()
@@ -223,10 +226,10 @@ def build_loaders(source: StoreSource, plan: ConfigurationPlan, train_ids: Seque
     train = training_loader(source, plan, case_ids=train_ids, seed=seed, num_workers=workers,
                             deterministic=config.deterministic or workers == 0, batch_size=local_batch,
                             first_batch=state.batches_drawn, oversample_foreground=config.oversample_foreground,
-                            num_extra_classes=num_extra_classes)
+                            num_extra_classes=num_extra_classes, regions=sample_regions)
     val = validation_loader(source, plan, case_ids=val_ids, seed=seed + 1, num_workers=0, batch_size=local_batch,
                             first_batch=state.val_batches_drawn, oversample_foreground=config.oversample_foreground,
-                            num_extra_classes=num_extra_classes)
+                            num_extra_classes=num_extra_classes, regions=sample_regions)
     return train, val
 
 

@@ -121,7 +121,8 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
     model = build_model(plans, configuration, config, dev, start.checkpoint,
                         _pretrained(config, configuration, folder, is_main), distributed is not None)
     source, num_extra = _training_source(ctx, configuration, store, device, progress and is_main)
-    train_loader, val_loader = build_loaders(source, plan, train_ids, val_ids, config, state, num_extra, distributed)
+    train_loader, val_loader = build_loaders(source, plan, train_ids, val_ids, config, state, num_extra, distributed,
+                                             plans.regions)
     recorders = []
     if is_main:
         save_json(config, folder.train_config)

@@ -30,9 +30,9 @@ def describe_configuration(ctx: DatasetContext, configuration: str | None) -> st
     if configuration != BEST:
         return f"using {configuration}"
     best, pp = load_best(ctx)
-    rules = "none" if pp is None or pp.is_identity else ", ".join(
-        (["keep the largest foreground component"] if pp.keep_largest_foreground else [])
-        + [f"keep the largest component of label {v}" for v in pp.keep_largest_per_class])
+    from autoseg.postprocessing.components import describe_postprocessing
+
+    rules = describe_postprocessing(pp, best.labels, best.region_names)
     return f"using best.json: {' + '.join(best.chosen)}; postprocessing: {rules}"
 
 

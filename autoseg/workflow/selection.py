@@ -15,7 +15,7 @@ from autoseg.errors import AutosegError
 from autoseg.evaluation.crossval import (check_partition, ensemble_name, ensemble_pair, fold_sources, merge_folds,
                                          reference_dir)
 from autoseg.evaluation.selection import rank
-from autoseg.postprocessing.components import choose_postprocessing
+from autoseg.postprocessing.components import choose_postprocessing, choose_region_postprocessing
 from autoseg.schema.base import load_json, save_json
 from autoseg.schema.evaluation import EvaluationSummary
 from autoseg.schema.selection import BestChoice, Candidate, Postprocessing
@@ -100,21 +100,22 @@ def find_best(ctx: DatasetContext, configurations: Sequence[str] | None = None,
                                      ensemble_pair(paths, a, b, spec, num_workers, progress)))
     ranked = rank(candidates)
     winner = ranked[0]
+    common = dict(case_ids=[c.case_id for c in spec.training], num_workers=num_workers, progress=progress,
+                  ignore_label=spec.ignore_label)
     if spec.regions:
-        # the rules compare label values of prediction and reference; a region dataset's predictions hold its
-        # regions_class_order values, not the reference's labels: no component rule is chosen for it yet
-        scores = load_json(EvaluationSummary, summary_file(paths.crossval_candidate(winner.name))).mean
-        dice = {k: m.dice for k, m in scores.items()}
-        pp = Postprocessing(False, (), dice, dice)
+        # scored by region (the predictions hold regions_class_order values); nested regions are decided in turn
+        pp = choose_region_postprocessing(paths.crossval_candidate(winner.name), reference_dir(spec),
+                                          [r.labels for r in spec.regions], spec.file_ending, **common)
+        names = {str(i): r.name for i, r in enumerate(spec.regions, 1)}
+        regions = {str(i): r.labels for i, r in enumerate(spec.regions, 1)}
     else:
         pp = choose_postprocessing(paths.crossval_candidate(winner.name), reference_dir(spec),
-                                   range(1, len(spec.labels)), spec.file_ending,
-                                   case_ids=[c.case_id for c in spec.training], num_workers=num_workers,
-                                   progress=progress, ignore_label=spec.ignore_label)
+                                   range(1, len(spec.labels)), spec.file_ending, **common)
+        names, regions = {str(v): name for v, name in enumerate(spec.labels) if v > 0}, None
     save_json(pp, paths.postprocessing)
     best = BestChoice(dataset=spec.name, candidates=tuple(ranked), chosen=winner.configurations,
                       folds={c: tuple(str(k) for k in range(n)) for c in winner.configurations},
-                      postprocessing_file=paths.postprocessing.name,
-                      labels={str(v): name for v, name in enumerate(spec.labels) if v > 0}, skipped=skipped)
+                      postprocessing_file=paths.postprocessing.name, labels=names, skipped=skipped,
+                      regions=regions)
     save_json(best, paths.best)
     return best

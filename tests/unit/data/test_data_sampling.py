@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from _data_cases import make_case
 
-from autoseg.data.sampling import (ArraySource, SamplingConfig, SampleError, crop_with_padding, forced_foreground,
+from autoseg.data.sampling import (ArraySource, _choose_voxel, SamplingConfig, SampleError, crop_with_padding, forced_foreground,
                                    one_hot_channels, pre_augmentation_patch_size, sample_batch, sample_patch)
 from autoseg.preprocessing.case import class_locations
 
@@ -86,6 +86,22 @@ def test_forced_samples_are_centred_on_foreground():
         assert len(labels) >= 1
         seen |= labels
     assert seen == {1, 2}  # both classes get picked
+
+
+def test_region_oversampling_weighs_regions_not_labels():
+    # labels 1-3 make the whole tumour, label 4 alone the enhancing region
+    locs = {k: np.full((100 if k < 4 else 5, 3), k, np.int64) for k in (1, 2, 3, 4)}
+    rng = np.random.default_rng(0)
+    per_label = [int(_choose_voxel(locs, rng)[0]) for _ in range(4000)]
+    regions = ((1, 2, 3, 4), (4,))
+    per_region = [int(_choose_voxel(locs, rng, regions)[0]) for _ in range(4000)]
+    assert per_label.count(4) / 4000 == pytest.approx(0.25, abs=0.03)
+    # half the draws go to the enhancing region; the whole tumour's draws follow its voxels (5 of 305 are 4)
+    assert per_region.count(4) / 4000 == pytest.approx(0.5 + 0.5 * 5 / 305, abs=0.03)
+    assert {per_region.count(k) > 0 for k in (1, 2, 3)} == {True}
+    # a region absent from the case is not drawn; none present: no centre
+    assert {int(_choose_voxel({1: locs[1]}, rng, regions)[0]) for _ in range(20)} == {1}
+    assert _choose_voxel({5: locs[1]}, rng, ((4,),)) is None
 
 
 def test_case_without_foreground_falls_back_to_random():

@@ -19,7 +19,8 @@ import numpy as np
 from autoseg.data.splits import make_splits
 from autoseg.io.image import Geometry, write_image
 from autoseg.schema.base import load_json, save_json
-from autoseg.schema.dataset import CaseSpec, DatasetSpec
+from autoseg.inference.outputs import to_segmentation
+from autoseg.schema.dataset import CaseSpec, DatasetSpec, Region
 from autoseg.schema.plans import Plans
 from autoseg.workspace import Workspace
 
@@ -56,8 +57,20 @@ def probabilities(config: str) -> np.ndarray:
     return p
 
 
-def make_workspace(tmp_path: Path, n_cases: int = 10) -> tuple[Path, list[str]]:
-    """Returns the workspace root and the case ids."""
+#: ``make_workspace(regions=True)``: label 1 and 2 together are the whole region, label 2 alone the core
+REGIONS = (Region("whole", (1, 2)), Region("core", (2,)))
+
+
+def region_probabilities(config: str) -> np.ndarray:
+    """Sigmoid outputs ``(2, z, y, x)`` of the two regions from the label probabilities: each region's
+    probability is the sum of its labels'."""
+    p = probabilities(config)
+    return np.stack([p[1] + p[2], p[2]]).clip(0, 1)
+
+
+def make_workspace(tmp_path: Path, n_cases: int = 10, regions: bool = False) -> tuple[Path, list[str]]:
+    """Returns the workspace root and the case ids. ``regions``: a region-based dataset (:data:`REGIONS`,
+    class order 1, 2) whose configurations output region probabilities."""
     raw = tmp_path / "raw" / DATASET
     (raw / "labelsTr").mkdir(parents=True)
     (raw / "dataset.json").write_text("{}")
@@ -68,16 +81,22 @@ def make_workspace(tmp_path: Path, n_cases: int = 10) -> tuple[Path, list[str]]:
     paths = Workspace(ws).dataset(DATASET)
     spec = DatasetSpec(DATASET, str(raw), "msd", ("MRI",), LABELS, ".nii.gz",
                        tuple(CaseSpec(c, (f"imagesTr/{c}.nii.gz",), f"labelsTr/{c}.nii.gz") for c in ids))
+    order = (1, 2)
+    if regions:
+        spec = replace(spec, regions=REGIONS, regions_class_order=order)
     save_json(spec, paths.dataset_spec)
     plans = load_json(Plans, REPO / "plans" / "examples" / "hippocampus.plans.json")
     configs = dict(plans.configurations)
     configs["3d_lowres"] = configs["3d_fullres"]
-    save_json(replace(plans, dataset_name=DATASET, labels=LABELS, configurations=configs), paths.plans)
+    plans = replace(plans, dataset_name=DATASET, labels=LABELS, configurations=configs)
+    if regions:
+        plans = replace(plans, regions=REGIONS, regions_class_order=order)
+    save_json(plans, paths.plans)
     splits = make_splits(ids, 5)
     paths.splits.write_text(json.dumps(splits))
     for config in WEAK:
-        probs = probabilities(config)
-        seg = probs.argmax(0).astype(np.uint8)
+        probs = region_probabilities(config) if regions else probabilities(config)
+        seg = to_segmentation(probs, order if regions else None).astype(np.uint8)
         for k, fold in enumerate(splits):
             if config == "3d_lowres" and k > 2:
                 continue

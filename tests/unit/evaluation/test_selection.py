@@ -38,6 +38,22 @@ def test_find_best_ranks_and_writes_both_files(tmp_path):
     assert api.default_configuration(ws, DATASET) == "best"
 
 
+def test_find_best_on_regions_scores_regions_and_chooses_their_postprocessing(tmp_path):
+    ws, ids = make_workspace(tmp_path, regions=True)
+    paths = Workspace(ws).dataset(DATASET)
+    best = api.find_best(ws, DATASET, num_workers=1, progress=False)
+    assert best.chosen == ("2d", "3d_fullres")  # sigmoid probabilities averaged: right everywhere
+    assert best.labels == {"1": "whole", "2": "core"} and best.regions == {"1": (1, 2), "2": (2,)}
+    assert best.candidates[0].dice_per_class["2"] == pytest.approx(1.0)
+    pp = load_json(Postprocessing, paths.root / best.postprocessing_file)
+    # the spurious blob is whole-tumour only: the foreground rule removes it, no region rule is needed
+    assert pp.keep_largest_foreground and pp.keep_largest_per_region == ()
+    assert pp.dice_after == {"1": 1.0, "2": 1.0} and pp.dice_before["1"] < 1.0
+    assert load_json(BestChoice, paths.best) == best
+    table = selection_table(best, pp)
+    assert "whole" in table and "core" in table and "keep the largest foreground component" in table
+
+
 def test_find_best_errors(tmp_path):
     ws, _ = make_workspace(tmp_path)
     with pytest.raises(AutosegError, match="fold 3 of 3d_lowres not trained"):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from autoseg.io.image import Geometry, write_image
-from autoseg.postprocessing.components import (apply_postprocessing, choose_postprocessing, keep_largest_component,
+from autoseg.postprocessing.components import (apply_postprocessing, choose_postprocessing, choose_region_postprocessing,
+                                               describe_postprocessing, keep_largest_component,
                                                largest_component_mask)
 from autoseg.schema.base import load_json, save_json
 from autoseg.schema.selection import Postprocessing
@@ -106,3 +107,49 @@ def test_imports_without_torch():
             "import autoseg.evaluation.selection\nprint('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def _nested():
+    """Whole tumour = labels {1, 2}, core = {2}: a label map as region prediction writes it (class order 1, 2)."""
+    ref = np.zeros((8, 16, 16), np.uint8)
+    ref[1:7, 1:7, 1:7] = 1
+    ref[2:5, 2:5, 2:5] = 2
+    return ref
+
+
+REGIONS = [(1, 2), (2,)]
+
+
+def test_region_rule_rejected_when_it_would_punch_a_hole_in_an_outer_region(tmp_path):
+    ref = _nested()
+    pred = ref.copy()
+    pred[6, 6, 6] = 2  # a core island inside the whole tumour, apart from the core: removing it (to background) makes a WT hole
+    pred_dir, gt = _folders(tmp_path, [ref] * 3, [pred] * 3)
+    pp = choose_region_postprocessing(pred_dir, gt, REGIONS, num_workers=1, progress=False)
+    assert not pp.keep_largest_foreground and pp.keep_largest_per_region == ()
+    assert pp.dice_before["1"] == 1.0 and pp.dice_before["2"] < 1.0
+    assert pp.dice_after == pp.dice_before and pp.is_identity
+    # the rule on its own would help the core: it is refused for what it does to the whole tumour
+    alone = apply_postprocessing(pred, Postprocessing(False, (), {}, {}, keep_largest_per_region=((2,),)))
+    assert alone[6, 6, 6] == 0 and (alone == 2).sum() == (ref == 2).sum()
+
+
+def test_region_rule_kept_where_the_foreground_rule_would_delete_a_real_component(tmp_path):
+    ref = _nested()
+    ref[1:3, 11:14, 11:14] = 1  # a second, real, whole-tumour component
+    pred = ref.copy()
+    pred[7, 15, 0] = 2           # a spurious, isolated core voxel
+    pred_dir, gt = _folders(tmp_path, [ref] * 3, [pred] * 3)
+    pp = choose_region_postprocessing(pred_dir, gt, REGIONS, num_workers=1, progress=False)
+    assert not pp.keep_largest_foreground  # would delete the real second component
+    assert pp.keep_largest_per_region == ((2,),)
+    assert pp.dice_after == {"1": 1.0, "2": 1.0} and pp.dice_before["2"] < 1.0
+    np.testing.assert_array_equal(apply_postprocessing(pred, pp), ref)
+    assert "region core" in describe_postprocessing(pp, region_names={(2,): "core"})
+    save_json(pp, tmp_path / "pp.json")
+    assert load_json(Postprocessing, tmp_path / "pp.json") == pp
+
+
+def test_label_postprocessing_json_has_no_region_field(tmp_path):
+    save_json(Postprocessing(True, (), {}, {}), tmp_path / "pp.json")
+    assert "keep_largest_per_region" not in (tmp_path / "pp.json").read_text()
