@@ -21,6 +21,11 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "onnx": ["onnx", "onnxruntime"],
+        "serve": ["fastapi", "uvicorn", "python-multipart"],
+        # the tests exercise the optional parts too: ONNX export/runtime and a real server with a real client
+        "test": ["pytest", "onnx", "onnxruntime", "fastapi", "uvicorn", "python-multipart", "httpx"],
+    },
     entry_points={"console_scripts": ["autoseg = autoseg.cli:main"]},
 )

@@ -155,12 +155,12 @@ def describe_configuration(workspace: Path, dataset: str, configuration: str | N
 
 def load_predictor(workspace: Path, dataset: str, configuration: str = DEFAULT_CONFIGURATION,
                    folds: Sequence[str] | None = None, device: str = "auto", precision: str = "auto",
-                   step: float = 0.5, mirror: bool = True):
+                   step: float = 0.5, mirror: bool = True, runtime: str = "torch"):
     """A :class:`autoseg.inference.predictor.Predictor` over trained folds (default: every finished fold);
     ``configuration="best"``: the choice of ``best.json``. See :func:`autoseg.workflow.predict.load_predictor`."""
     from autoseg.workflow.predict import load_predictor as _load
 
-    return _load(load_context(workspace, dataset), configuration, folds, device, precision, step, mirror)
+    return _load(load_context(workspace, dataset), configuration, folds, device, precision, step, mirror, runtime)
 
 
 def convert(source: Path, out_dir: Path, spec, progress: bool = True) -> Path:
@@ -174,7 +174,7 @@ def convert(source: Path, out_dir: Path, spec, progress: bool = True) -> Path:
 def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, configuration: str | None = None,
             folds: list[str] | None = None, save_probabilities: bool = False, step: float = 0.5, tta: bool = True,
             overwrite: bool = False, continue_: bool = False, device: str = "auto", precision: str = "auto",
-            progress: bool = True, skip_bad: bool = False, roi_dir: Path | None = None):
+            progress: bool = True, skip_bad: bool = False, roi_dir: Path | None = None, runtime: str = "torch"):
     """Segment every image in ``images_dir`` into ``output_dir`` with the averaged folds of a configuration.
 
     ``configuration="best"`` uses ``best.json``: one configuration, or two whose probabilities are averaged in the
@@ -184,13 +184,14 @@ def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, c
     one stops the run before anything is written, unless ``skip_bad`` (the good ones are predicted, the bad ones
     listed in ``failures.json`` and the summary's ``failed``). ``roi_dir``: region-of-interest masks
     ``<case><ending>``, background outside them. 2D images are written in their own format (JPEG as PNG), with
-    the source label values of a converted dataset (``autoseg convert``).
+    the source label values of a converted dataset (``autoseg convert``). ``runtime="onnxruntime"``: the folds'
+    ONNX networks run by onnxruntime (optional extra ``[onnx]``; made from the checkpoints when missing).
     """
     from autoseg.workflow.predict import predict as _predict
 
     return _predict(load_context(workspace, dataset), images_dir, output_dir, configuration, folds,
                     save_probabilities, step, tta, overwrite, continue_, device, precision, progress, skip_bad,
-                    roi_dir)
+                    roi_dir, runtime)
 
 
 def demo(workspace: Path, seed: int = 0, budget_minutes: float = 3.0, configuration: str = "3d_fullres",
@@ -229,11 +230,12 @@ def demo(workspace: Path, seed: int = 0, budget_minutes: float = 3.0, configurat
 
 
 def export_model(workspace: Path, dataset: str, out_zip: Path, configurations: list[str] | None = None,
-                 checkpoint: str = "final", overwrite: bool = False):
-    """Write a trained dataset's model(s) to one verifiable zip; see :func:`autoseg.workflow.export.export_model`."""
+                 checkpoint: str = "final", overwrite: bool = False, fmt: str = "checkpoint"):
+    """Write a trained dataset's model(s) to one verifiable zip (``fmt="onnx"``: with ONNX networks and
+    ``inference.json``); see :func:`autoseg.workflow.export.export_model`."""
     from autoseg.workflow.export import export_model as _export
 
-    return _export(load_context(workspace, dataset), Path(out_zip), configurations, checkpoint, overwrite)
+    return _export(load_context(workspace, dataset), Path(out_zip), configurations, checkpoint, overwrite, fmt)
 
 
 def import_model(zip_path: Path, workspace: Path, overwrite: bool = False):

@@ -193,6 +193,9 @@ def _parser() -> argparse.ArgumentParser:
                          "is written outside them")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    pr.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                    help="run the networks with torch (default), or as ONNX with onnxruntime on the CPU (extra "
+                         "[onnx]; a fold's network.onnx is made from its checkpoint when missing)")
 
     fb = sub.add_parser("find-best", help="rank cross-validated configurations and pairs; choose postprocessing")
     fb.add_argument("dataset", metavar="DATASET")
@@ -210,6 +213,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", choices=("final", "best"), default="final",
                     help="which checkpoint of every fold (default: final)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing zip")
+    ex.add_argument("--format", choices=("checkpoint", "onnx"), default="checkpoint", dest="fmt",
+                    help="onnx: also every fold's network as ONNX and inference.json, to run without autoseg "
+                         "(extra [onnx]; default: checkpoint only)")
 
     im = sub.add_parser("import", help="unpack an exported model zip into a workspace (for autoseg predict)")
     im.add_argument("zip", type=Path, metavar="MODEL.ZIP")
@@ -348,7 +354,7 @@ def _cmd_predict(args) -> int:
     print(api.describe_configuration(args.workspace, args.dataset, args.config))
     r = api.predict(args.workspace, args.dataset, args.input, args.output, args.config, args.folds,
                     args.save_probabilities, args.step, not args.no_tta, args.overwrite, args.continue_,
-                    args.device, args.precision, skip_bad=args.skip_bad, roi_dir=args.roi)
+                    args.device, args.precision, skip_bad=args.skip_bad, roi_dir=args.roi, runtime=args.runtime)
     print(f"wrote {len(r.written)} segmentation(s) to {r.output_dir}"
           + (f"; skipped {len(r.skipped)} already present" if r.skipped else ""))
     if r.failed:
@@ -364,7 +370,8 @@ def _cmd_predict(args) -> int:
 def _cmd_export(args) -> int:
     from autoseg import api
 
-    m = api.export_model(args.workspace, args.dataset, args.output, args.config, args.checkpoint, args.overwrite)
+    m = api.export_model(args.workspace, args.dataset, args.output, args.config, args.checkpoint, args.overwrite,
+                         args.fmt)
     folds = "; ".join(f"{c} fold(s) {', '.join(f)}" for c, f in m.folds.items())
     print(f"wrote {args.output} ({m.dataset}: {folds}; {args.output.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -49,3 +49,20 @@ class AutosegError(Exception):
 
 class DatasetError(AutosegError):
     """The raw dataset is malformed: one or more problems found by verification."""
+
+
+def require_extra(module: str, extra: str, what: str):
+    """Import an optional dependency, or fail with one line naming the extra that provides it.
+
+    Examples
+    --------
+    >>> require_extra("json", "serve", "autoseg serve").__name__
+    'json'
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise AutosegError(f"{what} needs the optional package '{module.split('.')[0]}': "
+                           f"pip install 'autoseg[{extra}]'") from None

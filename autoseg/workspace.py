@@ -128,6 +128,12 @@ class FoldPaths:
         return Path(path).relative_to(self.root).as_posix()
 
     @property
+    def onnx(self) -> Path:
+        """The fold's network as ONNX (``autoseg export --format onnx``, or made by ``predict --runtime
+        onnxruntime``), carrying the hash of the weights it was made from."""
+        return self.root / "network.onnx"
+
+    @property
     def exported_files(self) -> tuple[Path, ...]:
         """Files an exported model carries besides the checkpoint, when present (no patient images: validation
         predictions and overlays stay behind)."""
@@ -194,6 +200,11 @@ class DatasetPaths:
     @property
     def best(self) -> Path:
         return self.root / "best.json"
+
+    @property
+    def inference_spec(self) -> Path:
+        """``inference.json``: what running the exported ONNX networks needs, for runtimes without autoseg."""
+        return self.root / "inference.json"
 
     @property
     def postprocessing(self) -> Path:

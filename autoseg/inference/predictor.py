@@ -102,6 +102,22 @@ class Predictor:
             nets.append(net)
         return cls(plans, configuration, nets, **kwargs)
 
+    @classmethod
+    def from_onnx(cls, plans: Plans, configuration: str, files: Sequence[Path], threads: int | None = None,
+                  **kwargs) -> "Predictor":
+        """Networks from ONNX files (:class:`autoseg.nn.onnx.OnnxNetwork`, run by onnxruntime on the CPU in fp32;
+        ``device`` and ``precision`` do not apply)."""
+        from autoseg.nn.onnx import OnnxNetwork
+
+        plan = plans.configurations.get(configuration)
+        if plan is None:
+            raise AutosegError(f"configuration '{configuration}' is not in the plans of {plans.dataset_name}")
+        sha = sha256_of(plans)
+        nets = [OnnxNetwork(f, plans.input_channels(configuration), plans.num_outputs, plan.patch_size, sha, threads)
+                for f in files]
+        kwargs.update(device="cpu", precision="fp32")
+        return cls(plans, configuration, nets, **kwargs)
+
     @torch.inference_mode()
     def logits(self, data: np.ndarray) -> torch.Tensor:
         """Averaged logits ``(K, Z, Y, X)`` (on the CPU) of preprocessed data ``(C, Z, Y, X)``."""

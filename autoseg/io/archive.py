@@ -8,6 +8,8 @@ relative to the dataset folder), so importing is unpacking it under ``WS/<datase
     best.json, postprocessing.json     when present and every configuration and fold best.json names is exported
     models/<config>/fold_<k>/checkpoint_final.pt       weights + plans hash + train config (no optimiser state)
     models/<config>/fold_<k>/{train_config.json, log.jsonl, progress.png, validation/summary.json}
+    models/<config>/fold_<k>/network.onnx, inference.json    with ``export --format onnx``: the networks as ONNX
+                                                             and what running them needs (InferenceSpec)
 
 The exported checkpoint is always stored as ``checkpoint_final.pt`` (what ``autoseg predict`` loads); which file it
 was taken from is recorded in the manifest (``checkpoint``) and in the checkpoint (``exported_from``). Validation
@@ -51,6 +53,11 @@ def checkpoint_member(configuration: str, fold: str) -> str:
     return member_name(_LAYOUT.fold(configuration, fold).final_checkpoint)
 
 
+def onnx_member(configuration: str, fold: str) -> str:
+    """Name of a fold's ONNX network inside the zip (``export --format onnx``)."""
+    return member_name(_LAYOUT.fold(configuration, fold).onnx)
+
+
 def fold_file_members(configuration: str, fold: str) -> list[str]:
     """Names of the optional files of an exported fold (:attr:`FoldPaths.exported_files`)."""
     return [member_name(p) for p in _LAYOUT.fold(configuration, fold).exported_files]
@@ -59,11 +66,13 @@ def fold_file_members(configuration: str, fold: str) -> list[str]:
 def allowed_members(manifest: "ExportManifest") -> dict[str, bool]:
     """Every member name a zip with this manifest may hold -> whether it is required."""
     allowed = {member_name(_LAYOUT.plans): True, member_name(_LAYOUT.dataset_spec): True,
-               member_name(_LAYOUT.best): False, member_name(_LAYOUT.postprocessing): False}
+               member_name(_LAYOUT.best): False, member_name(_LAYOUT.postprocessing): False,
+               member_name(_LAYOUT.inference_spec): False}
     for config in manifest.configurations:
         for fold in manifest.folds.get(config, ()):
             allowed[checkpoint_member(config, fold)] = True
             allowed.update({name: False for name in fold_file_members(config, fold)})
+            allowed[onnx_member(config, fold)] = False
     return allowed
 
 

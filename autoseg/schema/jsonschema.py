@@ -74,13 +74,15 @@ def json_schema(cls: type, title: str) -> dict[str, Any]:
 def schema_files() -> dict[str, dict[str, Any]]:
     """File name -> schema, for every file that crosses a stage boundary and is documented as a schema."""
     from autoseg.schema.fingerprint import Fingerprint
+    from autoseg.schema.inference import InferenceSpec
     from autoseg.schema.plans import Plans
     from autoseg.schema.selection import BestChoice, Postprocessing
 
     return {"plans.schema.json": json_schema(Plans, "autoseg plans.json"),
             "fingerprint.schema.json": json_schema(Fingerprint, "autoseg fingerprint.json"),
             "best.schema.json": json_schema(BestChoice, "autoseg best.json"),
-            "postprocessing.schema.json": json_schema(Postprocessing, "autoseg postprocessing.json")}
+            "postprocessing.schema.json": json_schema(Postprocessing, "autoseg postprocessing.json"),
+            "inference.schema.json": json_schema(InferenceSpec, "autoseg inference.json (exported ONNX models)")}
 
 
 def write_schemas(folder: Path) -> None:

@@ -4,6 +4,7 @@ how an archive is unpacked into a workspace so that ``autoseg predict`` works th
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Iterator
 
 from autoseg import __version__
-from autoseg.errors import AutosegError, option
-from autoseg.io.archive import CHECKPOINTS, ExportManifest, ModelArchive, checkpoint_member, write_archive
+from autoseg.errors import AutosegError, option, require_extra
+from autoseg.io.archive import (CHECKPOINTS, ExportManifest, ModelArchive, checkpoint_member, member_name, onnx_member,
+                                write_archive)
 from autoseg.nn.checkpoint import for_export, load_checkpoint
-from autoseg.schema.base import load_json, sha256_of, to_jsonable
+from autoseg.schema.base import atomic_write, from_jsonable, load_json, sha256_of, to_jsonable
+from autoseg.schema.inference import ExportedNetwork, InferenceSpec, inference_spec
 from autoseg.schema.plans import Plans
 from autoseg.schema.selection import BestChoice
 from autoseg.workflow.context import DatasetContext
@@ -110,10 +113,39 @@ def _selection_is_covered(paths: DatasetPaths, selected: dict[str, list[str]]) -
     return all(c in selected and set(folds.get(c, selected[c])) <= set(selected[c]) for c in chosen)
 
 
-def _export_members(ctx: DatasetContext, selected: dict[str, list[str]], checkpoint: str
+FORMATS = ("checkpoint", "onnx")
+
+
+def fold_onnx(ctx: DatasetContext, configuration: str, fold: str, checkpoint: str = "final") -> Path:
+    """The fold's ``network.onnx``, made from its checkpoint when missing or made from other weights (a fold
+    trained again after an export), written atomically. Needs the ``[onnx]`` extra."""
+    from autoseg.nn.onnx import META_WEIGHTS, export_onnx, onnx_metadata, weights_sha256
+    from autoseg.nn.unet import build_network
+
+    folder = ctx.paths.fold(configuration, fold)
+    source = folder.checkpoint(checkpoint)
+    ckpt = load_checkpoint(source, plans_sha256=ctx.plans_sha256)
+    weights = weights_sha256(ckpt["model"])
+    if folder.onnx.is_file():
+        try:
+            if onnx_metadata(folder.onnx.read_bytes(), str(folder.onnx)).get(META_WEIGHTS) == weights:
+                return folder.onnx
+        except AutosegError:
+            pass  # a broken or foreign file where the workspace keeps its own: made again below
+    plans, plan = ctx.plans, ctx.plans.configurations[configuration]
+    network = build_network(plan.architecture, plans.input_channels(configuration), plans.num_outputs,
+                            deep_supervision=False)
+    network.load_state_dict(ckpt["model"])
+    data = export_onnx(network, plan.patch_size, plans.input_channels(configuration), ctx.plans_sha256, weights)
+    atomic_write(folder.onnx, lambda f: f.write(data))
+    return folder.onnx
+
+
+def _export_members(ctx: DatasetContext, selected: dict[str, list[str]], checkpoint: str, fmt: str = "checkpoint"
                     ) -> Iterator[tuple[str, bytes]]:
     """``(member name, bytes)`` of everything exported, one at a time (checkpoints can be large)."""
     paths = ctx.paths
+    networks: dict[str, list[ExportedNetwork]] = {}
     yield _member(paths, paths.plans), paths.plans.read_bytes()
     spec = (json.dumps(to_jsonable(replace(ctx.spec, raw_dir="")), indent=2) + "\n").encode()
     yield _member(paths, paths.dataset_spec), spec
@@ -130,10 +162,19 @@ def _export_members(ctx: DatasetContext, selected: dict[str, list[str]], checkpo
             for path in folder.exported_files:
                 if path.is_file():
                     yield _member(paths, path), path.read_bytes()
+            if fmt == "onnx":
+                data = fold_onnx(ctx, config, fold, checkpoint).read_bytes()
+                member = _member(paths, folder.onnx)
+                networks.setdefault(config, []).append(
+                    ExportedNetwork(fold, Path(member).as_posix(), hashlib.sha256(data).hexdigest()))
+                yield member, data
+    if fmt == "onnx":
+        spec = inference_spec(ctx.plans, ctx.plans_sha256, {c: tuple(n) for c, n in networks.items()})
+        yield _member(paths, paths.inference_spec), (json.dumps(to_jsonable(spec), indent=2) + "\n").encode()
 
 
 def export_model(ctx: DatasetContext, out_zip: Path, configurations: list[str] | None = None,
-                 checkpoint: str = "final", overwrite: bool = False) -> ExportManifest:
+                 checkpoint: str = "final", overwrite: bool = False, fmt: str = "checkpoint") -> ExportManifest:
     """Write a dataset's trained model(s) to one zip that :func:`import_model` can unpack elsewhere.
 
     Parameters
@@ -149,6 +190,10 @@ def export_model(ctx: DatasetContext, out_zip: Path, configurations: list[str] |
         ``"final"`` or ``"best"`` (the checkpoint with the best smoothed pseudo-Dice).
     overwrite
         Replace an existing ``out_zip``.
+    fmt
+        ``"checkpoint"``, or ``"onnx"``: also every fold's network as ONNX (``models/<config>/fold_<k>/
+        network.onnx``, kept in the workspace too) and ``inference.json``
+        (:class:`~autoseg.schema.inference.InferenceSpec`), for runtimes without autoseg. Needs ``[onnx]``.
 
     Returns
     -------
@@ -162,13 +207,17 @@ def export_model(ctx: DatasetContext, out_zip: Path, configurations: list[str] |
     """
     if checkpoint not in CHECKPOINTS:
         raise AutosegError(f"checkpoint '{checkpoint}': must be one of {', '.join(CHECKPOINTS)}")
+    if fmt not in FORMATS:
+        raise AutosegError(f"format '{fmt}': must be one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        require_extra("onnx", "onnx", "ONNX export")
     out_zip = Path(out_zip)
     if out_zip.exists() and not overwrite:
         raise AutosegError(f"{out_zip}: already exists; pass {option('overwrite=True')} to replace it")
     if out_zip.is_dir():
         raise AutosegError(f"{out_zip}: is a folder; give the zip file to write")
     selected = _select(ctx, configurations, checkpoint)
-    return write_archive(out_zip, _export_members(ctx, selected, checkpoint),
+    return write_archive(out_zip, _export_members(ctx, selected, checkpoint, fmt),
                          lambda files: ExportManifest(dataset=ctx.name, autoseg_version=__version__,
                                                       configurations=tuple(selected),
                                                       folds={c: tuple(f) for c, f in selected.items()},
@@ -196,6 +245,30 @@ def _check_checkpoints(archive: ModelArchive) -> None:
         for fold in folds:
             ckpt = load_checkpoint_bytes(*archive.checkpoint_bytes(config, fold), archive.manifest.plans_sha256)
             check_weights(ckpt.get("model"), network, f"{archive.path}:{checkpoint_member(config, fold)}")
+            _check_onnx(archive, config, fold, ckpt["model"])
+    member = member_name(DatasetPaths(Path("")).inference_spec)
+    if member in archive.manifest.files:
+        try:
+            from_jsonable(InferenceSpec, json.loads(archive.read(member)))
+        except (TypeError, ValueError, KeyError) as e:
+            raise AutosegError(f"{archive.path}:{member}: malformed ({e.args[0] if e.args else e})") from None
+
+
+def _check_onnx(archive: ModelArchive, config: str, fold: str, state: dict) -> None:
+    """An ONNX member must pass the runtime's safety checks and be made from the fold's checkpoint. Without the
+    ``[onnx]`` extra it is checked when it is first loaded instead."""
+    member = onnx_member(config, fold)
+    if member not in archive.manifest.files or importlib.util.find_spec("onnx") is None:
+        return
+    from autoseg.nn.onnx import META_PLANS, META_WEIGHTS, onnx_metadata, weights_mismatch, weights_sha256
+
+    data = archive.read(member)
+    meta = onnx_metadata(data, f"{archive.path}:{member}")
+    why = (weights_mismatch(data, state) if meta.get(META_PLANS) == archive.manifest.plans_sha256
+           and meta.get(META_WEIGHTS) == weights_sha256(state) else "its metadata names other plans or weights")
+    if why:
+        raise AutosegError(f"{archive.path}:{member}: not made from the zip's checkpoint of {config} fold {fold} "
+                           f"({why}; tampered?)")
 
 
 def import_model(zip_path: Path, workspace: Path, overwrite: bool = False) -> ImportResult:

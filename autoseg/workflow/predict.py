@@ -36,7 +36,10 @@ def describe_configuration(ctx: DatasetContext, configuration: str | None) -> st
     return f"using best.json: {' + '.join(best.chosen)}; postprocessing: {rules}"
 
 
-def load_folds(ctx: DatasetContext, configuration: str, folds: Sequence[str], **kwargs):
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def load_folds(ctx: DatasetContext, configuration: str, folds: Sequence[str], runtime: str = "torch", **kwargs):
     """A predictor over trained ``folds`` of ``configuration``; a cascade stage gets its previous stage in front.
 
     The previous stage uses the same folds when it has them all (fold ``k`` of both stages never saw fold ``k``'s
@@ -48,6 +51,9 @@ def load_folds(ctx: DatasetContext, configuration: str, folds: Sequence[str], **
         The dataset.
     configuration, folds
         What to load (each fold needs a final checkpoint).
+    runtime
+        ``"torch"``, or ``"onnxruntime"``: each fold's ``network.onnx`` (made from its checkpoint when missing or
+        stale, :func:`autoseg.workflow.export.fold_onnx`), run by onnxruntime on the CPU in fp32.
     **kwargs
         :class:`~autoseg.inference.predictor.Predictor` options (device, precision, step, mirror).
 
@@ -55,8 +61,17 @@ def load_folds(ctx: DatasetContext, configuration: str, folds: Sequence[str], **
     -------
     Predictor or CascadePredictor
     """
-    predictor = Predictor.from_checkpoints(ctx.plans, configuration,
-                                           [ctx.fold(configuration, f).final_checkpoint for f in folds], **kwargs)
+    if runtime not in RUNTIMES:
+        raise AutosegError(f"runtime '{runtime}': must be one of {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime":
+        from autoseg.workflow.export import fold_onnx
+
+        files = [fold_onnx(ctx, configuration, f) for f in folds]
+        onnx_kwargs = {k: v for k, v in kwargs.items() if k not in ("device", "precision")}
+        predictor = Predictor.from_onnx(ctx.plans, configuration, files, **onnx_kwargs)
+    else:
+        predictor = Predictor.from_checkpoints(ctx.plans, configuration,
+                                               [ctx.fold(configuration, f).final_checkpoint for f in folds], **kwargs)
     previous = ctx.plans.configurations[configuration].previous_stage
     if previous is None:
         return predictor
@@ -65,12 +80,12 @@ def load_folds(ctx: DatasetContext, configuration: str, folds: Sequence[str], **
     if not previous_folds:
         raise AutosegError(f"{ctx.paths.models(previous)}: {configuration} needs {previous}, which has no "
                            f"trained fold")
-    return CascadePredictor(load_folds(ctx, previous, previous_folds, **kwargs), predictor)
+    return CascadePredictor(load_folds(ctx, previous, previous_folds, runtime, **kwargs), predictor)
 
 
 def load_predictor(ctx: DatasetContext, configuration: str = DEFAULT_CONFIGURATION,
                    folds: Sequence[str] | None = None, device: str = "auto", precision: str = "auto",
-                   step: float = 0.5, mirror: bool = True):
+                   step: float = 0.5, mirror: bool = True, runtime: str = "torch"):
     """A :class:`autoseg.inference.predictor.Predictor` over trained folds (default: every finished fold).
 
     ``configuration="best"``: the choice of ``best.json`` (its folds unless ``folds`` is given); two configurations
@@ -81,21 +96,22 @@ def load_predictor(ctx: DatasetContext, configuration: str = DEFAULT_CONFIGURATI
     if configuration == BEST:
         best, _ = load_best(ctx)
         members = [load_predictor(ctx, c, folds or list(best.folds.get(c, ())) or None, device, precision, step,
-                                  mirror) for c in best.chosen]
+                                  mirror, runtime) for c in best.chosen]
         return members[0] if len(members) == 1 else EnsemblePredictor(members)
     ctx.configuration(configuration)
     folds = [str(f) for f in folds] if folds else ctx.trained_folds(configuration)
     if not folds:
         raise AutosegError(f"{ctx.paths.models(configuration)}: no trained fold of {configuration}; run "
                            f"`autoseg train {ctx.name} -c {configuration}` first")
-    return load_folds(ctx, configuration, folds, device=device, precision=precision, step=step, mirror=mirror)
+    return load_folds(ctx, configuration, folds, runtime, device=device, precision=precision, step=step,
+                      mirror=mirror)
 
 
 def predict(ctx: DatasetContext, images_dir: Path, output_dir: Path, configuration: str | None = None,
             folds: Sequence[str] | None = None, save_probabilities: bool = False, step: float = 0.5,
             tta: bool = True, overwrite: bool = False, continue_: bool = False, device: str = "auto",
             precision: str = "auto", progress: bool = True, skip_bad: bool = False,
-            roi_dir: Path | None = None) -> PredictSummary:
+            roi_dir: Path | None = None, runtime: str = "torch") -> PredictSummary:
     """Segment every image in ``images_dir`` into ``output_dir`` (see :func:`autoseg.api.predict`); label maps are
     written with the dataset's source label values (``autoseg convert``'s mapping undone)."""
     configuration = configuration or default_configuration(ctx)
@@ -106,7 +122,7 @@ def predict(ctx: DatasetContext, images_dir: Path, output_dir: Path, configurati
         _, pp = load_best(ctx)
         if pp is not None and not pp.is_identity:
             postprocess = partial(apply_postprocessing, pp=pp)
-    predictor = load_predictor(ctx, configuration, folds, device, precision, step, tta)
+    predictor = load_predictor(ctx, configuration, folds, device, precision, step, tta, runtime)
     return predict_folder(predictor, Path(images_dir), Path(output_dir), ctx.spec.file_ending, save_probabilities,
                           overwrite, continue_, progress, postprocess=postprocess, skip_bad=skip_bad,
                           roi_dir=roi_dir, label_values=ctx.spec.source_label_values)
