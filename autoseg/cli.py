@@ -223,6 +223,27 @@ def _parser() -> argparse.ArgumentParser:
     im.add_argument("--overwrite", action="store_true",
                     help="replace differing plans (kept as plans.<hash>.json) and fold folders")
 
+    sv = sub.add_parser("serve", help="serve trained models over HTTP (3D Slicer's MONAI Label extension, "
+                                      "POST /v1/segment/DATASET); extra [serve]")
+    sv.add_argument("datasets", nargs="*", metavar="DATASET",
+                    help="datasets to serve (default: every one of the workspace with a trained or imported model)")
+    sv.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    sv.add_argument("-c", "--config", default=None,
+                    help="configuration of every served dataset (default: best.json's choice, else 3d_fullres, "
+                         "else the first trained one)")
+    sv.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                    help="require 'Authorization: Bearer <token>' with the token in FILE (default: no token)")
+    sv.add_argument("--queue", type=_workers, default=4,
+                    help="requests that may wait per model while one runs; beyond: 503 (default: 4)")
+    sv.add_argument("--max-upload-mb", type=_positive_float, default=1024.0,
+                    help="largest upload accepted, MB (default: 1024)")
+    sv.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster)")
+    sv.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                    help="torch (default) or onnxruntime (extra [onnx])")
+    sv.add_argument("--device", default="auto")
+
     rp = sub.add_parser("report", help="write a trained fold's report.md (metrics table, box plot, overlays)")
     rp.add_argument("dataset", metavar="DATASET")
     rp.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
@@ -448,6 +469,33 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from autoseg.errors import require_extra
+    from autoseg.server import ServeOptions, serve
+    from autoseg.workflow.serving import load_served_model, servable_datasets
+
+    for module in ("fastapi", "uvicorn", "python_multipart"):  # before any model is loaded
+        require_extra(module, "serve", "autoseg serve")
+    token = None
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as e:
+            raise AutosegError(f"{args.token_file}: cannot read the token file ({e.strerror})") from None
+        if not token:
+            raise AutosegError(f"{args.token_file}: the token file is empty")
+    contexts = servable_datasets(args.workspace, args.datasets)
+    models = []
+    for ctx in contexts:
+        models.append(load_served_model(ctx, args.config, args.device, mirror=not args.no_tta, runtime=args.runtime))
+        print(f"loaded {models[-1].description}", flush=True)
+    print(f"serving {', '.join(m.name for m in models)} at http://{args.host}:{args.port} "
+          f"(GET /info/, POST /infer/MODEL, POST /v1/segment/MODEL, GET /healthz)", flush=True)
+    serve(models, args.host, args.port, ServeOptions(queue=args.queue, max_upload_mb=args.max_upload_mb,
+                                                    token=token))
+    return 0
+
+
 def _make_data(out: Path, spec) -> Path:
     from autoseg import synthetic
 
@@ -459,7 +507,7 @@ def _make_data(out: Path, spec) -> Path:
 _COMMANDS = {"predict": _cmd_predict, "train": _cmd_train, "verify": _cmd_verify, "plan": _cmd_plan,
              "preprocess": _cmd_preprocess, "demo": _cmd_demo, "evaluate": _cmd_evaluate,
              "find-best": _cmd_find_best, "export": _cmd_export, "import": _cmd_import, "report": _cmd_report,
-             "convert": _cmd_convert}
+             "convert": _cmd_convert, "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

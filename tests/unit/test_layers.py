@@ -18,7 +18,7 @@ LAYERS = (
     ("postprocessing",),
     ("evaluation", "report"),
     ("workflow",),                              # the only orchestration: dataset context, fold jobs, AutoML
-    ("api",),
+    ("api", "server"),                          # the Python API; the HTTP server (both over workflow)
     ("cli",),
     ("__main__",),                              # python -m autoseg
 )
