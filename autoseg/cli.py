@@ -49,8 +49,12 @@ def _positive_float(value: str) -> float:
     return v
 
 
+def _default_workspace() -> str:
+    return os.environ.get("AUTOSEG_WORKSPACE", "autoseg_workspace")
+
+
 def _parser() -> argparse.ArgumentParser:
-    default_ws = os.environ.get("AUTOSEG_WORKSPACE", "autoseg_workspace")
+    default_ws = _default_workspace()
     p = argparse.ArgumentParser(prog="autoseg", description="Self-configuring medical image segmentation.")
     p.add_argument("--version", action="version", version=f"autoseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -268,8 +272,9 @@ def _cmd_verify(args) -> int:
     from autoseg import api
 
     spec = api.verify(args.raw_dir, num_workers=args.workers)
-    print(f"{args.raw_dir}: OK ({len(spec.training)} training, {len(spec.test)} test cases, "
+    print(f"{args.raw_dir}: OK, dataset '{spec.name}' ({len(spec.training)} training, {len(spec.test)} test cases, "
           f"{spec.num_channels} channel(s), {spec.num_classes - 1} foreground label(s))")
+    print(f"next: autoseg plan {args.raw_dir}")
     return 0
 
 
@@ -283,6 +288,10 @@ def _cmd_plan(args) -> int:
                       device=args.device, **budget)
     if result.fingerprint_reused:
         print(f"dataset unchanged since the last run: reused {result.paths.fingerprint}")
+    if result.dataset_report is not None:
+        from autoseg.fingerprint.report import format_report
+
+        print(format_report(result.dataset_report) + f"\n(also in {result.paths.dataset_report})\n")
     print(plans_table(result.plans))
     if args.budget is None:
         advice = api.cpu_budget_advice(result.plans, args.workspace, args.device, **budget)
@@ -293,6 +302,10 @@ def _cmd_plan(args) -> int:
         from autoseg.preprocessing.run import preprocess_summary
 
         print("preprocessed:\n" + preprocess_summary(result.preprocessing))
+    name = result.plans.dataset_name
+    ws = "" if args.workspace == Path(_default_workspace()) else f" -w {args.workspace}"
+    print(f"\ndataset name: {name}; next: autoseg train {name}{ws}"
+          + (f" --budget {args.budget:g}" if args.budget else ""))
     return 0
 
 

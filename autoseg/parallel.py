@@ -8,7 +8,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Any, Callable, Sequence
 
-from tqdm import tqdm
+from autoseg.progress import bar as progress_bar
 
 from autoseg.errors import AutosegError, option
 
@@ -95,7 +95,7 @@ def map_cases(fn: Callable[..., Any], jobs: Sequence[tuple], case_ids: Sequence[
     """
     workers = worker_count(num_workers, len(jobs))
     results: list[Any] = [None] * len(jobs)
-    bar = tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(jobs), desc, "case", progress)
 
     def finished(i: int, result: Any) -> None:
         results[i] = result

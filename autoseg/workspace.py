@@ -155,6 +155,11 @@ class DatasetPaths:
         return self.root / "fingerprint.json"
 
     @property
+    def dataset_report(self) -> Path:
+        """What ``autoseg plan`` reports about the dataset (:class:`autoseg.schema.report.DatasetReport`)."""
+        return self.root / "dataset_report.json"
+
+    @property
     def plans(self) -> Path:
         return self.root / "plans.json"
 

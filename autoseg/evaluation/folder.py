@@ -61,7 +61,7 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
     output
         Where to write the summary (default ``pred_dir/summary.json``), atomically.
     progress
-        Show a tqdm bar over cases.
+        Show progress over cases.
     roi
         Region-of-interest masks: a folder holding ``<case><ending>`` for every case, or case id -> mask file
         (cases without an entry are scored whole). Scores are computed inside the mask only, as DRIVE's field of

@@ -60,7 +60,7 @@ def _check_and_measure(raw_dir: Path, spec: DatasetSpec, case: CaseSpec, index: 
     if loaded.problems or case.label is None:
         return _CaseResult(case.case_id, tuple(loaded.problems))
     fp, inten = analyze_case(case.case_id, loaded.image, loaded.label, loaded.geometry.spacing, max_samples,
-                             np.random.default_rng([seed, index]))
+                             np.random.default_rng([seed, index]), spec.num_classes)
     return _CaseResult(case.case_id, (), fp, inten)
 
 
@@ -111,7 +111,7 @@ def check_and_fingerprint(raw_dir: Path, spec: DatasetSpec, num_workers: int, se
     seed
         Seed of the foreground subsampling (per case: ``[seed, case index]``).
     progress
-        Show a tqdm bar.
+        Show progress (a bar on a terminal, lines otherwise).
     include_test
         Also verify the test images (readable, channels, no NaN).
     source_sha256

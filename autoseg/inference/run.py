@@ -12,8 +12,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from autoseg import progress as progress_bars
 from autoseg.errors import AutosegError, option
 from autoseg.inference.predictor import Predictor
 from autoseg.io.image import Geometry, write_image
@@ -98,8 +98,7 @@ def check_inputs(cases: Sequence[InputCase], num_channels: int, channel_names: S
 
     # decoding is zlib and numpy work, which releases the GIL: threads overlap it without copying arrays around
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="autoseg-check") as pool:
-        results = list(tqdm(pool.map(check, cases), total=len(cases), desc="check inputs", unit="case",
-                            disable=not progress, dynamic_ncols=True))
+        results = list(progress_bars.wrap(pool.map(check, cases), len(cases), "check inputs", "case", progress))
     return {cid: problems for cid, problems in results if problems}
 
 
@@ -173,7 +172,7 @@ def iter_logits(predictor, cases: Sequence[InputCase], desc: str = "predict", pr
 
     with ThreadPoolExecutor(1, thread_name_prefix="autoseg-read") as reader:
         nxt = reader.submit(load, cases[0]) if cases else None
-        for i in tqdm(range(len(cases)), desc=desc, unit="case", disable=not progress, dynamic_ncols=True):
+        for i in progress_bars.wrap(range(len(cases)), len(cases), desc, "case", progress):
             case, geometry, data, props = nxt.result()
             nxt = reader.submit(load, cases[i + 1]) if i + 1 < len(cases) else None
             logits = predictor.logits(data)

@@ -61,7 +61,7 @@ def predict_logits(network: nn.Module, image: np.ndarray | torch.Tensor, patch_s
     gaussian
         Weight each tile's logits with :func:`~autoseg.inference.tiling.gaussian_importance` (else uniformly).
     progress
-        Show a tqdm bar over tiles.
+        Show progress over tiles (:func:`autoseg.progress.bar`).
     results_device
         Where the accumulators live. ``None``: on ``device`` when they fit in half of its free memory (an
         out-of-memory error there falls back to the CPU), else on the CPU.
@@ -199,9 +199,9 @@ def _accumulate(network, image, patch, num_classes, slices, step, axes, device, 
     tiles, total = _tiles(spatial, patch, step, slices)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from autoseg.progress import bar as progress_bar
 
-        bar = tqdm(total=total, desc="sliding window", unit="tile", dynamic_ncols=True)
+        bar = progress_bar(total, "sliding window", "tile")
     try:
         for batch in _batched(tiles, batch_size):
             x = torch.stack([source[(slice(None), *t)] for t in batch]).to(device)

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from autoseg.errors import AutosegError
+from autoseg.progress import wrap
 from autoseg.io import natural
 from autoseg.io.image import read_header, read_label, write_image
 from autoseg.io.roi import KNOWN_ENDINGS
@@ -317,7 +317,7 @@ def convert(source: Path, out_dir: Path, spec: ConvertSpec, progress: bool = Tru
     # read every label once: values, sizes; the mapped arrays are written afterwards
     # every label and mask is read once to check it, and once more when it is written: memory stays at one case
     values_of: dict[str, set[int]] = {}
-    for c in tqdm(train, desc="check labels", unit="case", disable=not progress, dynamic_ncols=True):
+    for c in wrap(train, len(train), "check labels", "case", progress):
         arr = _read_mask(c.label, c.images[0], "label map", problems)
         if arr is not None:
             values_of[c.case_id] = {int(v) for v in np.unique(arr)}
@@ -349,8 +349,8 @@ def convert(source: Path, out_dir: Path, spec: ConvertSpec, progress: bool = Tru
         for sub in ("imagesTr", "labelsTr") + (("roiTr",) if spec.roi else ()) + \
                    (("imagesTs",) if test else ()) + (("roiTs",) if spec.test_roi else ()):
             (tmp / sub).mkdir()
-        for c, tr in tqdm([(c, "Tr") for c in train] + [(c, "Ts") for c in test], desc="convert", unit="case",
-                          disable=not progress, dynamic_ncols=True):
+        jobs = [(c, "Tr") for c in train] + [(c, "Ts") for c in test]
+        for c, tr in wrap(jobs, len(jobs), "convert", "case", progress):
             for ch, f in enumerate(c.images):
                 dst = tmp / f"images{tr}" / f"{c.case_id}_{ch:04d}{out_ending}"
                 if out_ending == ending:

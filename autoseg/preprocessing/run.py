@@ -248,7 +248,7 @@ def preprocess_dataset(raw_dir: Path, spec: DatasetSpec, plans: Plans, paths: Da
         Parallel processes; default from the cores and the free memory per worker needed by the largest case
         (:func:`default_preprocess_workers`, from ``fingerprint``).
     progress
-        Show a tqdm bar (with ETA).
+        Show progress with an ETA.
     fingerprint
         Used for the default worker count (read from ``paths.fingerprint`` when omitted).
     seed

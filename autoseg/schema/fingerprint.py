@@ -47,6 +47,15 @@ class CaseFingerprint:
         Typical thickness of the case's thinnest foreground class: twice the median distance of its voxels to its
         border, mm (``None`` in fingerprints made before it was measured, or without foreground). The budget rule
         does not coarsen the spacing beyond what keeps such structures several voxels across.
+    class_voxels
+        Voxels per label value ``0 .. L-1`` in the dataset's label order (ignore-label voxels are no class).
+    image_sha256
+        sha256 of the image array (every channel's float32 voxels, dtype and shape): equal for the same pixels in
+        another file or under another case id.
+    image_signature
+        Coarse content signature for near-duplicate detection: per channel, the image's mean over a fixed grid of
+        blocks (4 x 4 x 4, or 1 x 8 x 8 for a single slice), z-scored over the blocks, channels concatenated.
+        These three are ``None`` in fingerprints made before autoseg measured them.
     """
 
     case_id: str
@@ -56,6 +65,9 @@ class CaseFingerprint:
     relative_size_after_crop: float
     foreground_voxels: int
     thinnest_structure_mm: float | None = field(default=None, metadata=OMIT_IF_NONE)
+    class_voxels: tuple[int, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
+    image_sha256: str | None = field(default=None, metadata=OMIT_IF_NONE)
+    image_signature: tuple[float, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
 
 
 @dataclass(frozen=True)

@@ -76,10 +76,12 @@ def schema_files() -> dict[str, dict[str, Any]]:
     from autoseg.schema.fingerprint import Fingerprint
     from autoseg.schema.inference import InferenceSpec
     from autoseg.schema.plans import Plans
+    from autoseg.schema.report import DatasetReport
     from autoseg.schema.selection import BestChoice, Postprocessing
 
     return {"plans.schema.json": json_schema(Plans, "autoseg plans.json"),
             "fingerprint.schema.json": json_schema(Fingerprint, "autoseg fingerprint.json"),
+            "dataset_report.schema.json": json_schema(DatasetReport, "autoseg dataset_report.json"),
             "best.schema.json": json_schema(BestChoice, "autoseg best.json"),
             "postprocessing.schema.json": json_schema(Postprocessing, "autoseg postprocessing.json"),
             "inference.schema.json": json_schema(InferenceSpec, "autoseg inference.json (exported ONNX models)")}

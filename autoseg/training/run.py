@@ -27,7 +27,8 @@ from autoseg.schema.training import TrainConfig
 from autoseg.training import distributed as dist_utils
 from autoseg.training.callbacks import checkpoint_payload
 from autoseg.training.losses import DeepSupervisionLoss, DiceCELoss, RegionDiceBCELoss
-from autoseg.training.schedule import SCHEDULES, SHORT_RUN, choose_schedule, expected_iterations
+from autoseg.training.schedule import (SCHEDULES, SHORT_RUN, choose_schedule, expected_iterations,
+                                      validation_iterations_for)
 from autoseg.training.trainer import Trainer, TrainState
 from autoseg.workspace import FoldPaths
 
@@ -50,6 +51,10 @@ def make_config(plans_sha256: str, dataset: str, configuration: str, fold: str, 
         raise AutosegError(f"{option('freeze_encoder_epochs')} {given['freeze_encoder_epochs']}: must be >= 0")
     if not 0.0 <= given.get("warmup_fraction", 0.0) < 1.0:
         raise AutosegError(f"{option('warmup_fraction')} {given['warmup_fraction']}: must be in [0, 1)")
+    if "iterations_per_epoch" in given and "validation_iterations" not in given:
+        # nnU-Net's 50 validation iterations belong to its 250 training iterations: keep the ratio, so that four
+        # training iterations are not followed by fifty validation ones
+        given["validation_iterations"] = validation_iterations_for(given["iterations_per_epoch"])
     return TrainConfig(dataset=dataset, configuration=configuration, fold=fold, plans_sha256=plans_sha256, **given)
 
 

@@ -137,7 +137,7 @@ def plan_budget(budget_seconds: float, step_seconds: float, val_step_seconds: fl
     """
     total_steps = max(1.0, budget_seconds / max(step_seconds, 1e-6))
     iters = int(min(max_iterations_per_epoch, max(min_iterations_per_epoch, round(total_steps / target_epochs))))
-    val_iters = int(min(max_validation_iterations, max(1, round(iters / 5))))
+    val_iters = int(min(max_validation_iterations, validation_iterations_for(iters)))
     epoch_seconds = iters * step_seconds + val_iters * val_step_seconds
     epochs = max(1, int(math.floor(budget_seconds / epoch_seconds)))
     return BudgetPlan(epochs, iters, val_iters)
@@ -150,3 +150,14 @@ def epochs_that_fit(epochs_done: int, elapsed_seconds: float, budget_seconds: fl
     per_epoch = elapsed_seconds / epochs_done
     remaining = max(0.0, budget_seconds - elapsed_seconds)
     return epochs_done + int(math.floor(remaining / per_epoch))
+
+
+def validation_iterations_for(iterations_per_epoch: int) -> int:
+    """Patch-validation iterations per epoch for a number of training iterations: nnU-Net's ratio of 50 to 250.
+
+    Examples
+    --------
+    >>> validation_iterations_for(250), validation_iterations_for(4), validation_iterations_for(1000)
+    (50, 1, 200)
+    """
+    return max(1, round(iterations_per_epoch / 5))

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from autoseg.progress import bar as progress_bar
 
 from autoseg.schema.training import EpochLog, TrainConfig
 from autoseg.training.losses import region_targets
@@ -128,7 +128,7 @@ class Trainer:
     all_reduce
         Sums a tensor over distributed ranks (identity when training on one process).
     progress
-        Show a tqdm bar per epoch.
+        Show a bar per epoch on a terminal (training, then validation iterations).
     frozen
         Parameter names not updated during the first ``config.freeze_encoder_epochs`` epochs (the epoch decides,
         so a resumed run freezes exactly as an uninterrupted one).
@@ -225,8 +225,9 @@ class Trainer:
         self.model.train()
         start = time.perf_counter()
         wait, losses, step_times = 0.0, [], []
-        bar = tqdm(total=st.iterations_per_epoch, desc=f"epoch {st.epoch + 1}/{st.total_epochs}", unit="it",
-                   disable=not self.progress, dynamic_ncols=True, leave=False)
+        # on a terminal a bar per epoch; in a log file only the line printed per epoch
+        bar = progress_bar(st.iterations_per_epoch, f"epoch {st.epoch + 1}/{st.total_epochs}", "it", self.progress,
+                           leave=False, lines=False)
         it = 0
         while it < st.iterations_per_epoch:
             t0 = time.perf_counter()
@@ -248,6 +249,8 @@ class Trainer:
         self.model.eval()
         scored = len(self.regions) if self.regions else self.num_classes - 1
         val_losses, counts = [], torch.zeros(3, scored, dtype=torch.float64)
+        bar = progress_bar(st.validation_iterations, f"epoch {st.epoch + 1} validation", "it", self.progress,
+                           leave=False, lines=False)
         for _ in range(st.validation_iterations):
             t0 = time.perf_counter()
             batch = next(self.val_batches)
@@ -256,6 +259,8 @@ class Trainer:
             val_losses.append(vl)
             counts += c
             st.val_batches_drawn += 1
+            bar.update()
+        bar.close()
         counts = self.all_reduce(counts)
         tp, fp, fn = counts
         dice = tuple(float(v) for v in (2 * tp / torch.clamp(2 * tp + fp + fn, min=1)))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from autoseg.data.splits import load_or_create_splits
 from autoseg.errors import AutosegError, option
 from autoseg.fingerprint.dataset import check_and_fingerprint, default_num_workers, source_hash
+from autoseg.fingerprint.report import dataset_report
 from autoseg.io.dataset_json import read_dataset_spec
 from autoseg.planning.budget import MIN_ITERATIONS, TimeBudget, budget_advice, plan_seconds_per_iteration
 from autoseg.planning.planner import make_plans
@@ -23,6 +24,7 @@ from autoseg.schema.base import load_json, save_json, sha256_of
 from autoseg.schema.dataset import DatasetSpec
 from autoseg.schema.fingerprint import Fingerprint
 from autoseg.schema.plans import Plans
+from autoseg.schema.report import DatasetReport
 from autoseg.workflow.context import DEFAULT_CONFIGURATION, DatasetContext
 from autoseg.workspace import DatasetPaths, Workspace
 
@@ -44,12 +46,16 @@ class PlanResult:
         The dataset was unchanged since the last run, so its fingerprint (and verification) was reused.
     preprocessing
         What :func:`preprocess` did, ``None`` when planning ran with ``preprocess=False``.
+    dataset_report
+        The dataset report written to ``paths.dataset_report`` (``autoseg.fingerprint.report.format_report``
+        gives its text).
     """
 
     plans: Plans
     paths: DatasetPaths
     fingerprint_reused: bool
     preprocessing: PreprocessResult | None = None
+    dataset_report: DatasetReport | None = None
 
 
 def verify(raw_dir: Path, num_workers: int | None = None, progress: bool = True) -> DatasetSpec:
@@ -101,8 +107,8 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
          min_iterations: int = MIN_ITERATIONS) -> PlanResult:
     """Verify a raw dataset, fingerprint it and plan every configuration (then preprocess them).
 
-    Writes ``dataset_spec.json``, ``fingerprint.json`` and ``plans.json`` under ``workspace/<dataset name>/``,
-    each atomically, and only after every check passed. An unchanged dataset reuses its fingerprint. A changed
+    Writes ``dataset_spec.json``, ``fingerprint.json``, ``dataset_report.json`` and ``plans.json`` under
+    ``workspace/<dataset name>/``, each atomically, and only after every check passed. An unchanged dataset reuses its fingerprint. A changed
     ``plans.json`` keeps the previous one as ``plans.<hash>.json``.
 
     Parameters
@@ -150,15 +156,17 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
     if fingerprint is None:
         workers = num_workers or default_num_workers(raw_dir, spec)
         fingerprint = check_and_fingerprint(raw_dir, spec, workers, progress=progress, source_sha256=src)
+    report = dataset_report(fingerprint)
     plans = make_plans(fingerprint, planner_preset, target_gb, budget)
 
     save_json(spec, paths.dataset_spec)
     if not reused:
         save_json(fingerprint, paths.fingerprint)
+    save_json(report, paths.dataset_report)  # also for a reused fingerprint: this autoseg's report of it
     _replace_plans(paths, plans)
     pre = (preprocess_planned(raw_dir, spec, plans, paths, None, num_workers, progress, fingerprint)
            if preprocess else None)
-    return PlanResult(plans, paths, reused, pre)
+    return PlanResult(plans, paths, reused, pre, report)
 
 
 def device_throughput(workspace: Path, device: str = "auto") -> "Throughput":

@@ -8,7 +8,7 @@ import autoseg
 
 #: Bottom to top. Packages of one layer are peers: neither imports the other.
 LAYERS = (
-    ("__init__", "errors", "boxes"),            # the version, user-facing errors, numpy-only helpers
+    ("__init__", "errors", "boxes", "progress"),  # version, user-facing errors, numpy-only helpers, progress lines
     ("parallel", "schema", "workspace"),        # process pool; frozen records + JSON; every workspace path
     ("io",),                                    # images, dataset.json, verification, probabilities, model archive
     ("fingerprint", "planning", "synthetic"),   # pure measurements and heuristics; synthetic datasets
