@@ -146,6 +146,14 @@ def default_configuration(workspace: Path, dataset: str) -> str:
     return _default(load_context(workspace, dataset))
 
 
+def check_predict(workspace: Path, dataset: str, images_dir: Path, configuration=None, folds=None) -> None:
+    """Raise what :func:`predict` would refuse before it loads anything (input folder, configuration, folds);
+    see :func:`autoseg.workflow.predict.check_predict`."""
+    from autoseg.workflow.predict import check_predict as _check
+
+    _check(load_context(workspace, dataset), Path(images_dir), configuration, folds)
+
+
 def describe_configuration(workspace: Path, dataset: str, configuration: str | None) -> str:
     """One line saying what :func:`predict` uses for ``configuration`` (``None``: the default)."""
     from autoseg.workflow.predict import describe_configuration as _describe

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -43,10 +44,63 @@ def _workers(value: str) -> int:
 
 
 def _positive_float(value: str) -> float:
-    v = float(value)
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive number") from None
     if not v > 0:
-        raise argparse.ArgumentTypeError("must be a positive number")
+        raise argparse.ArgumentTypeError(f"{value!r}: must be a positive number")
     return v
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def parse_duration(value: str) -> float:
+    """A duration in minutes: ``90`` (minutes), ``90m``, ``1.5h``, ``2h30m``, ``45s``.
+
+    Examples
+    --------
+    >>> parse_duration("90"), parse_duration("90m"), parse_duration("1.5h"), parse_duration("2h30m")
+    (90.0, 90.0, 90.0, 150.0)
+    """
+    text = value.strip().lower().replace(" ", "")
+    try:
+        minutes = float(text)
+    except ValueError:
+        m = _DURATION.match(text)
+        if not text or m is None or not any(m.groups()):
+            raise argparse.ArgumentTypeError(f"{value!r}: expected minutes (90) or a duration such as 90m, 1.5h, "
+                                             f"2h30m") from None
+        h, mins, secs = (float(g) if g else 0.0 for g in m.groups())
+        minutes = 60 * h + mins + secs / 60
+    if not minutes > 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: the duration must be positive")
+    return minutes
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help says it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text or default in (None, False, argparse.SUPPRESS)
+                or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: {default})"
+
+
+#: Help of the options several commands share, by destination (a command's own help wins).
+COMMON_HELP = {
+    "workspace": "workspace folder holding the planned datasets (set $AUTOSEG_WORKSPACE to change the default)",
+    "dataset": "dataset name: dataset.json's \"name\" (verify and plan print it)",
+    "device": "where the networks run: auto (CUDA when present), cpu, cuda or cuda:N",
+    "precision": "arithmetic: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, or fp16 (CUDA; bf16 on "
+                 "the CPU)",
+    "raw_dir": "raw dataset folder (MSD or nnU-Net v2 layout, with dataset.json)",
+    "seed": "seed of every random draw (same seed, same run)",
+}
 
 
 def _default_workspace() -> str:
@@ -58,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autoseg", description="Self-configuring medical image segmentation.")
     p.add_argument("--version", action="version", version=f"autoseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add_parser(*a, formatter_class=_HelpFormatter, **k)  # defaults in every help
 
     v = sub.add_parser("verify", help="check a raw dataset folder (MSD or nnU-Net v2 layout); writes nothing")
     v.add_argument("raw_dir", type=Path, metavar="RAW_DIR")
@@ -72,10 +128,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="accelerator memory target (default: the preset's, else the CUDA device's, else 8)")
     pl.add_argument("-j", "--workers", type=_workers, default=None, help="parallel processes (default: auto)")
     pl.add_argument("--no-preprocess", action="store_true", help="stop after planning")
-    pl.add_argument("--budget", type=_positive_float, default=None, metavar="MINUTES",
+    pl.add_argument("--budget", type=parse_duration, default=None, metavar="DURATION",
                     help="training minutes per fold: fit every configuration to reach enough iterations in it "
                          "(smaller batch, then patch, spacing, width; the trade-offs are printed and stored in "
-                         "plans.json). Default: nnU-Net's plans, from memory alone")
+                         "plans.json): 90 (minutes), 90m, 1.5h, 2h30m. Default: nnU-Net's plans, from memory "
+                         "alone")
     pl.add_argument("--min-iterations", type=_workers, default=None, metavar="N",
                     help="iterations per fold --budget aims for (default 500)")
     pl.add_argument("--device", default="auto",
@@ -86,8 +143,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "{case} standing for the case id in the file name; the result in OUT_DIR is "
                                     "an nnU-Net v2 raw dataset for `autoseg plan`. Every unmatched file, missing "
                                     "partner and unmapped label value is reported and nothing is written.")
-    cv.add_argument("source", type=Path, metavar="SOURCE")
-    cv.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    cv.add_argument("source", type=Path, metavar="SOURCE", help="folder the patterns are relative to")
+    cv.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="raw dataset folder to create")
     cv.add_argument("--spec", type=Path, default=None, metavar="FILE",
                     help="a JSON file with the keys images, labels, roi, test_images, test_roi, label_map, "
                          "label_names, channel_names, name (instead of the options below)")
@@ -115,8 +172,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="parallel processes (default: from cores, free memory and the largest case)")
 
     ev = sub.add_parser("evaluate", help="Dice, IoU, HD95 and NSD of predicted label maps against references")
-    ev.add_argument("pred_dir", type=Path, metavar="PRED_DIR")
-    ev.add_argument("gt_dir", type=Path, metavar="GT_DIR")
+    ev.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="predicted label maps <case><ending>")
+    ev.add_argument("gt_dir", type=Path, metavar="GT_DIR", help="reference label maps, same names")
     ev.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
                     help="label values or names (default: the dataset's foreground labels, else every nonzero "
                          "value in the references)")
@@ -142,14 +199,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="configuration(s) (default: every planned one, then model selection)")
     t.add_argument("-f", "--fold", nargs="+", default=None,
                    help="0-4 or all (default: the five cross-validation folds)")
-    t.add_argument("--epochs", type=_workers, default=None)
-    t.add_argument("--iterations-per-epoch", type=_workers, default=None)
-    t.add_argument("--validation-iterations", type=_workers, default=None)
-    t.add_argument("--budget", type=_positive_float, default=None, metavar="MINUTES",
-                   help="fit the number of epochs to this wall-clock time, from the measured speed")
-    t.add_argument("--batch-size", type=_workers, default=None)
+    t.add_argument("--epochs", type=_workers, default=None,
+                   help="epochs to train (default: from --budget; nnU-Net's 1000 on a GPU without one)")
+    t.add_argument("--iterations-per-epoch", type=_workers, default=None,
+                   help="training iterations per epoch (default 250, nnU-Net's; a budget sets its own)")
+    t.add_argument("--validation-iterations", type=_workers, default=None,
+                   help="patch-validation iterations per epoch (default: a fifth of the training iterations, 50 "
+                        "for 250)")
+    t.add_argument("--budget", type=parse_duration, default=None, metavar="DURATION",
+                   help="fit the number of epochs to this wall-clock time per fold, from the measured speed: 90 "
+                        "(minutes), 90m, 1.5h, 2h30m (default on a CPU without --epochs: 60 minutes; on a GPU: "
+                        "nnU-Net's 1000 epochs)")
+    t.add_argument("--batch-size", type=_workers, default=None, help="patches per iteration (default: the plan's)")
     t.add_argument("--learning-rate", type=_positive_float, default=None,
-                   help="initial learning rate of SGD (default 0.01, nnU-Net's)")
+                   help="initial learning rate of SGD (default: 0.01, nnU-Net's; 0.1 with the short-run recipe)")
     t.add_argument("--schedule", choices=("auto", "nnunet", "short"), default=None,
                    help="optimiser recipe: nnunet (momentum 0.99, lr 0.01, no warm-up), short (momentum 0.9, lr 0.1, "
                         "10%% warm-up: converges faster in a few thousand iterations) or auto (default: short when "
@@ -157,10 +220,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup", type=float, default=None, metavar="FRACTION",
                    help="linear learning-rate warm-up over this share of the epochs before the poly decay "
                         "(default 0, nnU-Net's schedule)")
-    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--seed", type=int, default=None, help="seed of every random draw (default 12345)")
     t.add_argument("--deterministic", action="store_true", default=None,
                    help="bitwise reproducible batches and deterministic torch kernels (slower)")
-    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                   help="training arithmetic: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16 (CUDA)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("-j", "--workers", type=int, default=None, help="data-loading processes (0: in-process)")
     t.add_argument("--checkpoint-every", type=_workers, default=None, metavar="EPOCHS",
@@ -177,16 +241,21 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="segment a folder of images with trained folds")
     pr.add_argument("dataset", metavar="DATASET")
-    pr.add_argument("-i", "--input", type=Path, required=True, metavar="IMAGES_DIR")
-    pr.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
+    pr.add_argument("-i", "--input", type=Path, required=True, metavar="IMAGES_DIR",
+                    help="folder of images (MSD naming, or nnU-Net's <case>_0000 per channel)")
+    pr.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR",
+                    help="folder the label maps are written to (<case> + the images' ending)")
     pr.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
-    pr.add_argument("-c", "--config", default=None,
-                    help="configuration, or best: best.json's choice with its postprocessing (default: best once "
-                         "`autoseg find-best` ran, else 3d_fullres)")
-    pr.add_argument("-f", "--folds", nargs="+", default=None, help="folds to average (default: all trained)")
+    pr.add_argument("-c", "--config", nargs="+", default=None, metavar="CONFIG",
+                    help="configuration, several (their probabilities averaged), or best: best.json's choice with "
+                         "its postprocessing (default: best once `autoseg find-best` ran, else 3d_fullres)")
+    pr.add_argument("-f", "--fold", nargs="+", default=None, metavar="FOLD",
+                    help="folds whose networks are averaged (default: every trained one)")
+    pr.add_argument("--folds", nargs="+", dest="fold", help=argparse.SUPPRESS)  # old spelling, one release
     pr.add_argument("--step", type=_positive_float, default=0.5, help="sliding-window step, fraction of the patch")
     pr.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster)")
-    pr.add_argument("--save-probabilities", action="store_true")
+    pr.add_argument("--save-probabilities", action="store_true",
+                    help="also write <case>.npz with the class probabilities (float16) in the image's geometry")
     pr.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     pr.add_argument("--continue", dest="continue_", action="store_true", help="skip cases already written")
     pr.add_argument("--skip-bad", action="store_true",
@@ -196,7 +265,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="region-of-interest masks <case><ending> (nonzero inside), one per image: background "
                          "is written outside them")
     pr.add_argument("--device", default="auto")
-    pr.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    pr.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     pr.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
                     help="run the networks with torch (default), or as ONNX with onnxruntime on the CPU (extra "
                          "[onnx]; a fold's network.onnx is made from its checkpoint when missing)")
@@ -204,13 +273,14 @@ def _parser() -> argparse.ArgumentParser:
     fb = sub.add_parser("find-best", help="rank cross-validated configurations and pairs; choose postprocessing")
     fb.add_argument("dataset", metavar="DATASET")
     fb.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
-    fb.add_argument("-c", "--configs", nargs="+", default=None, metavar="CONFIG",
+    fb.add_argument("-c", "--config", nargs="+", default=None, metavar="CONFIG",
                     help="configurations to consider (default: every planned one with all folds trained)")
+    fb.add_argument("--configs", nargs="+", dest="config", help=argparse.SUPPRESS)  # old spelling, one release
     fb.add_argument("-j", "--workers", type=_workers, default=None, help="parallel processes (default: one per core)")
 
     ex = sub.add_parser("export", help="write trained models (plans, weights, summaries) to one zip")
     ex.add_argument("dataset", metavar="DATASET")
-    ex.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.ZIP")
+    ex.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.ZIP", help="zip to write")
     ex.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
     ex.add_argument("-c", "--config", nargs="+", default=None, metavar="CONFIG",
                     help="configurations (default: best.json's choice, else every one with trained folds)")
@@ -222,7 +292,7 @@ def _parser() -> argparse.ArgumentParser:
                          "(extra [onnx]; default: checkpoint only)")
 
     im = sub.add_parser("import", help="unpack an exported model zip into a workspace (for autoseg predict)")
-    im.add_argument("zip", type=Path, metavar="MODEL.ZIP")
+    im.add_argument("zip", type=Path, metavar="MODEL.ZIP", help="a zip written by autoseg export")
     im.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
     im.add_argument("--overwrite", action="store_true",
                     help="replace differing plans (kept as plans.<hash>.json) and fold folders")
@@ -259,12 +329,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="only write a synthetic MSD dataset to DIR")
     d.add_argument("--kind", default="demo", help="synthetic preset for --make-data (tiny, demo, anisotropic, "
                                                    "multichannel, ct, large, brats-like)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the run")
     d.add_argument("-w", "--workspace", type=Path, default=Path("autoseg_demo"),
                    help="demo workspace (default: ./autoseg_demo)")
-    d.add_argument("--budget", type=_positive_float, default=3.0, metavar="MINUTES",
+    d.add_argument("--budget", type=parse_duration, default=3.0, metavar="DURATION",
                    help="training time (default 3 minutes)")
     d.add_argument("--device", default="auto")
+    for sp in sub.choices.values():  # the shared options' help, in one place
+        for action in sp._actions:
+            if action.help is None:
+                action.help = COMMON_HELP.get(action.dest)
     return p
 
 
@@ -385,8 +459,10 @@ def _torchrun_spec():
 def _cmd_predict(args) -> int:
     from autoseg import api
 
-    print(api.describe_configuration(args.workspace, args.dataset, args.config))
-    r = api.predict(args.workspace, args.dataset, args.input, args.output, args.config, args.folds,
+    config = args.config[0] if args.config and len(args.config) == 1 else args.config
+    api.check_predict(args.workspace, args.dataset, args.input, config, args.fold)  # before any message
+    print(api.describe_configuration(args.workspace, args.dataset, config))
+    r = api.predict(args.workspace, args.dataset, args.input, args.output, config, args.fold,
                     args.save_probabilities, args.step, not args.no_tta, args.overwrite, args.continue_,
                     args.device, args.precision, skip_bad=args.skip_bad, roi_dir=args.roi, runtime=args.runtime)
     print(f"wrote {len(r.written)} segmentation(s) to {r.output_dir}"
@@ -433,7 +509,7 @@ def _cmd_find_best(args) -> int:
     from autoseg import api
     from autoseg.evaluation.selection import selection_table
 
-    best = api.find_best(args.workspace, args.dataset, args.configs, num_workers=args.workers)
+    best = api.find_best(args.workspace, args.dataset, args.config, num_workers=args.workers)
     _, pp = api.load_best(args.workspace, args.dataset)
     print(selection_table(best, pp))
     print(f"\nwrote {api.load_context(args.workspace, args.dataset).paths.best} and its postprocessing.json")

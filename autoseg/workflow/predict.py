@@ -20,8 +20,11 @@ def default_configuration(ctx: DatasetContext) -> str:
     return BEST if ctx.paths.best.is_file() else DEFAULT_CONFIGURATION
 
 
-def describe_configuration(ctx: DatasetContext, configuration: str | None) -> str:
-    """One line saying what :func:`predict` uses for ``configuration`` (``None``: the default)."""
+def describe_configuration(ctx: DatasetContext, configuration: str | Sequence[str] | None) -> str:
+    """One line saying what :func:`predict` uses for ``configuration`` (``None``: the default; several: their
+    probabilities averaged)."""
+    if configuration is not None and not isinstance(configuration, str):
+        return f"using {' + '.join(configuration)} (probabilities averaged, no postprocessing)"
     if configuration is None:
         configuration = default_configuration(ctx)
         if configuration != BEST:
@@ -93,6 +96,9 @@ def load_predictor(ctx: DatasetContext, configuration: str = DEFAULT_CONFIGURATI
     (see :func:`autoseg.workflow.selection.load_best`). A cascade stage comes with its previous stage
     (:func:`load_folds`).
     """
+    if not isinstance(configuration, str):  # several: an ensemble, each with the given (or its trained) folds
+        members = [load_predictor(ctx, c, folds, device, precision, step, mirror, runtime) for c in configuration]
+        return members[0] if len(members) == 1 else EnsemblePredictor(members)
     if configuration == BEST:
         best, _ = load_best(ctx)
         members = [load_predictor(ctx, c, folds or list(best.folds.get(c, ())) or None, device, precision, step,
@@ -105,6 +111,31 @@ def load_predictor(ctx: DatasetContext, configuration: str = DEFAULT_CONFIGURATI
                            f"`autoseg train {ctx.name} -c {configuration}` first")
     return load_folds(ctx, configuration, folds, runtime, device=device, precision=precision, step=step,
                       mirror=mirror)
+
+
+def check_predict(ctx: DatasetContext, images_dir: Path, configuration: str | Sequence[str] | None = None,
+                  folds: Sequence[str] | None = None) -> None:
+    """What :func:`predict` would refuse, checked before anything is loaded or printed: the input folder (and
+    that it holds images), the configuration(s) planned (``best``: best.json present), the folds trained."""
+    from autoseg.inference.run import find_cases, input_ending
+
+    images_dir = Path(images_dir)
+    find_cases(images_dir, len(ctx.plans.channel_names), input_ending(images_dir, ctx.spec.file_ending))
+    configuration = configuration or default_configuration(ctx)
+    names = [configuration] if isinstance(configuration, str) else list(configuration)
+    if BEST in names:
+        best, _ = load_best(ctx)
+        names = [n for n in names if n != BEST] + list(best.chosen)
+    for name in names:
+        ctx.configuration(name)
+        trained = ctx.trained_folds(name)
+        missing = [str(f) for f in folds or () if str(f) not in trained]
+        if missing:
+            raise AutosegError(f"{ctx.fold(name, missing[0]).root}: fold {missing[0]} of {name} is not trained "
+                               f"(trained: {', '.join(trained) or 'none'})")
+        if not trained:
+            raise AutosegError(f"{ctx.paths.models(name)}: no trained fold of {name}; run "
+                               f"`autoseg train {ctx.name} -c {name}` first")
 
 
 def predict(ctx: DatasetContext, images_dir: Path, output_dir: Path, configuration: str | None = None,
