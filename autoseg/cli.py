@@ -29,6 +29,11 @@ FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "continue_": "--conti
          "freeze_encoder_epochs": "--freeze-encoder-epochs", "warmup_fraction": "--warmup", "schedule": "--schedule"}
 
 
+#: ``autoseg demo --kind``: the presets of :data:`autoseg.synthetic.PRESETS` (named here so that the parser does not
+#: import the image stack; a test keeps the two equal).
+SYNTHETIC_KINDS = ('tiny', 'demo', 'anisotropic', 'multichannel', 'ct', 'large', 'cascade', '2d-rgb', 'brats-like')
+
+
 def _flag(name: str) -> str:
     """``"overwrite=True"`` -> ``--overwrite``; ``"num_workers=1"`` -> ``-j 1``; ``"device"`` -> ``--device``."""
     key, _, value = name.partition("=")
@@ -86,7 +91,7 @@ class _HelpFormatter(argparse.HelpFormatter):
         text = action.help or ""
         default = action.default
         if (not action.option_strings or "default" in text or default in (None, False, argparse.SUPPRESS)
-                or isinstance(action, argparse._HelpAction)):
+                or default == () or isinstance(action, argparse._HelpAction)):
             return text
         return f"{text} (default: {default})"
 
@@ -107,8 +112,10 @@ def _default_workspace() -> str:
     return os.environ.get("AUTOSEG_WORKSPACE", "autoseg_workspace")
 
 
-def _parser() -> argparse.ArgumentParser:
-    default_ws = _default_workspace()
+def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; ``default_ws``: the workspace default (``None``: from the environment, see
+    :func:`_default_workspace`)."""
+    default_ws = default_ws or _default_workspace()
     p = argparse.ArgumentParser(prog="autoseg", description="Self-configuring medical image segmentation.")
     p.add_argument("--version", action="version", version=f"autoseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -327,8 +334,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the whole pipeline on a small synthetic dataset")
     d.add_argument("--make-data", type=Path, default=None, metavar="DIR",
                    help="only write a synthetic MSD dataset to DIR")
-    d.add_argument("--kind", default="demo", help="synthetic preset for --make-data (tiny, demo, anisotropic, "
-                                                   "multichannel, ct, large, brats-like)")
+    d.add_argument("--kind", default="demo", choices=SYNTHETIC_KINDS, help="synthetic preset for --make-data")
     d.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the run")
     d.add_argument("-w", "--workspace", type=Path, default=Path("autoseg_demo"),
                    help="demo workspace (default: ./autoseg_demo)")
@@ -340,6 +346,50 @@ def _parser() -> argparse.ArgumentParser:
             if action.help is None:
                 action.help = COMMON_HELP.get(action.dest)
     return p
+
+
+#: README's generated parts sit between these markers (``python tools/readme_reference.py`` rewrites them).
+README_MARKERS = {"synopsis": ("<!-- synopsis: generated from the parsers -->", "<!-- /synopsis -->"),
+                  "reference": ("<!-- reference: generated from the parsers -->", "<!-- /reference -->")}
+_WIDTH = 118
+
+
+def readme_synopsis() -> str:
+    """Every command's usage line, as README's "Using it" shows them."""
+    parts = []
+    for sp in _subparsers(_parser("autoseg_workspace")).values():
+        f = _HelpFormatter(sp.prog, width=_WIDTH)
+        f.add_usage(sp.usage, sp._actions, sp._mutually_exclusive_groups, prefix="")
+        parts.append(f.format_help().strip())
+    return "```\n" + "\n".join(parts) + "\n```"
+
+
+def readme_reference() -> str:
+    """README's command reference: per command its description and every option with its help and default."""
+    out = []
+    for name, sp in _subparsers(_parser("autoseg_workspace")).items():  # not this shell's $AUTOSEG_WORKSPACE
+        f = _HelpFormatter(sp.prog, width=_WIDTH)
+        out.append(f"#### `autoseg {name}`\n\n{sp.description or _command_help(name)}\n")
+        out.append("| option | meaning |\n| --- | --- |")
+        for action in sp._actions:
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue
+            flags = ", ".join(action.option_strings) or action.metavar or action.dest.upper()
+            if action.option_strings and action.nargs != 0:
+                flags += " " + f._format_args(action, f._get_default_metavar_for_optional(action))
+            text = " ".join(f._expand_help(action).split()).replace("|", "\\|")
+            out.append(f"| `{flags}` | {text} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def _command_help(name: str) -> str:
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return next(c.help for c in sub._choices_actions if c.dest == name)
 
 
 def _cmd_verify(args) -> int:

@@ -88,3 +88,10 @@ def test_predict_checks_its_inputs_before_saying_anything(tmp_path, capsys):
     assert main(["predict", DATASET, "-w", str(ws), "-i", str(images), "-o", str(out), "-c", "cascade"]) == 2
     assert capsys.readouterr().out == ""
     assert not out.exists()
+
+
+def test_demo_kinds_are_the_synthetic_presets():
+    from autoseg.cli import SYNTHETIC_KINDS
+    from autoseg.synthetic import PRESETS
+
+    assert SYNTHETIC_KINDS == tuple(PRESETS)
