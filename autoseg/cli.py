@@ -26,7 +26,8 @@ FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "continue_": "--conti
          "epochs": "--epochs", "configurations": "-c", "folds": "-f", "memory_gb": "--gpu-memory",
          "pretrained": "--pretrained", "device": "--device", "precision": "--precision", "preset": "--preset",
          "num_workers": "-j", "min_iterations": "--min-iterations",
-         "freeze_encoder_epochs": "--freeze-encoder-epochs", "warmup_fraction": "--warmup", "schedule": "--schedule"}
+         "freeze_encoder_epochs": "--freeze-encoder-epochs", "warmup_fraction": "--warmup", "schedule": "--schedule",
+         "early_stop_patience": "--early-stop"}
 
 
 #: ``autoseg demo --kind``: the presets of :data:`autoseg.synthetic.PRESETS` (named here so that the parser does not
@@ -243,6 +244,10 @@ def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                    help="fine-tune: initialise a fresh run from an exported model (configuration default: -c)")
     t.add_argument("--pretrained-fold", default=None, metavar="FOLD",
                    help="which exported fold initialises the network (default: 0)")
+    t.add_argument("--early-stop", type=_workers, default=None, metavar="PATIENCE",
+                   help="stop a fold when the smoothed validation pseudo-Dice has not improved for PATIENCE epochs "
+                        "(the final checkpoint is saved as usual and the reason recorded; works with --budget). "
+                        "Default: train the planned length")
     t.add_argument("--freeze-encoder-epochs", type=int, default=None, metavar="EPOCHS",
                    help="with --pretrained: first epochs in which the transferred encoder is not updated")
 
@@ -465,7 +470,7 @@ def _cmd_train(args) -> int:
                      deterministic=args.deterministic,
                      precision=args.precision, num_workers=args.workers, checkpoint_every=args.checkpoint_every,
                      pretrained=args.pretrained, pretrained_fold=args.pretrained_fold,
-                     freeze_encoder_epochs=args.freeze_encoder_epochs)
+                     freeze_encoder_epochs=args.freeze_encoder_epochs, early_stop_patience=args.early_stop)
     single = args.config is not None and len(args.config) == 1 and args.fold is not None and len(args.fold) == 1
     if not single:
         if args.overwrite:
@@ -488,6 +493,8 @@ def _cmd_train(args) -> int:
         print(f"{result.folder}: already trained ({st.epoch} epochs); pass a larger --epochs to extend it")
     print(f"{args.config[0]} fold {args.fold[0]}: {st.epoch} epochs x {st.iterations_per_epoch} iterations, "
           f"best smoothed pseudo-Dice {st.best_ema_pseudo_dice:.3f}")
+    if st.stop_reason:
+        print(st.stop_reason)
     if result.validation_dice:
         print("validation Dice: " + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a"
                                               for k, v in result.validation_dice.items()))

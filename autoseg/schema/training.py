@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from autoseg.schema.base import OMIT_IF_NONE
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -57,6 +59,9 @@ class TrainConfig:
     pretrained, pretrained_fold
         Fine-tuning: ``model.zip[:CONFIG]`` (an ``autoseg export``; the configuration defaults to the one trained)
         whose fold ``pretrained_fold`` initialises a fresh run's network where tensor names and shapes match.
+    early_stop_patience
+        Stop when the smoothed validation pseudo-Dice has not improved for this many epochs (``None``: train the
+        planned length; composes with a budget, which still ends the run when its time is up).
     freeze_encoder_epochs
         Fine-tuning: for this many first epochs the transferred encoder tensors (``stem.*``, ``encoder.*``) are not
         updated, so the freshly initialised decoder and heads adapt to them before the whole network trains.
@@ -93,6 +98,7 @@ class TrainConfig:
     pretrained_fold: str = "0"
     freeze_encoder_epochs: int = 0
     schema_version: int = field(default=SCHEMA_VERSION)
+    early_stop_patience: int | None = field(default=None, metadata=OMIT_IF_NONE)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,10 @@ class TrainState:
         Wall time spent in the training loop so far (counts against a budget across resumes).
     calibrated
         A time budget has measured the step time and fixed the epoch length.
+    best_epoch, best_epoch_dice
+        Epochs finished when the smoothed pseudo-Dice last improved, and its value then (early stopping).
+    stop_reason
+        Why the run stopped before its planned length (early stopping), ``None`` otherwise.
     """
 
     total_epochs: int
@@ -53,6 +57,9 @@ class TrainState:
     best_ema_pseudo_dice: float = -1.0
     train_seconds: float = 0.0
     calibrated: bool = False
+    best_epoch: int = 0
+    best_epoch_dice: float | None = None
+    stop_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +76,31 @@ class Callback:
 
     def on_train_end(self, trainer: "Trainer") -> None:
         pass
+
+
+class EarlyStopping(Callback):
+    """Stop when the smoothed validation pseudo-Dice has not improved for ``patience`` epochs.
+
+    Runs on every rank (the pseudo-Dice is all-reduced, so every rank decides alike). The run then ends as if its
+    planned length were reached: the final checkpoint is saved as usual, and ``state.stop_reason`` says why.
+    """
+
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.patience, self.min_delta = patience, min_delta
+
+    def on_epoch_end(self, trainer: "Trainer", log: EpochLog) -> None:
+        st = trainer.state  # the best so far lives in the state: a resumed run, on any rank, continues the count
+        if st.ema_pseudo_dice is None:
+            return
+        if st.best_epoch_dice is None or st.ema_pseudo_dice > st.best_epoch_dice + self.min_delta:
+            st.best_epoch_dice, st.best_epoch = st.ema_pseudo_dice, st.epoch
+        elif st.epoch - st.best_epoch >= self.patience and st.epoch < st.total_epochs:
+            st.stop_reason = (f"early stop after epoch {st.epoch}: the smoothed pseudo-Dice peaked at "
+                              f"{st.best_epoch_dice:.4f} after epoch {st.best_epoch} and did not improve for "
+                              f"{self.patience} epochs (of {st.total_epochs} planned)")
+            st.total_epochs = st.epoch
 
 
 def _region_confusion(logits: torch.Tensor, target: torch.Tensor, regions: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -132,7 +132,8 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
                       optimizer=build_optimizer(model, config, start.checkpoint),
                       train_batches=iterate(train_loader), val_batches=iterate(val_loader), config=config,
                       state=state, device=dev, precision=config.precision, channels_last=config.channels_last,
-                      num_classes=len(plans.labels), autocast=autocast_context, callbacks=[*recorders, *callbacks],
+                      num_classes=len(plans.labels), autocast=autocast_context,
+                      callbacks=[*_stopping(config), *recorders, *callbacks],
                       all_reduce=dist_utils.all_reduce_sum, progress=progress and is_main, regions=regions,
                       frozen=_frozen_encoder(config, folder, distributed is not None))
     if start.checkpoint is not None and "grad_scaler" in start.checkpoint:
@@ -145,6 +146,13 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
         if distributed:
             dist_utils.shutdown()
     return state, config
+
+
+def _stopping(config: TrainConfig) -> list:
+    """Early stopping when the config asks for it (every rank: they decide alike on all-reduced scores)."""
+    from autoseg.training.trainer import EarlyStopping
+
+    return [EarlyStopping(config.early_stop_patience)] if config.early_stop_patience else []
 
 
 def _preprocessed_fold_cases(ctx: DatasetContext, configuration: str, fold: str, available: Sequence[str]
