@@ -24,8 +24,10 @@ setup(
     extras_require={
         "onnx": ["onnx", "onnxruntime"],
         "serve": ["fastapi", "uvicorn", "python-multipart"],
+        "tensorboard": ["tensorboard"],
+        "mlflow": ["mlflow-skinny"],
         # the tests exercise the optional parts too: ONNX export/runtime and a real server with a real client
-        "test": ["pytest", "onnx", "onnxruntime", "fastapi", "uvicorn", "python-multipart", "httpx"],
+        "test": ["pytest", "onnx", "onnxruntime", "fastapi", "uvicorn", "python-multipart", "httpx", "tensorboard"],
     },
     entry_points={"console_scripts": ["autoseg = autoseg.cli:main"]},
 )

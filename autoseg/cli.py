@@ -248,6 +248,10 @@ def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                    help="stop a fold when the smoothed validation pseudo-Dice has not improved for PATIENCE epochs "
                         "(the final checkpoint is saved as usual and the reason recorded; works with --budget). "
                         "Default: train the planned length")
+    t.add_argument("--log", nargs="+", choices=("tensorboard", "mlflow"), default=None, metavar="TRACKER",
+                   help="also record the run in TensorBoard (event files in the fold folder's tensorboard/; extra "
+                        "[tensorboard]) and/or MLflow (WORKSPACE/mlruns; extra [mlflow]). Default: log.jsonl and "
+                        "progress.png only")
     t.add_argument("--freeze-encoder-epochs", type=int, default=None, metavar="EPOCHS",
                    help="with --pretrained: first epochs in which the transferred encoder is not updated")
 
@@ -470,7 +474,8 @@ def _cmd_train(args) -> int:
                      deterministic=args.deterministic,
                      precision=args.precision, num_workers=args.workers, checkpoint_every=args.checkpoint_every,
                      pretrained=args.pretrained, pretrained_fold=args.pretrained_fold,
-                     freeze_encoder_epochs=args.freeze_encoder_epochs, early_stop_patience=args.early_stop)
+                     freeze_encoder_epochs=args.freeze_encoder_epochs, early_stop_patience=args.early_stop,
+                     trackers=tuple(args.log) if args.log else None)
     single = args.config is not None and len(args.config) == 1 and args.fold is not None and len(args.fold) == 1
     if not single:
         if args.overwrite:

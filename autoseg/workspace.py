@@ -223,6 +223,11 @@ class Workspace:
     root: Path
 
     @property
+    def mlruns(self) -> Path:
+        """The local MLflow tracking store of ``train --log mlflow``."""
+        return Path(self.root) / "mlruns"
+
+    @property
     def calibration(self) -> Path:
         """The devices' measured training throughput (:mod:`autoseg.training.calibration`), shared by datasets."""
         return Path(self.root) / "calibration.json"

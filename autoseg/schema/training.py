@@ -59,6 +59,9 @@ class TrainConfig:
     pretrained, pretrained_fold
         Fine-tuning: ``model.zip[:CONFIG]`` (an ``autoseg export``; the configuration defaults to the one trained)
         whose fold ``pretrained_fold`` initialises a fresh run's network where tensor names and shapes match.
+    trackers
+        Experiment trackers that also record the run: ``"tensorboard"``, ``"mlflow"``
+        (:mod:`autoseg.training.tracking`); ``None``: only autoseg's own log.jsonl and progress.png.
     early_stop_patience
         Stop when the smoothed validation pseudo-Dice has not improved for this many epochs (``None``: train the
         planned length; composes with a budget, which still ends the run when its time is up).
@@ -99,6 +102,7 @@ class TrainConfig:
     freeze_encoder_epochs: int = 0
     schema_version: int = field(default=SCHEMA_VERSION)
     early_stop_patience: int | None = field(default=None, metadata=OMIT_IF_NONE)
+    trackers: tuple[str, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,12 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
     if is_main:
         save_json(config, folder.train_config)
         recorders = fold_callbacks(folder, config.checkpoint_every, progress)
+        if config.trackers:
+            from autoseg.training.tracking import tracker_callbacks
+
+            names = [r.name for r in plans.regions] if plans.regions else list(plans.labels[1:])
+            recorders += tracker_callbacks(config.trackers, folder.root, ctx.workspace.mlruns,
+                                           f"{ctx.name} {configuration} fold {fold}", names, folder.progress_plot)
     regions = tuple(r.labels for r in plans.regions) if plans.regions else None
     trainer = Trainer(model=model, loss=build_loss(plan, plans.regions),
                       optimizer=build_optimizer(model, config, start.checkpoint),
