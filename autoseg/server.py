@@ -39,7 +39,7 @@ from typing import Sequence
 
 from autoseg import __version__
 from autoseg.errors import AutosegError, require_extra
-from autoseg.workflow.serving import ServedModel, upload_ending
+from autoseg.workflow.serving import UPLOAD_ENDINGS, ServedModel, upload_ending
 
 #: Endings a MONAI Label client may ask for in ``params.result_extension``.
 RESULT_ENDINGS = (".nrrd", ".nii.gz", ".nii", ".mha")
@@ -322,7 +322,7 @@ def _label_dict(model: ServedModel) -> dict[str, int]:
 def _stem(filename: str | None) -> str:
     """The last path component of a client's file name without its image ending."""
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
-    for ending in (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif"):
+    for ending in UPLOAD_ENDINGS:
         if name.lower().endswith(ending):
             return name[:-len(ending)]
     return name

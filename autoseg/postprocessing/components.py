@@ -123,18 +123,24 @@ def _counts(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
     return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(ref)) - tp
 
 
+def _read_pair(pred_path: Path, ref_path: Path, ignore_label: int | None):
+    """Prediction, reference (equal size, else an error naming both) and the mask of annotated reference voxels
+    (``True`` everywhere without an ignore label)."""
+    pred, _ = read_label(pred_path)
+    ref, _ = read_label(ref_path)
+    if pred.shape != ref.shape:
+        raise AutosegError(f"{pred_path}: size {pred.shape} (z, y, x) differs from the reference's {ref.shape} "
+                           f"({ref_path})")
+    return pred, ref, ref != ignore_label if ignore_label is not None else True
+
+
 def _case_counts(pred_path: Path, ref_path: Path, labels: tuple[int, ...], ignore_label: int | None = None
                  ) -> np.ndarray:
     """``(4, n_labels, 3)`` true positive, false positive, false negative voxels per variant and label:
     as predicted, with the largest foreground component, and per label with that label's largest component
     (on the prediction, and on the largest-foreground result). Voxels the reference marks ``ignore_label`` are
     not counted (the components are still found on the whole prediction)."""
-    pred, _ = read_label(pred_path)
-    ref, _ = read_label(ref_path)
-    if pred.shape != ref.shape:
-        raise AutosegError(f"{pred_path}: size {pred.shape} (z, y, x) differs from the reference's {ref.shape} "
-                           f"({ref_path})")
-    annotated = ref != ignore_label if ignore_label is not None else True
+    pred, ref, annotated = _read_pair(pred_path, ref_path, ignore_label)
     fg = keep_largest_component(pred, None)
     out = np.zeros((4, len(labels), 3), dtype=np.int64)
     for i, v in enumerate(labels):
@@ -245,12 +251,7 @@ def _region_case_counts(pred_path: Path, ref_path: Path, regions: tuple[tuple[in
                         ignore_label: int | None, pp: Postprocessing) -> np.ndarray:
     """``(n_regions, 3)`` true positive, false positive, false negative voxels per region of the prediction with
     the rules of ``pp`` applied."""
-    pred, _ = read_label(pred_path)
-    ref, _ = read_label(ref_path)
-    if pred.shape != ref.shape:
-        raise AutosegError(f"{pred_path}: size {pred.shape} (z, y, x) differs from the reference's {ref.shape} "
-                           f"({ref_path})")
-    annotated = ref != ignore_label if ignore_label is not None else True
+    pred, ref, annotated = _read_pair(pred_path, ref_path, ignore_label)
     seg = apply_postprocessing(pred, pp)
     return np.array([_counts(np.isin(seg, values) & annotated, np.isin(ref, values)) for values in regions],
                     dtype=np.int64).reshape(len(regions), 3)

@@ -123,8 +123,8 @@ def test_segment_endpoint_returns_what_predict_writes(model, server, tmp_path):
 def test_info_and_absent_endpoints_as_the_slicer_extension_expects(server):
     info = httpx.get(f"{server.url}/info/").json()
     assert info["models"]["Tiny"]["type"] == "segmentation" and info["models"]["Tiny"]["description"]
-    assert info["labels"] == ["foreground"] or info["labels"]
-    assert list(info["models"]["Tiny"]["labels"].values()) == list(range(1, len(info["labels"]) + 1))
+    assert info["labels"] == ["liver", "spleen"]  # every name, for Slicer's segments
+    assert info["models"]["Tiny"]["labels"] == {"liver": 1, "spleen": 2}  # consecutive values 1..N
     assert not info.get("config") and info["trainers"] == {} and info["strategies"] == {}
     assert httpx.get(f"{server.url}/info").status_code == 200
     for path in ("/auth/", "/train/?check_if_running=true", "/anything"):
@@ -173,7 +173,7 @@ def test_monai_label_infer_with_the_clients_bytes(model, server, tmp_path):
     assert "chunked" not in headers.get("transfer-encoding", "") and "content-encoding" not in headers
     form, files = _parse_multipart(headers, data)
     params = json.loads(form["params"])
-    assert params["label_names"] == {"foreground": 1} or set(params["label_names"].values()) >= {1}
+    assert params["label_names"] == {"liver": 1, "spleen": 2}
     (name, content), = files.items()
     assert "/" not in name and name.endswith(".nii.gz")  # a bare basename with a real ending
     np.testing.assert_array_equal(_decoded(content, ".nii.gz", tmp_path), read_label(ref / image.name)[0])
