@@ -25,9 +25,10 @@ setup(
         "onnx": ["onnx", "onnxruntime"],
         "serve": ["fastapi", "uvicorn", "python-multipart"],
         "tensorboard": ["tensorboard"],
-        "mlflow": ["mlflow-skinny"],
+        "mlflow": ["mlflow-skinny", "sqlalchemy", "alembic"],
         # the tests exercise the optional parts too: ONNX export/runtime and a real server with a real client
-        "test": ["pytest", "onnx", "onnxruntime", "fastapi", "uvicorn", "python-multipart", "httpx", "tensorboard"],
+        "test": ["pytest", "onnx", "onnxruntime", "fastapi", "uvicorn", "python-multipart", "httpx", "tensorboard",
+                 "mlflow-skinny", "sqlalchemy", "alembic"],
     },
     entry_points={"console_scripts": ["autoseg = autoseg.cli:main"]},
 )

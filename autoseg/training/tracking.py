@@ -1,8 +1,9 @@
 """Experiment trackers as trainer callbacks: TensorBoard event files and MLflow runs, both optional.
 
 ``train --log tensorboard`` writes ``<fold folder>/tensorboard/`` (open it with ``tensorboard --logdir``);
-``train --log mlflow`` logs to a local file store ``<workspace>/mlruns`` (``mlflow ui --backend-store-uri`` that
-folder), one run per fold named ``<dataset> <configuration> fold <k>``. Both record per epoch the training and
+``train --log mlflow`` logs to a local store in ``<workspace>/mlruns/``: an SQLite database ``mlflow.db`` and the
+artifacts beside it (``mlflow ui --backend-store-uri sqlite:///<workspace>/mlruns/mlflow.db``); MLflow 3 refuses new
+runs in its old plain-folder store. One run per fold named ``<dataset> <configuration> fold <k>``. Both record per epoch the training and
 validation loss, the pseudo-Dice of every class (or region), the smoothed pseudo-Dice, the learning rate and the
 epoch's seconds; the TrainConfig as parameters; ``progress.png`` at the end. The packages are the extras
 ``[tensorboard]`` and ``[mlflow]``, imported when a run asks for them.
@@ -67,19 +68,25 @@ class TensorBoardCallback(Callback):
 
 
 class MlflowCallback(Callback):
-    """An MLflow run per fold in the tracking store ``uri`` (needs the ``mlflow`` package)."""
+    """An MLflow run per fold in the tracking store ``uri`` (needs the ``mlflow`` package).
+
+    ``artifacts`` is where a new experiment keeps its artifacts (a ``file://`` URI); ``None`` leaves it to MLflow.
+    """
 
     def __init__(self, uri: str, experiment: str, run_name: str, class_names: Sequence[str],
-                 progress_plot: Path | None = None):
+                 progress_plot: Path | None = None, artifacts: str | None = None):
         self.mlflow = require_extra("mlflow", "mlflow", "train --log mlflow")
-        self.uri, self.experiment, self.run_name = uri, experiment, run_name
+        if uri.startswith("sqlite:"):
+            require_extra("sqlalchemy", "mlflow", "train --log mlflow")
+        self.uri, self.experiment, self.run_name, self.artifacts = uri, experiment, run_name, artifacts
         self.names, self.plot = list(class_names), progress_plot
         self.run = None
 
     def on_train_start(self, trainer: Trainer) -> None:
         client = self.mlflow.tracking.MlflowClient(tracking_uri=self.uri)
         experiment = client.get_experiment_by_name(self.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.experiment)
+        experiment_id = (experiment.experiment_id if experiment else
+                         client.create_experiment(self.experiment, artifact_location=self.artifacts))
         self.client = client
         self.run = client.create_run(experiment_id, run_name=self.run_name)
         for key, value in _params(trainer).items():
@@ -96,6 +103,17 @@ class MlflowCallback(Callback):
         self.client.set_terminated(self.run.info.run_id)
 
 
+def mlflow_store_uri(mlruns: Path) -> str:
+    """The tracking URI of the local MLflow store in the folder ``mlruns``.
+
+    Examples
+    --------
+    >>> mlflow_store_uri(Path("/tmp/ws/mlruns")).endswith("/tmp/ws/mlruns/mlflow.db")
+    True
+    """
+    return "sqlite:///" + str(Path(mlruns).resolve() / "mlflow.db")
+
+
 def tracker_callbacks(trackers: Sequence[str], fold_folder: Path, mlruns: Path, run_name: str,
                       class_names: Sequence[str], progress_plot: Path) -> list[Callback]:
     """The callbacks of ``trackers`` (names of :data:`TRACKERS`)."""
@@ -106,5 +124,7 @@ def tracker_callbacks(trackers: Sequence[str], fold_folder: Path, mlruns: Path, 
     if "tensorboard" in trackers:
         out.append(TensorBoardCallback(Path(fold_folder) / "tensorboard", class_names, progress_plot))
     if "mlflow" in trackers:
-        out.append(MlflowCallback(Path(mlruns).resolve().as_uri(), "autoseg", run_name, class_names, progress_plot))
+        Path(mlruns).mkdir(parents=True, exist_ok=True)  # SQLite makes the database file, not its folder
+        out.append(MlflowCallback(mlflow_store_uri(mlruns), "autoseg", run_name, class_names, progress_plot,
+                                  artifacts=(Path(mlruns).resolve() / "artifacts").as_uri()))
     return out

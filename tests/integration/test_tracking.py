@@ -3,6 +3,7 @@ back with the trackers' own readers."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -19,8 +20,7 @@ def test_tensorboard_and_mlflow_records_of_a_run(tmp_path):
     assert main(["demo", "--make-data", str(raw), "--kind", "tiny"]) == 0
     assert main(["plan", str(raw), "-w", str(ws), "-j", "1", "--no-preprocess"]) == 0
     assert main(["preprocess", "Tiny", "-w", str(ws), "-c", "3d_fullres", "-j", "1"]) == 0
-    # MLflow 3's file store refuses new runs unless told otherwise by an environment variable: tested by hand only
-    trackers = ["tensorboard"]
+    trackers = ["tensorboard", "mlflow"] if importlib.util.find_spec("mlflow") else ["tensorboard"]
     assert main(["train", "Tiny", "-w", str(ws), *TRAIN, "--log", *trackers]) == 0
     fold = ws / "Tiny" / "models" / "3d_fullres" / "fold_0"
     acc = event_accumulator.EventAccumulator(str(fold / "tensorboard"), size_guidance={"images": 0})
@@ -37,10 +37,13 @@ def test_tensorboard_and_mlflow_records_of_a_run(tmp_path):
     if "mlflow" in trackers:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=(ws / "mlruns").resolve().as_uri())
+        assert (ws / "mlruns" / "mlflow.db").is_file()
+        client = MlflowClient(tracking_uri=f"sqlite:///{(ws / 'mlruns' / 'mlflow.db').resolve()}")
         experiment = client.get_experiment_by_name("autoseg")
         (run,) = client.search_runs([experiment.experiment_id])
         assert run.info.run_name == "Tiny 3d_fullres fold 0" and run.data.params["fold"] == "0"
         history = client.get_metric_history(run.info.run_id, "loss_train")
         assert [m.step for m in history] == [0, 1, 2]
         assert any(a.path == "progress.png" for a in client.list_artifacts(run.info.run_id))
+        assert list((ws / "mlruns" / "artifacts").rglob("progress.png"))
+        assert run.info.status == "FINISHED"
