@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from autoseg import __version__
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, JobsFailed
 
 EXIT_USER_ERROR = 2
 #: The machine refused a read or write (disk full, permission denied, read-only file system).
@@ -113,6 +113,55 @@ def _default_workspace() -> str:
     return os.environ.get("AUTOSEG_WORKSPACE", "autoseg_workspace")
 
 
+def _add_training_options(t: argparse.ArgumentParser) -> None:
+    """The options of ``train`` that every fold job of a run gets (``train`` and ``jobs`` share them)."""
+    t.add_argument("--epochs", type=_workers, default=None,
+                   help="epochs to train (default: from --budget; nnU-Net's 1000 on a GPU without one)")
+    t.add_argument("--iterations-per-epoch", type=_workers, default=None,
+                   help="training iterations per epoch (default 250, nnU-Net's; a budget sets its own)")
+    t.add_argument("--validation-iterations", type=_workers, default=None,
+                   help="patch-validation iterations per epoch (default: a fifth of the training iterations, 50 "
+                        "for 250)")
+    t.add_argument("--budget", type=parse_duration, default=None, metavar="DURATION",
+                   help="fit the number of epochs to this wall-clock time per fold, from the measured speed: 90 "
+                        "(minutes), 90m, 1.5h, 2h30m (default on a CPU without --epochs: 60 minutes; on a GPU: "
+                        "nnU-Net's 1000 epochs)")
+    t.add_argument("--batch-size", type=_workers, default=None, help="patches per iteration (default: the plan's)")
+    t.add_argument("--learning-rate", type=_positive_float, default=None,
+                   help="initial learning rate of SGD (default: 0.01, nnU-Net's; 0.1 with the short-run recipe)")
+    t.add_argument("--schedule", choices=("auto", "nnunet", "short"), default=None,
+                   help="optimiser recipe: nnunet (momentum 0.99, lr 0.01, no warm-up), short (momentum 0.9, lr 0.1, "
+                        "10%% warm-up: converges faster in a few thousand iterations) or auto (default: short when "
+                        "the run is expected to be shorter than 5,000 iterations)")
+    t.add_argument("--warmup", type=float, default=None, metavar="FRACTION",
+                   help="linear learning-rate warm-up over this share of the epochs before the poly decay "
+                        "(default 0, nnU-Net's schedule)")
+    t.add_argument("--seed", type=int, default=None, help="seed of every random draw (default 12345)")
+    t.add_argument("--deterministic", action="store_true", default=None,
+                   help="bitwise reproducible batches and deterministic torch kernels (slower)")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                   help="training arithmetic: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16 (CUDA)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("-j", "--workers", type=int, default=None, help="data-loading processes (0: in-process)")
+    t.add_argument("--checkpoint-every", type=_workers, default=None, metavar="EPOCHS",
+                   help="epochs between checkpoint_latest.pt writes (default 5)")
+    t.add_argument("--no-validation", action="store_true", help="skip the final sliding-window validation")
+    t.add_argument("--pretrained", default=None, metavar="MODEL.ZIP[:CONFIG]",
+                   help="fine-tune: initialise a fresh run from an exported model (configuration default: -c)")
+    t.add_argument("--pretrained-fold", default=None, metavar="FOLD",
+                   help="which exported fold initialises the network (default: 0)")
+    t.add_argument("--early-stop", type=_workers, default=None, metavar="PATIENCE",
+                   help="stop a fold when the smoothed validation pseudo-Dice has not improved for PATIENCE epochs "
+                        "(the final checkpoint is saved as usual and the reason recorded; works with --budget). "
+                        "Default: train the planned length")
+    t.add_argument("--log", nargs="+", choices=("tensorboard", "mlflow"), default=None, metavar="TRACKER",
+                   help="also record the run in TensorBoard (event files in the fold folder's tensorboard/; extra "
+                        "[tensorboard]) and/or MLflow (WORKSPACE/mlruns; extra [mlflow]). Default: log.jsonl and "
+                        "progress.png only")
+    t.add_argument("--freeze-encoder-epochs", type=int, default=None, metavar="EPOCHS",
+                   help="with --pretrained: first epochs in which the transferred encoder is not updated")
+
+
 def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; ``default_ws``: the workspace default (``None``: from the environment, see
     :func:`_default_workspace`)."""
@@ -207,53 +256,27 @@ def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                    help="configuration(s) (default: every planned one, then model selection)")
     t.add_argument("-f", "--fold", nargs="+", default=None,
                    help="0-4 or all (default: the five cross-validation folds)")
-    t.add_argument("--epochs", type=_workers, default=None,
-                   help="epochs to train (default: from --budget; nnU-Net's 1000 on a GPU without one)")
-    t.add_argument("--iterations-per-epoch", type=_workers, default=None,
-                   help="training iterations per epoch (default 250, nnU-Net's; a budget sets its own)")
-    t.add_argument("--validation-iterations", type=_workers, default=None,
-                   help="patch-validation iterations per epoch (default: a fifth of the training iterations, 50 "
-                        "for 250)")
-    t.add_argument("--budget", type=parse_duration, default=None, metavar="DURATION",
-                   help="fit the number of epochs to this wall-clock time per fold, from the measured speed: 90 "
-                        "(minutes), 90m, 1.5h, 2h30m (default on a CPU without --epochs: 60 minutes; on a GPU: "
-                        "nnU-Net's 1000 epochs)")
-    t.add_argument("--batch-size", type=_workers, default=None, help="patches per iteration (default: the plan's)")
-    t.add_argument("--learning-rate", type=_positive_float, default=None,
-                   help="initial learning rate of SGD (default: 0.01, nnU-Net's; 0.1 with the short-run recipe)")
-    t.add_argument("--schedule", choices=("auto", "nnunet", "short"), default=None,
-                   help="optimiser recipe: nnunet (momentum 0.99, lr 0.01, no warm-up), short (momentum 0.9, lr 0.1, "
-                        "10%% warm-up: converges faster in a few thousand iterations) or auto (default: short when "
-                        "the run is expected to be shorter than 5,000 iterations)")
-    t.add_argument("--warmup", type=float, default=None, metavar="FRACTION",
-                   help="linear learning-rate warm-up over this share of the epochs before the poly decay "
-                        "(default 0, nnU-Net's schedule)")
-    t.add_argument("--seed", type=int, default=None, help="seed of every random draw (default 12345)")
-    t.add_argument("--deterministic", action="store_true", default=None,
-                   help="bitwise reproducible batches and deterministic torch kernels (slower)")
-    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
-                   help="training arithmetic: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16 (CUDA)")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("-j", "--workers", type=int, default=None, help="data-loading processes (0: in-process)")
-    t.add_argument("--checkpoint-every", type=_workers, default=None, metavar="EPOCHS",
-                   help="epochs between checkpoint_latest.pt writes (default 5)")
+    _add_training_options(t)
     t.add_argument("--resume", action="store_true", help="continue a killed run from its latest checkpoint")
     t.add_argument("--overwrite", action="store_true", help="discard an unfinished run in the fold folder")
-    t.add_argument("--no-validation", action="store_true", help="skip the final sliding-window validation")
-    t.add_argument("--pretrained", default=None, metavar="MODEL.ZIP[:CONFIG]",
-                   help="fine-tune: initialise a fresh run from an exported model (configuration default: -c)")
-    t.add_argument("--pretrained-fold", default=None, metavar="FOLD",
-                   help="which exported fold initialises the network (default: 0)")
-    t.add_argument("--early-stop", type=_workers, default=None, metavar="PATIENCE",
-                   help="stop a fold when the smoothed validation pseudo-Dice has not improved for PATIENCE epochs "
-                        "(the final checkpoint is saved as usual and the reason recorded; works with --budget). "
-                        "Default: train the planned length")
-    t.add_argument("--log", nargs="+", choices=("tensorboard", "mlflow"), default=None, metavar="TRACKER",
-                   help="also record the run in TensorBoard (event files in the fold folder's tensorboard/; extra "
-                        "[tensorboard]) and/or MLflow (WORKSPACE/mlruns; extra [mlflow]). Default: log.jsonl and "
-                        "progress.png only")
-    t.add_argument("--freeze-encoder-epochs", type=int, default=None, metavar="EPOCHS",
-                   help="with --pretrained: first epochs in which the transferred encoder is not updated")
+    t.add_argument("--cluster", default=None, metavar="SPEC",
+                   help="hand the fold jobs to a Dask cluster: local[:N] (N worker processes on this machine), a "
+                        "scheduler address (tcp://HOST:PORT) or a job-queue file (.yaml: SLURM, PBS, LSF, SGE, "
+                        "HTCondor; extra [cluster]). Default: train in this process")
+
+    jb = sub.add_parser("jobs", help="print the training run as commands with dependencies (shell or sbatch script)")
+    jb.add_argument("dataset", metavar="DATASET")
+    jb.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    jb.add_argument("-c", "--config", nargs="+", default=None,
+                    help="configuration(s) (default: every planned one, then model selection)")
+    jb.add_argument("-f", "--fold", nargs="+", default=None, help="folds (default: the five cross-validation folds)")
+    jb.add_argument("--format", choices=("shell", "slurm"), default="shell",
+                    help="shell: the commands in dependency waves; slurm: sbatch submissions chained with "
+                         "--dependency=afterok")
+    jb.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                    help="with --format slurm: an sbatch option for every job, e.g. --sbatch=--partition=gpu "
+                         "--sbatch=--gres=gpu:1 (repeatable)")
+    _add_training_options(jb)
 
     pr = sub.add_parser("predict", help="segment a folder of images with trained folds")
     pr.add_argument("dataset", metavar="DATASET")
@@ -477,6 +500,17 @@ def _cmd_train(args) -> int:
                      freeze_encoder_epochs=args.freeze_encoder_epochs, early_stop_patience=args.early_stop,
                      trackers=tuple(args.log) if args.log else None)
     single = args.config is not None and len(args.config) == 1 and args.fold is not None and len(args.fold) == 1
+    if args.cluster is not None:
+        if args.overwrite:
+            raise AutosegError("--overwrite applies to one fold in this process, not to a cluster run")
+        best = api.train_on_cluster(args.workspace, args.dataset, args.cluster, args.config, args.fold,
+                                    budget_minutes=args.budget, train_flags=_forwarded_training_flags(args),
+                                    device=args.device, precision=args.precision)
+        if best is not None:
+            from autoseg.evaluation.selection import selection_table
+
+            print(selection_table(best))
+        return 0
     if not single:
         if args.overwrite:
             raise AutosegError("--overwrite applies to one fold: give one -c and one -f")
@@ -504,6 +538,38 @@ def _cmd_train(args) -> int:
         print("validation Dice: " + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a"
                                               for k, v in result.validation_dice.items()))
     print(f"model folder: {result.folder}")
+    return 0
+
+
+#: Options of a run that are not passed on to its fold jobs: they choose the jobs or apply to one fold in-process.
+_NOT_FORWARDED = {"command", "dataset", "workspace", "config", "fold", "budget", "resume", "overwrite", "cluster",
+                  "format", "sbatch", "help"}
+
+
+def _forwarded_training_flags(args) -> list[str]:
+    """The training options given on this command line, spelled for ``autoseg train`` (every fold job gets them)."""
+    train = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    flags: list[str] = []
+    for action in train._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in _NOT_FORWARDED or not action.option_strings or value is None or value == action.default:
+            continue
+        flag = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreConstAction)):
+            flags.append(flag)
+        elif isinstance(value, (list, tuple)):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def _cmd_jobs(args) -> int:
+    from autoseg import api
+
+    print(api.job_script(args.workspace, args.dataset, args.format, args.config, args.fold,
+                         budget_minutes=args.budget, train_flags=_forwarded_training_flags(args),
+                         sbatch_options=args.sbatch, device=args.device, precision=args.precision), end="")
     return 0
 
 
@@ -658,7 +724,7 @@ def _make_data(out: Path, spec) -> Path:
 _COMMANDS = {"predict": _cmd_predict, "train": _cmd_train, "verify": _cmd_verify, "plan": _cmd_plan,
              "preprocess": _cmd_preprocess, "demo": _cmd_demo, "evaluate": _cmd_evaluate,
              "find-best": _cmd_find_best, "export": _cmd_export, "import": _cmd_import, "report": _cmd_report,
-             "convert": _cmd_convert, "serve": _cmd_serve}
+             "convert": _cmd_convert, "serve": _cmd_serve, "jobs": _cmd_jobs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -673,6 +739,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(e.problems) > 1:
             print(f"error: {len(e.problems)} problems found; nothing was written", file=sys.stderr)
         return EXIT_USER_ERROR
+    except JobsFailed as e:
+        for line in e.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_SYSTEM_ERROR
     except OSError as e:
         # disk full, permission denied, read-only file system ...: every writer is atomic, so nothing partial is
         # left; say which path, without a traceback

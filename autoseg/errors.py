@@ -51,6 +51,14 @@ class DatasetError(AutosegError):
     """The raw dataset is malformed: one or more problems found by verification."""
 
 
+class JobsFailed(Exception):
+    """Jobs of a cluster run failed (not the user's input): one line per problem, the CLI exits with 1."""
+
+    def __init__(self, *lines: str):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
 def require_extra(module: str, extra: str, what: str):
     """Import an optional dependency, or fail with one line naming the extra that provides it.
 

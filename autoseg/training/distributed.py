@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from autoseg.errors import AutosegError
 
 
 @dataclass(frozen=True)
@@ -59,3 +63,56 @@ def split_batch(batch_size: int, world_size: int, rank: int) -> int:
     if batch_size < world_size:
         raise ValueError(f"global batch {batch_size} is smaller than the {world_size} processes")
     return batch_size // world_size + int(rank < batch_size % world_size)
+
+
+def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and exact bytes (equal digests: bit-identical tensors).
+
+    Parameters
+    ----------
+    state
+        A module's ``state_dict()`` or a checkpoint's ``"model"`` entry.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        # bytes through uint8 (numpy has no bfloat16); a 0-dim tensor needs a dimension to be viewed
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_replicas(module: torch.nn.Module) -> str | None:
+    """Check that every rank holds bit-identical weights; returns their digest (``None`` outside a distributed run).
+
+    Only rank 0 saves checkpoints, so a rank whose weights drifted (resumed from other files, ran other steps, other
+    code on another node) would go unnoticed; one all-gather of a digest per rank at the end of training makes it
+    loud. Every rank must call it (it is a collective).
+
+    Parameters
+    ----------
+    module
+        The trained network (bare or DDP-wrapped: the digest is over the bare network's state dict).
+
+    Returns
+    -------
+    str or None
+        :func:`state_sha256` of the weights, the same on every rank.
+
+    Raises
+    ------
+    AutosegError
+        Some rank's weights differ from rank 0's.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    bare = module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+    digest = state_sha256(bare.state_dict())
+    digests: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, digest)  # strings, so NCCL and gloo alike (no device tensor to place)
+    differing = [r for r, d in enumerate(digests) if d != digests[0]]
+    if differing:
+        raise AutosegError(f"distributed training: the weights of rank(s) {', '.join(map(str, differing))} differ "
+                           f"from rank 0's (every node must run the same autoseg and torch versions on the same "
+                           f"workspace, on a shared file system)")
+    return digest

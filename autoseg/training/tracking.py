@@ -3,8 +3,8 @@
 ``train --log tensorboard`` writes ``<fold folder>/tensorboard/`` (open it with ``tensorboard --logdir``);
 ``train --log mlflow`` logs to a local store in ``<workspace>/mlruns/``: an SQLite database ``mlflow.db`` and the
 artifacts beside it (``mlflow ui --backend-store-uri sqlite:///<workspace>/mlruns/mlflow.db``); MLflow 3 refuses new
-runs in its old plain-folder store. One run per fold named ``<dataset> <configuration> fold <k>``. Both record per epoch the training and
-validation loss, the pseudo-Dice of every class (or region), the smoothed pseudo-Dice, the learning rate and the
+runs in its old plain-folder store. One run per fold named ``<dataset> <configuration> fold <k>``. Both record
+per epoch the training and validation loss, the pseudo-Dice of every class (or region), the smoothed pseudo-Dice, the learning rate and the
 epoch's seconds; the TrainConfig as parameters; ``progress.png`` at the end. The packages are the extras
 ``[tensorboard]`` and ``[mlflow]``, imported when a run asks for them.
 """

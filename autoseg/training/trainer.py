@@ -13,9 +13,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from autoseg.progress import bar as progress_bar
 
+from autoseg.progress import bar as progress_bar
 from autoseg.schema.training import EpochLog, TrainConfig
+from autoseg.training.distributed import check_replicas
 from autoseg.training.losses import region_targets
 from autoseg.training.schedule import epochs_that_fit, learning_rate, plan_budget
 
@@ -159,6 +160,9 @@ class Trainer:
         ``autocast(device, precision)`` context factory.
     all_reduce
         Sums a tensor over distributed ranks (identity when training on one process).
+    check_replicas
+        Called on every rank with the model after the last epoch, before the final callbacks (which write the final
+        checkpoint); raises when the ranks' weights differ, returns their digest (``None`` on one process).
     progress
         Show a bar per epoch on a terminal (training, then validation iterations).
     frozen
@@ -166,6 +170,8 @@ class Trainer:
         so a resumed run freezes exactly as an uninterrupted one).
     regions
         Region-based training: the label values of every output channel; the pseudo-Dice is then per region.
+    replica_sha256
+        Set by :meth:`fit`: the digest ``check_replicas`` returned.
     """
 
     model: torch.nn.Module
@@ -182,10 +188,12 @@ class Trainer:
     autocast: Callable[[torch.device, str], Any]
     callbacks: Sequence[Callback] = ()
     all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    check_replicas: Callable[[torch.nn.Module], str | None] = check_replicas
     progress: bool = True
     frozen: tuple[str, ...] = ()
     regions: tuple[tuple[int, ...], ...] | None = None
     history: list[EpochLog] = field(default_factory=list)
+    replica_sha256: str | None = None
 
     def __post_init__(self) -> None:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -228,13 +236,23 @@ class Trainer:
     # -- epochs ---------------------------------------------------------------------------------------------
     def _calibrate(self, step_seconds: list[float]) -> None:
         st, cfg = self.state, self.config
-        step = statistics.median(step_seconds[1:])
+        step = self._mean_over_ranks(statistics.median(step_seconds[1:]))
         remaining = cfg.budget_minutes * 60.0 - st.train_seconds
         plan = plan_budget(remaining, step, step / 3.0, cfg.iterations_per_epoch, cfg.validation_iterations)
         st.iterations_per_epoch = max(plan.iterations_per_epoch, len(step_seconds))
         st.validation_iterations = plan.validation_iterations
         st.total_epochs = st.epoch + plan.epochs
         st.calibrated = True
+
+    def _mean_over_ranks(self, seconds: float) -> float:
+        """The ranks' mean of a measured time (``seconds`` itself on one process).
+
+        A time budget plans the run from measured times; each rank measures its own, and ranks that planned
+        different numbers of iterations or epochs would wait for each other's collectives. The mean is the same
+        number on every rank.
+        """
+        total = self.all_reduce(torch.tensor([seconds, 1.0], dtype=torch.float64))
+        return float(total[0] / total[1])
 
     def _set_learning_rate(self) -> float:
         st, cfg = self.state, self.config
@@ -301,7 +319,7 @@ class Trainer:
         st.ema_pseudo_dice = mean_dice if st.ema_pseudo_dice is None else m * st.ema_pseudo_dice + (1 - m) * mean_dice
 
         epoch_seconds = time.perf_counter() - start
-        st.train_seconds += epoch_seconds
+        st.train_seconds += self._mean_over_ranks(epoch_seconds)
         st.epoch += 1
         if cfg.budget_minutes is not None:
             st.total_epochs = max(st.epoch, epochs_that_fit(st.epoch, st.train_seconds, cfg.budget_minutes * 60.0))
@@ -321,6 +339,10 @@ class Trainer:
             log = self.run_epoch()
             for cb in self.callbacks:
                 cb.on_epoch_end(self, log)
+        # before the final checkpoint: a diverged distributed run must not leave a "finished" fold behind
+        self.replica_sha256 = self.check_replicas(self.model)
+        if self.replica_sha256 is not None and self.progress:
+            print(f"weights identical on all ranks: sha256 {self.replica_sha256}", flush=True)
         for cb in self.callbacks:
             cb.on_train_end(self)
         return self.state

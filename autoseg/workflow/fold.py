@@ -88,6 +88,8 @@ def run_fold(ctx: DatasetContext, configuration: str, fold: str, overrides: dict
         if validate and dice is None:
             dice = validate_fold(ctx, configuration, fold, device, progress)
         return TrainResult(folder.root, start.state, start.config, dice, already_finished=True)
+    if start.state is not None and progress and is_main:
+        print(f"{folder.root}: resuming at epoch {start.state.epoch} of {start.state.total_epochs}", flush=True)
     explicit = overrides.get("epochs") is not None or overrides.get("iterations_per_epoch") is not None
     given = frozenset(k for k, v in overrides.items() if v is not None)
     state, config = train_fold(ctx, configuration, fold, start, device, explicit, progress, distributed,
