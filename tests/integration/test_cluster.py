@@ -1,11 +1,9 @@
-"""``train --cluster local:2``: the tiny AutoML loop (2 configurations x 5 folds, then find-best) on a Dask
-LocalCluster on 127.0.0.1 gives the in-process run's choice; a fold job killed mid-run is resumed by its retry;
-``autoseg jobs`` orders a cascade's stages."""
+"""``train --cluster``: a fold job killed mid-run is resumed by its retry; ``autoseg jobs`` orders a cascade's stages.
+(The tiny AutoML loop on a LocalCluster against the in-process run is in test_automl.py, which trains it once.)"""
 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import threading
 import time
@@ -16,34 +14,6 @@ from autoseg.cli import main
 
 pytest.importorskip("distributed", reason="the [cluster] extra (dask distributed) is not installed")
 psutil = pytest.importorskip("psutil", reason="psutil comes with dask distributed")
-
-FAST = ["--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations", "1", "-j", "0",
-        "--deterministic"]
-
-
-def _best(ws):
-    best = json.loads((ws / "Tiny" / "best.json").read_text())
-    return best["chosen"], sorted(c["name"] for c in best["candidates"])
-
-
-def test_cluster_run_gives_the_in_process_choice(tiny_raw, tmp_path, capsys):
-    local, remote = tmp_path / "local", tmp_path / "cluster"
-    assert main(["plan", str(tiny_raw), "-w", str(local), "-j", "2"]) == 0
-    shutil.copytree(local, remote)
-    assert main(["train", "Tiny", "-w", str(local), *FAST]) == 0
-    capsys.readouterr()
-    assert main(["train", "Tiny", "-w", str(remote), "--cluster", "local:2", *FAST]) == 0
-    out = capsys.readouterr().out
-    assert _best(remote) == _best(local)
-    assert "train-3d_fullres-fold4: finished" in out and "find-best: finished" in out
-    assert "all 11 job(s) finished" in out
-    logs = sorted(p.name for p in (remote / "Tiny" / "jobs").glob("*.log"))
-    assert len(logs) == 11 and "find-best.log" in logs
-    # a second cluster run finds every fold finished: only find-best runs again
-    assert main(["train", "Tiny", "-w", str(remote), "--cluster", "local:1", *FAST]) == 0
-    out = capsys.readouterr().out
-    assert "10 fold(s) already finished" in out and "all 1 job(s) finished" in out
-
 
 def _kill_when_checkpointed(fold_dir, killed: list, stop: threading.Event) -> None:
     """SIGKILL the fold's training process once its first latest checkpoint is on disk."""
