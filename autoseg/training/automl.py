@@ -2,8 +2,9 @@
 
 ``autoseg train DATASET`` without ``-c``: every configuration x every cross-validation fold; finished folds are
 skipped, killed ones resumed, and model selection runs at the end (:func:`autoseg.workflow.automl.train_all`). Folds
-are independent jobs: on several machines run ``autoseg train DATASET -c C -f K`` and gather the fold folders before
-``autoseg find-best``. This module holds the rules (which jobs, in which order, with which share of the budget).
+are independent jobs: ``train --cluster`` runs them on a Dask cluster and ``autoseg jobs`` prints them as commands
+(:mod:`autoseg.workflow.jobs`). This module holds the rules (which jobs, in which order, with which share of the
+budget).
 """
 
 from __future__ import annotations
