@@ -117,18 +117,27 @@ def train_all(workspace: Path, dataset: str, configurations: list[str] | None = 
                       device, progress, validate, select, report, **overrides)
 
 
+def _job_graph(workspace: Path, dataset: str, configurations, folds, budget_minutes, train_flags, device, precision):
+    """``(ctx, run plan, job graph)`` of ``autoseg train DATASET``; the workspace is made absolute because the jobs
+    may run in other folders or on other machines."""
+    from autoseg.workflow.automl import plan_run
+    from autoseg.workflow.jobs import job_graph
+
+    workspace = Path(workspace).resolve()
+    ctx = load_context(workspace, dataset, create_splits=True)
+    run = plan_run(ctx, configurations, folds, budget_minutes, device, precision)
+    return ctx, run, job_graph(ctx, run, workspace, train_flags)
+
+
 def job_script(workspace: Path, dataset: str, fmt: str = "shell", configurations: list[str] | None = None,
                folds: list[str] | None = None, budget_minutes: float | None = None, train_flags: list[str] = (),
                sbatch_options: list[str] = (), device: str = "auto", precision: str | None = None) -> str:
     """``autoseg train DATASET``'s jobs as a shell (``fmt="shell"``) or sbatch (``"slurm"``) script; see
     :mod:`autoseg.workflow.jobs`."""
-    from autoseg.workflow.automl import plan_run
-    from autoseg.workflow.jobs import job_graph, render
+    from autoseg.workflow.jobs import render
 
-    workspace = Path(workspace).resolve()  # the jobs may run in other folders or on other machines
-    ctx = load_context(workspace, dataset, create_splits=True)
-    run = plan_run(ctx, configurations, folds, budget_minutes, device, precision)
-    graph = job_graph(ctx, run, workspace, train_flags)
+    ctx, run, graph = _job_graph(workspace, dataset, configurations, folds, budget_minutes, train_flags, device,
+                                 precision)
     return render(graph, ctx.name, fmt, ctx.paths.root / "jobs", sbatch_options, run.skipped)
 
 
@@ -139,16 +148,12 @@ def train_on_cluster(workspace: Path, dataset: str, cluster: str, configurations
     """``autoseg train DATASET --cluster SPEC``: the run's fold jobs and ``find-best`` on a Dask cluster (see
     :mod:`autoseg.workflow.cluster`). Returns the :class:`autoseg.schema.selection.BestChoice` it wrote, or
     ``None`` when nothing was complete enough to select."""
-    from autoseg.workflow.automl import plan_run
     from autoseg.workflow.cluster import parse_cluster_spec, run_graph
-    from autoseg.workflow.jobs import job_graph
 
     spec = parse_cluster_spec(cluster)  # a bad SPEC is refused before anything is measured or started
-    workspace = Path(workspace).resolve()  # the jobs run in other processes, maybe on other machines
-    ctx = load_context(workspace, dataset, create_splits=True)
-    run = plan_run(ctx, configurations, folds, budget_minutes, device, precision)
+    ctx, run, graph = _job_graph(workspace, dataset, configurations, folds, budget_minutes, train_flags, device,
+                                 precision)
     report(run.summary())
-    graph = job_graph(ctx, run, workspace, train_flags)
     run_graph(graph, spec, ctx.paths.root / "jobs", report, progress)
     if not any(j.name == "find-best" for j in graph):
         return None

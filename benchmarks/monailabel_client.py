@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _serve import start_server
 from autoseg import api
 from autoseg.io.image import read_label
 
@@ -59,8 +59,6 @@ print(json.dumps(result))
 
 
 def main() -> None:
-    import httpx
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-w", "--workspace", type=Path, required=True)
     ap.add_argument("--client-python", required=True, help="a python with monailabel (its client) importable")
@@ -75,22 +73,8 @@ def main() -> None:
         (tmp / "in" / p.name).symlink_to(p.resolve())
     api.predict(args.workspace, args.dataset, tmp / "in", tmp / "reference", progress=False)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "autoseg", "serve", args.dataset, "-w", str(args.workspace),
-                               "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(args.workspace, args.dataset, tmp / "server.log")
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-            if server.poll() is not None:
-                raise SystemExit(f"server exited: see {tmp / 'server.log'}")
         t0 = time.perf_counter()
         run = subprocess.run([args.client_python, "-c", CLIENT, url, args.dataset, str(tmp / "out"),
                               *map(str, images)], capture_output=True, text=True)

@@ -15,9 +15,6 @@ the first send, retries included), and the server's resident memory at start, af
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _serve import start_server
 from autoseg import api
 from autoseg.io.image import read_label
 
@@ -55,22 +53,8 @@ def main() -> None:
     api.predict(args.workspace, args.dataset, args.images, tmp / "reference", tta=not args.no_tta, progress=False)
     reference = {p.name: read_label(tmp / "reference" / p.name)[0] for p in images}
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp / "server.log", "w")
-    cmd = [sys.executable, "-m", "autoseg", "serve", args.dataset, "-w", str(args.workspace), "--port", str(port),
-           "--queue", str(args.queue), *(["--no-tta"] if args.no_tta else [])]
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-        if server.poll() is not None:
-            raise SystemExit(f"server exited: see {tmp / 'server.log'}")
+    server, url = start_server(args.workspace, args.dataset, tmp / "server.log", "--queue", str(args.queue),
+                               *(["--no-tta"] if args.no_tta else []))
     rss = {"start": rss_mb(server.pid)}
     with open(images[0], "rb") as f:  # warm-up: first inference allocates the network's buffers
         httpx.post(f"{url}/v1/segment/{args.dataset}", files={"file": (images[0].name, f.read())}, timeout=600)
