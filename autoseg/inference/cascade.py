@@ -19,7 +19,7 @@ from autoseg.io.image import Geometry
 from autoseg.planning.spacing import resampled_shape
 from autoseg.preprocessing.case import CaseProperties, target_spacing_for
 from autoseg.preprocessing.resample import resample_data
-from autoseg.schema.plans import ConfigurationPlan
+from autoseg.schema.plans import ConfigurationPlan, Plans
 
 
 def next_stage_segmentation(probabilities: np.ndarray, properties: CaseProperties,
@@ -63,6 +63,34 @@ def next_stage_segmentation(probabilities: np.ndarray, properties: CasePropertie
     return labels
 
 
+def previous_stage_input(logits: torch.Tensor, properties: CaseProperties, plans: Plans,
+                         configuration: str) -> np.ndarray:
+    """The one rule from a previous stage's network output to the extra input of ``configuration``: validation,
+    on-demand training inputs and the cascade predictor all call it, so the second stage trains on what it gets.
+
+    Parameters
+    ----------
+    logits
+        ``(K, Z, Y, X)`` logits of the previous stage on its preprocessed grid (softmax labels or sigmoid regions,
+        as ``plans`` say).
+    properties
+        The previous stage's :class:`CaseProperties` of the case.
+    plans
+        The dataset's plans (regions and their ``regions_class_order``).
+    configuration
+        The stage that takes the segmentation (e.g. ``3d_cascade_fullres``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(Z', Y', X')`` int8 labels on ``configuration``'s grid (:func:`next_stage_segmentation`).
+    """
+    regions = plans.regions is not None
+    probs = to_probabilities(logits, regions)
+    return next_stage_segmentation(probs, properties, plans.configurations[configuration],
+                                   plans.regions_class_order if regions else None)
+
+
 class CascadePredictor:
     """Two predictors in sequence: the previous stage's segmentation is appended to the next stage's input.
 
@@ -97,11 +125,7 @@ class CascadePredictor:
         """The previous stage's prediction, mapped to this stage's grid as one-hot channels, then this stage's
         averaged logits ``(K, Z, Y, X)``."""
         low_data, low_props, data = prepared
-        regions = self.plans.regions is not None
-        probs = to_probabilities(self.previous.logits(low_data), regions)
-        seg = next_stage_segmentation(probs, low_props, self.current.plan,
-                                      self.plans.regions_class_order if regions else None)
-        del probs
+        seg = previous_stage_input(self.previous.logits(low_data), low_props, self.plans, self.configuration)
         if seg.shape != data.shape[1:]:
             raise RuntimeError(f"{low_props.case_id}: previous stage grid {seg.shape} != {data.shape[1:]}")
         extra = one_hot_channels(seg[None], len(self.plans.labels))[0]

@@ -49,6 +49,12 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (nothing outside a distributed run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over all ranks (identity outside a distributed run). CPU float64 tensors go through gloo."""
     if not (dist.is_available() and dist.is_initialized()):

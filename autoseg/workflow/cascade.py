@@ -4,11 +4,12 @@ Each fold of the low-res stage writes its validation cases' predictions on the n
 ``models/<low-res>/fold_<k>/next_stage/<case>.npy`` (see :func:`save_next_stage`, called by the fold's validation).
 Over the folds every training case gets one, predicted by a network that never saw it: the second stage learns
 from segmentations as good (and as wrong) as those it will get on new images. Cases whose file is missing (a fold
-trained with ``--no-validation``, or by an older autoseg) are predicted on demand before training starts.
+trained with ``--no-validation``, or by an older autoseg) are predicted on demand before training starts (by rank 0 alone in a torchrun run).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,21 +17,20 @@ import numpy as np
 import torch
 
 from autoseg.errors import AutosegError
-from autoseg.inference.cascade import next_stage_segmentation
-from autoseg.inference.outputs import to_probabilities
+from autoseg.inference.cascade import previous_stage_input
 from autoseg.preprocessing.case import CaseProperties
 from autoseg.schema.base import atomic_write
-from autoseg.schema.plans import ConfigurationPlan
+from autoseg.schema.plans import Plans
+from autoseg.training.distributed import barrier as distributed_barrier
 from autoseg.workflow.context import DatasetContext
 
 
-def save_next_stage(path: Path, logits: torch.Tensor, properties: CaseProperties,
-                    next_plan: ConfigurationPlan, class_order: tuple[int, ...] | None = None) -> None:
-    """Write one low-res prediction (``(K, Z, Y, X)`` logits on its preprocessed grid) as the next stage's input
-    ``path`` (``(Z', Y', X')`` int8 ``.npy``; uncompressed, so loaders memory-map it), atomically.
-    ``class_order``: the outputs are regions (sigmoid), written in this label order."""
-    probs = to_probabilities(logits, class_order is not None)
-    seg = next_stage_segmentation(probs, properties, next_plan, class_order)
+def save_next_stage(path: Path, logits: torch.Tensor, properties: CaseProperties, plans: Plans,
+                    next_configuration: str) -> None:
+    """Write one low-res prediction (``(K, Z, Y, X)`` logits on its preprocessed grid) as the input of
+    ``next_configuration`` to ``path`` (``(Z', Y', X')`` int8 ``.npy``; uncompressed, so loaders memory-map it),
+    atomically (:func:`autoseg.inference.cascade.previous_stage_input`, the rule prediction uses too)."""
+    seg = previous_stage_input(logits, properties, plans, next_configuration)
     atomic_write(path, lambda f: np.save(f, seg))
 
 
@@ -52,13 +52,26 @@ class PreviousStageSegmentations:
 
 
 def previous_stage_segmentations(ctx: DatasetContext, configuration: str, device: str = "auto",
-                                 progress: bool = True) -> PreviousStageSegmentations:
+                                 progress: bool = True, is_main: bool = True,
+                                 barrier: Callable[[], None] = distributed_barrier) -> PreviousStageSegmentations:
     """Every training case's cross-validation segmentation by the previous stage of ``configuration``.
+
+    Missing ones are predicted first, by the main process only (every rank of a torchrun run would otherwise write
+    the same files at once); every process then waits at ``barrier``, so all ranks call this function.
+
+    Parameters
+    ----------
+    is_main
+        This process predicts and writes the missing segmentations (rank 0, or a run without torchrun).
+    barrier
+        Waits for every rank (the default does nothing outside a distributed run). The main process reaches it
+        even when its prediction fails, so the others do not wait for it until the process group times out.
 
     Raises
     ------
     AutosegError
-        A fold of the previous stage is not trained (all of them are needed: each predicts its validation cases).
+        A fold of the previous stage is not trained (all of them are needed: each predicts its validation cases),
+        or, on another rank, the main process did not write every segmentation.
     """
     from autoseg.inference.predictor import Predictor
     from autoseg.inference.run import iter_logits
@@ -70,17 +83,34 @@ def previous_stage_segmentations(ctx: DatasetContext, configuration: str, device
         raise AutosegError(f"{ctx.fold(previous, untrained[0]).root}: {configuration} trains on the cross-validation "
                            f"predictions of {previous}, whose fold(s) {', '.join(untrained)} are not trained; run "
                            f"`autoseg train {ctx.name} -c {previous}` first")
-    files, todo = {}, {}
-    for k in ctx.folds:
-        for case_id in ctx.fold_cases(k)[1]:
-            files[case_id] = ctx.fold(previous, k).next_stage_segmentation(case_id)
-            if not files[case_id].is_file():
-                todo.setdefault(k, []).append(case_id)
-    next_plan = ctx.plans.configurations[configuration]
-    for k, case_ids in todo.items():
-        folder = ctx.fold(previous, k)
-        predictor = Predictor.from_checkpoints(ctx.plans, previous, [folder.final_checkpoint], device=device)
-        for case, _, props, logits in iter_logits(predictor, training_cases(ctx, case_ids),
-                                                  f"{previous} fold {k}: inputs of {configuration}", progress):
-            save_next_stage(folder.next_stage_segmentation(case.case_id), logits, props, next_plan)
+
+    def missing() -> dict[str, list[str]]:
+        todo: dict[str, list[str]] = {}
+        for k in ctx.folds:
+            for case_id in ctx.fold_cases(k)[1]:
+                if not ctx.fold(previous, k).next_stage_segmentation(case_id).is_file():
+                    todo.setdefault(k, []).append(case_id)
+        return todo
+
+    files = {case_id: ctx.fold(previous, k).next_stage_segmentation(case_id)
+             for k in ctx.folds for case_id in ctx.fold_cases(k)[1]}
+    try:
+        if is_main:
+            for k, case_ids in missing().items():
+                folder = ctx.fold(previous, k)
+                predictor = Predictor.from_checkpoints(ctx.plans, previous, [folder.final_checkpoint], device=device)
+                for case, _, props, logits in iter_logits(predictor, training_cases(ctx, case_ids),
+                                                          f"{previous} fold {k}: inputs of {configuration}",
+                                                          progress):
+                    save_next_stage(folder.next_stage_segmentation(case.case_id), logits, props, ctx.plans,
+                                    configuration)
+    finally:
+        barrier()  # every rank, whatever it found missing: another rank may have looked after files appeared
+    if not is_main:
+        left = missing()
+        if left:
+            k = next(iter(left))
+            raise AutosegError(f"{ctx.fold(previous, k).next_stage_segmentation(left[k][0])}: missing after the "
+                               f"main process predicted {previous}'s inputs of {configuration} (did rank 0 fail, "
+                               f"or is the workspace not on a file system every node shares?)")
     return PreviousStageSegmentations(files)

@@ -122,7 +122,7 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
         dist_utils.init(distributed, dev)
     model = build_model(plans, configuration, config, dev, start.checkpoint,
                         _pretrained(config, configuration, folder, is_main), distributed is not None)
-    source, num_extra = _training_source(ctx, configuration, store, device, progress and is_main)
+    source, num_extra = _training_source(ctx, configuration, store, device, progress and is_main, is_main)
     train_loader, val_loader = build_loaders(source, plan, train_ids, val_ids, config, state, num_extra, distributed,
                                              plans.regions)
     recorders = []
@@ -207,14 +207,15 @@ def _frozen_encoder(config: TrainConfig, folder: FoldPaths, distributed: bool) -
     return tuple(n for n in report.loaded if n.startswith(("stem.", "encoder.")))
 
 
-def _training_source(ctx: DatasetContext, configuration: str, store: CaseStore, device: str, progress: bool):
+def _training_source(ctx: DatasetContext, configuration: str, store: CaseStore, device: str, progress: bool,
+                     is_main: bool = True):
     """The case source of a run and its number of extra input classes (a cascade stage's previous-stage
-    segmentations, predicted first where missing)."""
+    segmentations, predicted first where missing, by the main process: every rank calls this)."""
     from autoseg.data.loader import StoreSource
 
     if ctx.plans.configurations[configuration].previous_stage is None:
         return StoreSource(store), 0
     from autoseg.workflow.cascade import previous_stage_segmentations
 
-    extra = previous_stage_segmentations(ctx, configuration, device, progress)
+    extra = previous_stage_segmentations(ctx, configuration, device, progress, is_main)
     return StoreSource(store, extra_seg=extra), len(ctx.plans.labels)

@@ -59,8 +59,7 @@ def validate_fold(ctx: DatasetContext, configuration: str, fold: str, device: st
     for case, geometry, props, logits in iter_logits(predictor, training_cases(ctx, val_ids), "validation",
                                                      progress):
         if next_stage is not None:
-            save_next_stage(folder.next_stage_segmentation(case.case_id), logits, props,
-                            ctx.plans.configurations[next_stage], ctx.plans.regions_class_order)
+            save_next_stage(folder.next_stage_segmentation(case.case_id), logits, props, ctx.plans, next_stage)
         pred = predictor.finish(logits, props, probabilities=True)
         del logits
         roi = read_roi(rois[case.case_id], case.files[0]) if case.case_id in rois else None
