@@ -1,11 +1,14 @@
-"""Run a per-case function over many cases in forked worker processes, in order, with a progress bar."""
+"""Run a per-case function over many cases in forked worker processes, in order, with a progress bar; the CPUs this
+process may use."""
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from autoseg.progress import bar as progress_bar
@@ -20,9 +23,91 @@ _WAITING, _RUNNING, _DONE = 0, 1, 2
 _job_state = None
 
 
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _ratio(quota: str | None, period: str | None) -> float | None:
+    """``quota / period`` in CPUs; ``None`` for no limit (``max``, ``-1``) or an unreadable value."""
+    try:
+        q, p = int(quota), int(period)  # int() strips the newline
+    except (TypeError, ValueError):
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _cpu_max(text: str | None) -> float | None:
+    """cgroup v2 ``cpu.max``: ``"200000 100000"`` (2 CPUs) or ``"max 100000"`` (no limit)."""
+    parts = (text or "").split()
+    return _ratio(*parts) if len(parts) == 2 else None
+
+
+def _cgroup_dirs(mount: Path, path: str) -> list[Path]:
+    """``mount/path`` and its parents up to ``mount`` (a parent's limit binds its children too), those that
+    exist. In a container the cgroup named in /proc/self/cgroup may lie outside the mount (the mount is then the
+    container's own cgroup): only ``mount`` itself exists then."""
+    parts = [p for p in path.strip().split("/") if p and p != ".."]
+    dirs = [mount.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+    return [d for d in dirs if d.is_dir()]
+
+
+def cgroup_cpu_limit(root: Path = Path("/")) -> float | None:
+    """The CPU quota of this process's cgroups in CPUs (``1.5``: one and a half cores' time), ``None`` when none.
+
+    Reads cgroup v2 ``cpu.max`` and cgroup v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` of the cgroups named
+    in ``root/proc/self/cgroup`` (and of their parents) under ``root/sys/fs/cgroup``; the smallest quota wins.
+
+    Parameters
+    ----------
+    root
+        The file-system root the ``proc`` and ``sys`` trees are found under (a test passes a fake tree).
+    """
+    base = Path(root) / "sys" / "fs" / "cgroup"
+    limits: list[float] = []
+    for line in (_read(Path(root) / "proc" / "self" / "cgroup") or "").splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":  # v2 (unified): the root itself, or ``unified`` in hybrid mode
+            for mount in (base, base / "unified"):
+                if (mount / "cgroup.controllers").is_file():
+                    limits += [q for d in _cgroup_dirs(mount, path)
+                               if (q := _cpu_max(_read(d / "cpu.max"))) is not None]
+        elif "cpu" in controllers.split(","):  # v1: mounted as ``cpu``, ``cpu,cpuacct`` or ``cpuacct,cpu``
+            for name in dict.fromkeys(("cpu", controllers, "cpu,cpuacct", "cpuacct,cpu")):
+                if (base / name).is_dir():
+                    limits += [q for d in _cgroup_dirs(base / name, path)
+                               if (q := _ratio(_read(d / "cpu.cfs_quota_us"),
+                                               _read(d / "cpu.cfs_period_us"))) is not None]
+                    break
+    return min(limits) if limits else None
+
+
+def usable_cpus(root: Path = Path("/")) -> int:
+    """The CPUs this process may use: its CPU affinity (which a cgroup cpuset restricts too), capped by its cgroups'
+    CPU quota (:func:`cgroup_cpu_limit`, rounded up); at least 1. Every default worker and thread count of autoseg
+    comes from here.
+
+    Parameters
+    ----------
+    root
+        The file-system root of the cgroup files (a test passes a fake tree).
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity outside Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(root)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota - 1e-9))
+    return max(1, cpus)
+
+
 def worker_count(num_workers: int | None, n_jobs: int) -> int:
-    """``num_workers`` (default: one per usable core), at most one per job, at least 1."""
-    return max(1, min(num_workers or len(os.sched_getaffinity(0)), n_jobs))
+    """``num_workers`` (default: one per usable core, :func:`usable_cpus`), at most one per job, at least 1."""
+    return max(1, min(num_workers or usable_cpus(), n_jobs))
 
 
 def one_blas_thread() -> None:

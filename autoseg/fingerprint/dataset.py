@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -14,7 +13,7 @@ from autoseg.errors import DatasetError
 from autoseg.fingerprint.case import CaseIntensities, analyze_case
 from autoseg.io.dataset_json import REGIONS_FILE
 from autoseg.io.verify import load_and_check_case
-from autoseg.parallel import map_cases
+from autoseg.parallel import map_cases, usable_cpus
 from autoseg.schema.dataset import CaseSpec, DatasetSpec
 from autoseg.schema.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
 
@@ -153,7 +152,7 @@ def default_num_workers(raw_dir: Path, spec: DatasetSpec, available_bytes: Calla
     """
     import SimpleITK as sitk
 
-    cpus = cpu_count or len(os.sched_getaffinity(0))
+    cpus = cpu_count or usable_cpus()
     files = [Path(raw_dir) / rel for c in spec.training + spec.test for rel in c.images]
     existing = [f for f in files if f.is_file()]
     if not existing:

@@ -21,7 +21,7 @@ import numpy as np
 from autoseg.errors import AutosegError, option
 from autoseg.fingerprint.dataset import _available_memory, _init_worker, default_num_workers
 from autoseg.io.verify import load_and_check_case
-from autoseg.parallel import map_cases, one_blas_thread
+from autoseg.parallel import map_cases, one_blas_thread, usable_cpus
 from autoseg.planning.spacing import resampled_shape
 from autoseg.preprocessing.case import (data_key, derive_case, preprocess_case, preprocessing_sha256,
                                         target_spacing_for)
@@ -112,9 +112,7 @@ def default_preprocess_workers(fingerprint: Fingerprint, plans: Plans, configs: 
                                available_bytes: Callable[[], int] | None = None,
                                cpu_count: int | None = None) -> int:
     """Workers that fit the free memory with the largest case in every one of them, at most one per core."""
-    import os
-
-    cpus = cpu_count or len(os.sched_getaffinity(0))
+    cpus = cpu_count or usable_cpus()
     need = max(1, estimate_worker_bytes(fingerprint, plans, configs))
     free = (available_bytes or _available_memory)()
     return int(max(1, min(cpus, free // need)))

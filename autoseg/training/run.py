@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Iterator, Sequence
@@ -21,6 +20,7 @@ from autoseg.nn.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.nn.device import resolve_channels_last, resolve_device, resolve_precision
 from autoseg.nn.speed import prepare_for_device
 from autoseg.nn.unet import build_network
+from autoseg.parallel import usable_cpus
 from autoseg.schema.base import from_jsonable
 from autoseg.schema.plans import ConfigurationPlan, Plans
 from autoseg.schema.training import TrainConfig
@@ -240,7 +240,7 @@ def build_loaders(source: StoreSource, plan: ConfigurationPlan, train_ids: Seque
 
 def default_loader_workers() -> int:
     """One background process per spare core (at least one): augmentation overlaps the network's work."""
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cpus()
     return max(1, min(4, cores - 1))
 
 
