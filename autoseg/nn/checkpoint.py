@@ -1,7 +1,8 @@
 """The checkpoint format: written atomically, loaded with ``weights_only`` and checked against the plans they need.
 
 A checkpoint is a ``torch.save`` dict: ``format``, ``version``, ``model`` (the network's state dict), ``plans_sha256``,
-``train_config`` and ``state`` (JSON strings), and for resuming ``optimizer``, ``grad_scaler``, ``torch_rng``.
+``train_config`` and ``state`` (JSON strings), and for resuming ``optimizer`` and ``grad_scaler`` (no RNG
+state: training draws from seeded streams only; older checkpoints carry an unused ``torch_rng``).
 Exported checkpoints (:func:`for_export`) keep only what prediction and fine-tuning need. Loading never unpickles
 code (``weights_only``), so a checkpoint from anywhere can be opened safely.
 """

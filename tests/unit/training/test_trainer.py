@@ -1,6 +1,7 @@
 """The Trainer loop with a tiny network and synthetic batches: epochs, budget, checkpoints, resume."""
 
 import contextlib
+import itertools
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from autoseg.training.callbacks import CheckpointCallback, JsonlLogCallback, Pro
 from autoseg.nn.checkpoint import load_checkpoint
 from autoseg.workspace import FoldPaths
 from autoseg.training.schedule import epochs_that_fit, plan_budget, poly_lr
-from autoseg.training.trainer import Trainer, TrainState
+from autoseg.training.trainer import Callback, Trainer, TrainState
 
 
 def batches(seed):
@@ -28,7 +29,7 @@ def ce(output, targets):
     return torch.nn.functional.cross_entropy(out, targets[0][:, 0].long())
 
 
-def make_trainer(tmp_path, epochs=3, budget=None, state=None, callbacks=True):
+def make_trainer(tmp_path, epochs=3, budget=None, state=None, callbacks=True, extra_callbacks=()):
     gen = torch.Generator().manual_seed(0)
     model = torch.nn.Conv2d(1, 2, 3, padding=1)
     with torch.no_grad():
@@ -39,9 +40,13 @@ def make_trainer(tmp_path, epochs=3, budget=None, state=None, callbacks=True):
     st = state or TrainState(cfg.epochs, cfg.iterations_per_epoch, cfg.validation_iterations)
     cbs = [CheckpointCallback(FoldPaths(tmp_path), 1), JsonlLogCallback(tmp_path / "log.jsonl"),
            ProgressPlotCallback(tmp_path / "progress.png")] if callbacks else []
-    return Trainer(model=model, loss=ce, optimizer=opt, train_batches=batches(1), val_batches=batches(2), config=cfg,
+    # the streams resume at the state's position, as the real loaders do (their first_batch)
+    train = itertools.islice(batches(1), st.batches_drawn, None)
+    val = itertools.islice(batches(2), st.val_batches_drawn, None)
+    return Trainer(model=model, loss=ce, optimizer=opt, train_batches=train, val_batches=val, config=cfg,
                    state=st, device=torch.device("cpu"), precision="fp32", channels_last=False, num_classes=2,
-                   autocast=lambda d, p: contextlib.nullcontext(), callbacks=cbs, progress=False)
+                   autocast=lambda d, p: contextlib.nullcontext(), callbacks=[*cbs, *extra_callbacks],
+                   progress=False)
 
 
 def test_fit_learns_and_writes_checkpoints_logs_and_plot(tmp_path):
@@ -69,6 +74,47 @@ def test_resume_drops_log_lines_after_the_checkpoint(tmp_path):
     t2.model.load_state_dict(ckpt["model"])
     t2.fit()
     assert [json.loads(l)["epoch"] for l in (tmp_path / "log.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
+class _KilledAfter(Callback):
+    """Stops the run after an epoch, after the checkpoint callback saved it (like a kill then)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, log):
+        if trainer.state.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_is_bit_exact_without_an_rng_state_so_checkpoints_save_none(tmp_path):
+    """Training draws nothing from torch's global generator (initial weights are seeded apart, batches come from
+    seeded streams at the state's position), so a resumed run equals an uninterrupted one whatever that generator
+    holds; checkpoints used to save it without any resume restoring it, a guarantee they did not give."""
+    for name in ("full", "killed"):
+        (tmp_path / name).mkdir()
+    torch.manual_seed(0)
+    full = make_trainer(tmp_path / "full", epochs=3)
+    before = torch.get_rng_state()
+    full.fit()
+    assert torch.equal(torch.get_rng_state(), before)
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(tmp_path / "killed", epochs=3, extra_callbacks=[_KilledAfter(2)]).fit()
+    ckpt = load_checkpoint(tmp_path / "killed" / "checkpoint_latest.pt", plans_sha256="sha")
+    assert "torch_rng" not in ckpt
+    st = TrainState(**json.loads(ckpt["state"]))
+    assert st.epoch == 2
+    torch.manual_seed(12345)  # a new process: another state of the global generator
+    resumed = make_trainer(tmp_path / "killed", epochs=3, state=st)
+    resumed.model.load_state_dict(ckpt["model"])
+    resumed.optimizer.load_state_dict(ckpt["optimizer"])
+    resumed.fit()
+    final = load_checkpoint(tmp_path / "killed" / "checkpoint_final.pt", plans_sha256="sha")
+    assert "torch_rng" not in final
+    expected = full.model.state_dict()
+    assert all(torch.equal(t, expected[k]) for k, t in resumed.model.state_dict().items())
 
 
 def test_checkpoint_from_other_plans_is_refused(tmp_path):
