@@ -12,7 +12,6 @@ folder under the final name. Scores are against the raw training labels.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +25,7 @@ from autoseg.inference.outputs import to_segmentation
 from autoseg.io.image import Geometry, read_header, write_image
 from autoseg.io.roi import spec_rois
 from autoseg.io.probabilities import load_probabilities
+from autoseg.schema.base import link_or_copy
 from autoseg.schema.dataset import DatasetSpec
 from autoseg.workspace import DatasetPaths, probabilities_file, segmentation_file, summary_file
 
@@ -115,13 +115,6 @@ def fold_sources(paths: DatasetPaths, config: str, spec: DatasetSpec,
     return sources
 
 
-def _link(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system, or links not supported
-        shutil.copy2(src, dst)
-
-
 def _fresh(folder: Path) -> Path:
     """An empty sibling folder to build ``folder`` in."""
     tmp = folder.parent / f".{folder.name}.partial"
@@ -183,7 +176,7 @@ def merge_folds(paths: DatasetPaths, config: str, spec: DatasetSpec, splits: Seq
     tmp = _fresh(out)
     for cid, val in sorted(sources.items()):
         for path in (segmentation_file(val, cid, spec.file_ending), probabilities_file(val, cid)):
-            _link(path, tmp / path.name)
+            link_or_copy(path, tmp / path.name)
     _publish(tmp, out)
     _evaluate(out, spec, num_workers, progress)
     return out

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -40,6 +39,7 @@ from autoseg.progress import wrap
 from autoseg.io import natural
 from autoseg.io.image import read_header, read_label, write_image
 from autoseg.io.roi import KNOWN_ENDINGS
+from autoseg.schema.base import link_or_copy, locked_temporary
 
 PLACEHOLDER = "{case}"
 
@@ -261,13 +261,6 @@ def _mapped(arr: np.ndarray, label_map: Mapping[int, int], num_labels: int) -> n
     return lut[arr].astype(np.uint8 if num_labels <= 256 else np.uint16)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def convert(source: Path, out_dir: Path, spec: ConvertSpec, progress: bool = True) -> Path:
     """Write ``out_dir`` (an nnU-Net v2 raw dataset) from the files ``spec`` describes under ``source``.
 
@@ -343,50 +336,51 @@ def convert(source: Path, out_dir: Path, spec: ConvertSpec, progress: bool = Tru
     if problems:
         raise AutosegError(*problems)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".converting", dir=out_dir.parent))
-    try:
-        for sub in ("imagesTr", "labelsTr") + (("roiTr",) if spec.roi else ()) + \
-                   (("imagesTs",) if test else ()) + (("roiTs",) if spec.test_roi else ()):
-            (tmp / sub).mkdir()
-        jobs = [(c, "Tr") for c in train] + [(c, "Ts") for c in test]
-        for c, tr in wrap(jobs, len(jobs), "convert", "case", progress):
-            for ch, f in enumerate(c.images):
-                dst = tmp / f"images{tr}" / f"{c.case_id}_{ch:04d}{out_ending}"
-                if out_ending == ending:
-                    _link_or_copy(f, dst)
-                else:  # JPEG -> PNG, from the decoded pixels (lossless from here on)
-                    arr, _ = natural.read_natural(f)
-                    natural.write_natural(arr if arr.shape[0] == 3 else arr[0], dst)
-            if tr == "Tr":
-                mapped = _mapped(read_label(c.label)[0], spec.label_map, num_labels)
-                _write_mask(mapped, c.label, is_2d, tmp / "labelsTr" / f"{c.case_id}{out_ending}")
-            if c.roi is not None:
-                roi = (read_label(c.roi)[0] != 0).astype(np.uint8)
-                _write_mask(roi, c.roi, is_2d, tmp / f"roi{tr}" / f"{c.case_id}{out_ending}")
-        meta: dict[str, Any] = {
-            "name": spec.name or out_dir.name,
-            "description": f"converted by autoseg convert from {source.resolve()}",
-            "channel_names": {str(i): n for i, n in enumerate(channels)},
-            "labels": {n: i for i, n in enumerate(names)},
-            "numTraining": len(train),
-            "file_ending": out_ending,
-        }
-        inverse = {d: s for s, d in spec.label_map.items()}
-        source_values = [inverse.get(i, i) for i in range(len(names))]
-        if source_values != list(range(len(names))):
-            meta["source_label_values"] = {n: v for n, v in zip(names, source_values)}
-        meta["autoseg_convert"] = {
-            "source": str(source.resolve()), "images": list(spec.images), "labels": spec.labels, "roi": spec.roi,
-            "test_images": list(spec.test_images), "test_roi": spec.test_roi,
-            "label_map": {str(k): v for k, v in spec.label_map.items()}}
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # built in a hidden sibling folder and renamed: a killed convert leaves no half dataset, and the next one
+    # removes what it left (:func:`autoseg.schema.base.locked_temporary`)
+    with locked_temporary(out_dir, ".converting", folder=True) as tmp:
+        try:
+            for sub in ("imagesTr", "labelsTr") + (("roiTr",) if spec.roi else ()) + \
+                       (("imagesTs",) if test else ()) + (("roiTs",) if spec.test_roi else ()):
+                (tmp / sub).mkdir()
+            jobs = [(c, "Tr") for c in train] + [(c, "Ts") for c in test]
+            for c, tr in wrap(jobs, len(jobs), "convert", "case", progress):
+                for ch, f in enumerate(c.images):
+                    dst = tmp / f"images{tr}" / f"{c.case_id}_{ch:04d}{out_ending}"
+                    if out_ending == ending:
+                        link_or_copy(f, dst)
+                    else:  # JPEG -> PNG, from the decoded pixels (lossless from here on)
+                        arr, _ = natural.read_natural(f)
+                        natural.write_natural(arr if arr.shape[0] == 3 else arr[0], dst)
+                if tr == "Tr":
+                    mapped = _mapped(read_label(c.label)[0], spec.label_map, num_labels)
+                    _write_mask(mapped, c.label, is_2d, tmp / "labelsTr" / f"{c.case_id}{out_ending}")
+                if c.roi is not None:
+                    roi = (read_label(c.roi)[0] != 0).astype(np.uint8)
+                    _write_mask(roi, c.roi, is_2d, tmp / f"roi{tr}" / f"{c.case_id}{out_ending}")
+            meta: dict[str, Any] = {
+                "name": spec.name or out_dir.name,
+                "description": f"converted by autoseg convert from {source.resolve()}",
+                "channel_names": {str(i): n for i, n in enumerate(channels)},
+                "labels": {n: i for i, n in enumerate(names)},
+                "numTraining": len(train),
+                "file_ending": out_ending,
+            }
+            inverse = {d: s for s, d in spec.label_map.items()}
+            source_values = [inverse.get(i, i) for i in range(len(names))]
+            if source_values != list(range(len(names))):
+                meta["source_label_values"] = {n: v for n, v in zip(names, source_values)}
+            meta["autoseg_convert"] = {
+                "source": str(source.resolve()), "images": list(spec.images), "labels": spec.labels, "roi": spec.roi,
+                "test_images": list(spec.test_images), "test_roi": spec.test_roi,
+                "label_map": {str(k): v for k, v in spec.label_map.items()}}
+            (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+            if out_dir.exists():
+                out_dir.rmdir()  # empty (checked above)
+            os.replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out_dir
 
 

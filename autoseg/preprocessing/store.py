@@ -12,7 +12,7 @@ Files per case (no pickle anywhere)::
 
 Every file is written to a hidden temporary file in the same folder (``.<name>.<random>.tmp``), flushed to disk and
 renamed over its final name, so a killed run leaves whole files and temporaries only; :meth:`CaseStore.clean_partial`
-removes the temporaries. Rewriting a case removes its json first, so old properties never vouch for new arrays.
+removes the temporaries of writers no longer alive (a preprocessing run in another process keeps its own). Rewriting a case removes its json first, so old properties never vouch for new arrays.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 from autoseg.errors import AutosegError
 from autoseg.preprocessing.case import CaseProperties, PreprocessedCase
-from autoseg.schema.base import atomic_write, load_json, save_json
+from autoseg.schema.base import atomic_write, load_json, remove_if_stale, save_json
 
 _SUFFIXES = (".npy", "_seg.npy", "_locs.npz", ".json")
 INFO_NAME = "store_info.json"
@@ -98,14 +98,11 @@ class CaseStore:
                       if p.name != INFO_NAME and not p.name.startswith("."))
 
     def clean_partial(self) -> int:
-        """Remove temporary files left by a killed run; returns how many."""
+        """Remove temporary files left by a killed run (not those a live writer holds,
+        :func:`autoseg.schema.base.remove_if_stale`); returns how many."""
         if not self.folder.is_dir():
             return 0
-        n = 0
-        for p in self.folder.glob(".*.tmp"):
-            p.unlink(missing_ok=True)
-            n += 1
-        return n
+        return sum(remove_if_stale(p) for p in self.folder.glob(".*.tmp"))
 
     def remove(self, case_id: str) -> None:
         """Delete a case (its json first, so a half-deleted case is never taken for complete)."""

@@ -11,11 +11,18 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 import types
 import typing
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so stale temporaries are never taken for dead (see _lock)
+    fcntl = None  # type: ignore[assignment]
 
 from autoseg.errors import AutosegError
 
@@ -130,6 +137,123 @@ def publish(tmp: str | Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (no second copy of an image on disk), or copy it (with its times) where links
+    cannot be made: across file systems, or on one without hard links."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+#: mkstemp/mkdtemp's random part of a temporary name: 8 of ``[a-z0-9_]``. A stale temporary is recognised by
+#: exactly this shape, so another target's file (``.a.zip.x.<random>.tmp`` beside ``a.zip``) never matches.
+_RANDOM = "[a-z0-9_]{8}"
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive lock on ``fd`` without waiting; ``False`` when a live process holds one.
+
+    ``flock`` locks belong to the open file, and the kernel drops them when their process dies however it dies,
+    so a temporary whose lock can be taken was left by a killed writer. Without ``flock`` (Windows) or where the
+    file system refuses it, nothing can be told apart: ``False``, and the temporary is left alone.
+    """
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # EWOULDBLOCK: a live writer; ENOLCK/EBADF/EOPNOTSUPP: no locks here
+        return False
+    return True
+
+
+def _same_file(fd: int, path: str | Path) -> bool:
+    """``path`` still names the file open as ``fd`` (not removed or replaced meanwhile)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def remove_if_stale(tmp: Path) -> bool:
+    """Remove ``tmp``, a temporary file or folder of an atomic writer, if its writer is dead; ``True`` if removed.
+
+    Every writer here holds an exclusive ``flock`` on its temporary from creating it to renaming it into place,
+    so a temporary of a writer still running, in this or another process, is kept; so is any temporary this
+    process may not open, and every one where the platform has no ``flock``.
+    """
+    tmp = Path(tmp)
+    try:
+        fd = os.open(tmp, os.O_RDONLY if tmp.is_dir() else os.O_RDWR)  # NFS's emulated flock needs write access
+    except OSError:
+        return False
+    try:
+        if not (_lock(fd) and _same_file(fd, tmp)):
+            return False
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        else:
+            tmp.unlink()
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def stale_temporaries(path: Path, suffixes: Sequence[str] = (".tmp",)) -> list[Path]:
+    """Temporaries of ``path`` beside it: ``.<name>.<8 random characters><suffix>`` for one of ``suffixes``,
+    whether or not their writers still run (:func:`remove_if_stale` tells)."""
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.") + _RANDOM + "(" + "|".join(map(re.escape, suffixes)) + ")")
+    try:
+        with os.scandir(path.parent) as entries:
+            return sorted(path.parent / e.name for e in entries if pattern.fullmatch(e.name))
+    except OSError:  # no folder yet: nothing left behind
+        return []
+
+
+def remove_stale_temporaries(path: Path, suffixes: Sequence[str] = (".tmp",)) -> int:
+    """Remove what killed writers of ``path`` left beside it (:func:`stale_temporaries`, :func:`remove_if_stale`):
+    only temporaries of this one target, never those of a live writer. Returns how many were removed."""
+    return sum(remove_if_stale(p) for p in stale_temporaries(path, suffixes))
+
+
+@contextlib.contextmanager
+def locked_temporary(path: Path, suffix: str = ".tmp", folder: bool = False,
+                     stale_suffixes: Sequence[str] | None = None) -> Iterator[Path]:
+    """A new temporary file (or empty ``folder``) ``.<name>.<random><suffix>`` beside ``path``, locked while the
+    block runs, after removing the temporaries killed writers of ``path`` left (:func:`remove_stale_temporaries`,
+    with ``stale_suffixes``, default ``(suffix,)``).
+
+    The caller renames it into place or removes it; the lock only tells a later writer of ``path`` that this one
+    is alive (an ``flock`` is released by the kernel when its process dies, so a killed writer's temporary is
+    recognised as stale on the next write, and a concurrent writer's is left alone).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path, tuple(stale_suffixes or (suffix,)))
+    while True:
+        if folder:
+            tmp = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+            fd = os.open(tmp, os.O_RDONLY)
+        else:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+        if not _lock(fd):  # no flock here: holding the file open would only stop the rename on Windows
+            os.close(fd)
+            fd = -1
+            break
+        if _same_file(fd, tmp):
+            break
+        os.close(fd)  # another writer's clean-up took it between its creation and the lock: make another one
+    try:
+        yield Path(tmp)
+    finally:
+        if fd >= 0:
+            os.close(fd)  # releases the lock, after the rename (or the removal): the name is gone by then
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
     """A temporary file beside ``path`` to write to; renamed to ``path`` when the block ends without an error.
@@ -138,7 +262,8 @@ def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
     temporary file is ``.<name>.<random>.tmp`` (hidden, and recognisable as an interrupted write), followed by
     ``path``'s suffixes with ``keep_suffix`` for writers that choose the format by the suffix. After the block
     the file is fsynced and renamed, so a process killed at any moment leaves either the old file or the complete
-    new one, never a truncated file; on an error the temporary file is removed and ``path`` is untouched.
+    new one, never a truncated file; on an error the temporary file is removed and ``path`` is untouched. A
+    killed writer's temporary is removed by the next write of ``path`` (see :func:`locked_temporary`).
 
     Examples
     --------
@@ -150,22 +275,20 @@ def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
     'done'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".tmp" + ("".join(path.suffixes) if keep_suffix else "")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:  # the writer may not have synced: order the data before the rename
-            os.fsync(f.fileno())
-        publish(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
-            # a full disk fails in f.write, which names no file: name the one being written
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-        raise
+    with locked_temporary(path, suffix, stale_suffixes=(".tmp", ".tmp" + "".join(path.suffixes))) as tmp:
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:  # the writer may not have synced: order the data before the rename
+                os.fsync(f.fileno())
+            publish(tmp, path)
+        except BaseException as e:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+                # a full disk fails in f.write, which names no file: name the one being written
+                raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+            raise
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:

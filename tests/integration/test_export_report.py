@@ -312,3 +312,21 @@ def test_report_after_training(trained):
     assert "| liver (1) |" in report and "precision" in report and "best smoothed pseudo-Dice" in report
     assert main(["report", "Tiny", "-w", str(ws), "-c", "3d_fullres", "-f", "0"]) == 0
     assert main(["report", "Tiny", "-w", str(ws), "-c", "3d_fullres", "-f", "4"]) == 2
+
+
+def test_export_removes_what_a_killed_export_of_the_same_zip_left(trained, tmp_path):
+    import tempfile
+
+    _, ws = trained
+    out = tmp_path / "model.zip"
+    fd, killed = tempfile.mkstemp(dir=tmp_path, prefix=".model.zip.", suffix=".tmp")  # as a SIGKILL leaves it
+    os.write(fd, b"PK\x03\x04 half a zip")
+    os.close(fd)
+    kept = ["notes.txt", ".model.zip.x.abcdefgh.tmp", ".other.zip.abcdefgh.tmp"]  # not this target's
+    for name in kept:
+        (tmp_path / name).write_text("keep")
+    assert main(["export", "Tiny", "-w", str(ws), "-o", str(out)]) == 0
+    assert not Path(killed).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["model.zip"])
+    with ModelArchive(out) as archive:
+        assert archive.manifest.dataset == "Tiny"

@@ -140,3 +140,16 @@ def test_3d_nifti_folder_with_other_naming_and_two_channels(tmp_path):
     assert set(np.unique(label)) == {0, 1} and geometry.spacing == (2.0, 1.0, 1.0)
     assert ds.source_label_values == (0, 10)
     assert load_and_check_case(out, ds, ds.training[1]).ok
+
+
+def test_a_killed_converts_folder_is_removed_by_the_next_convert(tmp_path):
+    import tempfile
+
+    src = _drive_like(tmp_path / "src")
+    killed = Path(tempfile.mkdtemp(prefix=".raw.", suffix=".converting", dir=tmp_path))  # what a SIGKILL leaves
+    (killed / "imagesTr").mkdir()
+    (killed / "imagesTr" / "21_0000.tif").write_bytes(b"half")
+    other = Path(tempfile.mkdtemp(prefix=".raw2.", suffix=".converting", dir=tmp_path))  # another target's
+    out = convert(src, tmp_path / "raw", SPEC, progress=False)
+    assert not killed.exists() and other.is_dir() and (out / "dataset.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["src", "raw", other.name])

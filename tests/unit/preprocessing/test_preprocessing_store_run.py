@@ -197,3 +197,17 @@ def test_api_and_cli(ws, capsys):
     out = capsys.readouterr().out
     assert "2d: 0 case(s) preprocessed" in out and f"3d_fullres: {len(spec.training)} case(s)" in out
     assert cli.main(["preprocess", "NoSuchDataset", "-w", str(workspace)]) == 2
+
+
+def test_clean_partial_keeps_the_temporaries_of_a_live_writer(tmp_path):
+    from autoseg.schema.base import atomic_path
+
+    store = CaseStore(tmp_path / "3d_fullres")
+    store.folder.mkdir()
+    stale = store.folder / ".case_00.npy.k1lled42.tmp"
+    stale.write_bytes(b"partial")
+    with atomic_path(store.data_path("case_01")) as live:  # another preprocessing run, still writing
+        live.write_bytes(b"half")
+        assert store.clean_partial() == 1
+        assert live.exists() and not stale.exists()
+    assert store.data_path("case_01").read_bytes() == b"half" and store.clean_partial() == 0

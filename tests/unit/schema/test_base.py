@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,64 @@ def test_a_failed_union_says_why_each_branch_failed(tmp_path):
 
     with pytest.raises(ValueError, match=r"R\.x: 'a' matches none of .*expected an integer, got 'a'.*expected a list"):
         from_jsonable(R, {"x": "a"})
+
+
+def _fake_temporary(target, suffix=".tmp"):
+    """A temporary of ``target`` as a killed writer leaves it (made by the same mkstemp, no lock held)."""
+    import os
+    import tempfile
+
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    os.write(fd, b"half a file")
+    os.close(fd)
+    return target.parent / os.path.basename(name)
+
+
+def test_a_write_removes_the_stale_temporaries_of_its_target_and_nothing_else(tmp_path):
+    from autoseg.schema.base import atomic_path, atomic_write_text
+
+    target = tmp_path / "model.zip"
+    stale = [_fake_temporary(target), _fake_temporary(target, ".tmp.zip")]
+    others = [tmp_path / n for n in ("model.zip.bak", ".model.zip.x.abcdefgh.tmp", ".model.zip.abc.tmp",
+                                     ".model.zip.abcdefgh.tmp.old", ".other.zip.abcdefgh.tmp", "notes.txt")]
+    others.append(_fake_temporary(tmp_path / "model.zip.x"))  # another target's: its writer cleans it
+    for p in others:
+        if not p.exists():
+            p.write_text("keep")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new" and not any(p.exists() for p in stale)
+    assert all(p.exists() for p in others)
+    stale = _fake_temporary(tmp_path / "case.nii.gz", ".tmp.nii.gz")
+    with atomic_path(tmp_path / "case.nii.gz", keep_suffix=True) as tmp:
+        tmp.write_text("image")
+    assert not stale.exists() and all(p.exists() for p in others)
+
+
+def test_a_live_writers_temporary_is_kept_a_killed_ones_removed(tmp_path):
+    """The lock is what tells them apart: a second process holds a temporary of the target open mid-write, a
+    write here keeps it; once that process is killed (SIGKILL: no clean-up of its own), the next write removes
+    it."""
+    import signal
+    import subprocess
+    import sys
+
+    from autoseg.schema.base import atomic_write_text
+
+    target = tmp_path / "checkpoint.pt"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom autoseg.schema.base import "
+         "atomic_path\nwith atomic_path(Path(sys.argv[1])) as tmp:\n    tmp.write_text('half')\n    print(tmp, "
+         "flush=True)\n    time.sleep(600)\n", str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        live = Path(writer.stdout.readline().strip())
+        assert live.exists()
+        atomic_write_text(target, "mine")
+        assert live.exists() and target.read_text() == "mine"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        writer.stdout.close()
+    assert live.exists()  # killed mid-write: its temporary stays behind
+    atomic_write_text(target, "again")
+    assert not live.exists() and target.read_text() == "again"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
