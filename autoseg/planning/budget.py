@@ -308,8 +308,11 @@ def plan_seconds_per_iteration(arch, patch_size: Sequence[int], batch_size: int,
                                             1.0 / seconds_per_mac)
 
 
-def budget_advice(name: str, seconds_per_iteration: float, min_iterations: int = MIN_ITERATIONS) -> str:
+def budget_advice(name: str, seconds_per_iteration: float | None, min_iterations: int = MIN_ITERATIONS) -> str:
     """What one fold of a memory-only plan costs on the device at hand, and the budget that keeps it unchanged.
+
+    ``seconds_per_iteration`` ``None``: the device's speed was never measured (only ``--budget`` runs the probe),
+    so the advice names no price.
 
     Examples
     --------
@@ -318,7 +321,13 @@ def budget_advice(name: str, seconds_per_iteration: float, min_iterations: int =
     'one 3d_fullres iteration of this plan takes ~30 s here: nnU-Net'
     >>> "~87 days" in text and "4.2 h" in text and "--budget 250 or more keeps this plan" in text
     True
+    >>> budget_advice("2d", None)[:66]
+    "on a CPU nnU-Net's 250,000 2d iterations per fold take hours to da"
     """
+    if seconds_per_iteration is None:
+        return (f"on a CPU nnU-Net's {NNUNET_ITERATIONS:,} {name} iterations per fold take hours to days. Re-plan "
+                f"with --budget MINUTES (training time per fold) to fit the plans to the time you have (it measures "
+                f"this machine's speed once, a few seconds; then this note prices the plan).")
     days = seconds_per_iteration * NNUNET_ITERATIONS / 86400
     keep = math.ceil(seconds_per_iteration * min_iterations / 60)
     took = seconds_per_iteration * min_iterations

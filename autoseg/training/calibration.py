@@ -6,7 +6,8 @@ multiply-accumulates (:func:`autoseg.planning.compute.training_macs`) is the dev
 project's CPU, seconds per MAC stay within about +-25% across the batch, patch and width of real plans
 (``benchmarks/results/compute_model.txt``), so one probe prices them all. The result is
 cached per machine, device, precision, thread count and torch version in a JSON file the caller names (the CLI:
-the workspace's ``calibration.json``), so a second ``plan`` costs nothing.
+the workspace's ``calibration.json``), so a second ``plan --budget`` costs nothing. Only a budget measures:
+``plan`` without one prices nnU-Net's plan only from a measurement already cached (:func:`known_throughput`).
 """
 
 from __future__ import annotations
@@ -116,6 +117,21 @@ def measure_throughput(device: str = "auto", precision: str = "auto", iterations
     return Throughput(device_key(dev, prec), str(dev), round(seconds / macs * 1e12, 3), now)
 
 
+def _entries(cache: Path | None) -> dict[str, Throughput]:
+    if cache is None or not Path(cache).is_file():
+        return {}
+    try:
+        return dict(load_json(CalibrationCache, Path(cache)).entries)
+    except AutosegError:
+        return {}  # unreadable or from another version: measure again, and rewrite it
+
+
+def known_throughput(cache: Path | None, device: str = "auto", precision: str = "auto") -> Throughput | None:
+    """The device's throughput as measured into ``cache`` before, or ``None``: never runs the probe."""
+    dev = resolve_device(device)
+    return _entries(cache).get(device_key(dev, resolve_precision(precision, dev)))
+
+
 def cached_throughput(cache: Path | None, device: str = "auto", precision: str = "auto") -> tuple[Throughput, bool]:
     """The device's throughput from ``cache`` when measured there before, else measured now (and added to it).
 
@@ -126,14 +142,9 @@ def cached_throughput(cache: Path | None, device: str = "auto", precision: str =
     """
     dev = resolve_device(device)
     key = device_key(dev, resolve_precision(precision, dev))
-    entries: dict[str, Throughput] = {}
-    if cache is not None and Path(cache).is_file():
-        try:
-            entries = dict(load_json(CalibrationCache, Path(cache)).entries)
-        except AutosegError:
-            entries = {}  # unreadable or from another version: measure again, and rewrite it
-        if key in entries:
-            return entries[key], True
+    entries = _entries(cache)
+    if key in entries:
+        return entries[key], True
     got = measure_throughput(str(dev), precision)
     if cache is not None:
         save_json(CalibrationCache({**entries, key: got}), Path(cache))

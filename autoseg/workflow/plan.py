@@ -179,8 +179,12 @@ def device_throughput(workspace: Path, device: str = "auto") -> "Throughput":
 def cpu_budget_advice(plans: Plans, workspace: Path, device: str = "auto",
                       min_iterations: int = MIN_ITERATIONS) -> str | None:
     """On a CPU, what one fold of the default configuration's memory-only plan would cost, and the ``--budget``
-    that keeps it (:func:`autoseg.planning.budget.budget_advice`); ``None`` on a GPU or without a 3D/2D plan."""
+    that keeps it (:func:`autoseg.planning.budget.budget_advice`); ``None`` on a GPU or without a 3D/2D plan.
+
+    Priced from the workspace's cached throughput only: the probe takes seconds, too long for advice nobody asked
+    for, so without an earlier ``--budget`` on this device the advice names no price."""
     from autoseg.nn.device import resolve_device
+    from autoseg.training.calibration import known_throughput
 
     if resolve_device(device).type != "cpu":
         return None
@@ -188,9 +192,10 @@ def cpu_budget_advice(plans: Plans, workspace: Path, device: str = "auto",
     if name is None:
         return None
     c = plans.configurations[name]
-    speed = device_throughput(workspace, device)
-    seconds = plan_seconds_per_iteration(c.architecture, c.patch_size, c.batch_size, plans.input_channels(name),
-                                         plans.num_outputs, speed.seconds_per_mac)
+    speed = known_throughput(Workspace(Path(workspace)).calibration, device)
+    seconds = None if speed is None else plan_seconds_per_iteration(
+        c.architecture, c.patch_size, c.batch_size, plans.input_channels(name), plans.num_outputs,
+        speed.seconds_per_mac)
     return budget_advice(name, seconds, min_iterations)
 
 

@@ -151,6 +151,22 @@ def test_plan_without_budget_on_a_cpu_prices_nnunets_fold(tiny_raw, tmp_path, ca
     assert "--budget" in out
 
 
+def test_plan_without_budget_never_runs_the_throughput_probe(tiny_raw, tmp_path, capsys, monkeypatch):
+    from autoseg.training import calibration
+
+    def no_probe(*_args, **_kwargs):
+        raise AssertionError("plan without --budget ran the throughput probe")
+
+    monkeypatch.setattr(calibration, "measure_throughput", no_probe)
+    ws = tmp_path / "ws"
+    assert main(["plan", str(tiny_raw), "-w", str(ws), "-j", "2", "--no-preprocess", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "nnU-Net's 250,000 3d_fullres iterations per fold take hours to days" in out
+    assert "Re-plan with --budget MINUTES" in out and "takes ~" not in out
+    assert not (ws / "calibration.json").exists()
+    assert api.cpu_budget_advice(load_json(Plans, ws / "Tiny" / "plans.json"), ws, "cpu").startswith("on a CPU")
+
+
 def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
     from autoseg.training import calibration
     from autoseg.training.calibration import CalibrationCache, cached_throughput
