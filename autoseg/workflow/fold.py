@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +18,7 @@ from autoseg.training.run import (RunStart, build_loaders, build_loss, build_mod
                                   make_config, resolve_run, resolve_runtime)
 from autoseg.training.trainer import Callback, Trainer, TrainState
 from autoseg.workflow.context import ALL, DatasetContext
+from autoseg.workflow.lock import writer_lock
 from autoseg.workflow.validation import validate_fold, validation_dice
 from autoseg.workspace import FoldPaths
 
@@ -79,9 +81,21 @@ def run_fold(ctx: DatasetContext, configuration: str, fold: str, overrides: dict
     ctx.check_fold(fold)
     folder = ctx.fold(configuration, fold)
     is_main = distributed is None or distributed.is_main
+    # one writer per fold folder, from before its state is read until the validation is written (the main rank
+    # writes for all ranks of a torchrun)
+    with writer_lock(folder.root) if is_main else contextlib.nullcontext() as lock:
+        return _run_fold(ctx, configuration, fold, folder, overrides, device, resume, overwrite, validate, progress,
+                         distributed, is_main, lock)
+
+
+def _run_fold(ctx: DatasetContext, configuration: str, fold: str, folder: FoldPaths, overrides: dict[str, Any],
+              device: str, resume: bool, overwrite: bool, validate: bool, progress: bool,
+              distributed: dist_utils.DistributedSpec | None, is_main: bool, lock) -> TrainResult:
     start = resolve_run(folder, ctx.plans_sha256,
                         lambda: make_config(ctx.plans_sha256, ctx.name, configuration, fold, overrides),
                         overrides, resume, overwrite, is_main)
+    if lock is not None:
+        lock.ensure()  # --overwrite removed the folder, its lock file with it
     validate = validate and fold != ALL and is_main
     if start.finished:
         dice = validation_dice(folder) if folder.validation_summary.is_file() else None
