@@ -147,8 +147,24 @@ def load_context(workspace: Path, dataset: str, create_splits: bool = False) -> 
     spec = load_json(DatasetSpec, paths.dataset_spec)
     case_ids = [c.case_id for c in spec.training]
     if create_splits:
-        splits = load_or_create_splits(paths, case_ids, Path(spec.raw_dir) if spec.raw_dir else None)
+        groups = () if paths.splits.is_file() else _duplicate_groups(paths)
+        splits = load_or_create_splits(paths, case_ids, Path(spec.raw_dir) if spec.raw_dir else None,
+                                       groups=groups)
     else:
         splits = read_splits(paths, case_ids)
     return DatasetContext(ws, paths, spec, plans, sha256_of(plans),
                           None if splits is None else tuple(splits))
+
+
+def _duplicate_groups(paths: DatasetPaths) -> tuple[tuple[str, ...], ...]:
+    """The fingerprint's duplicate images, which new splits keep in one fold as at plan time (none without a
+    readable fingerprint: an imported model, or one of an older autoseg, which the next plan replaces)."""
+    from autoseg.data.splits import duplicate_groups
+    from autoseg.schema.fingerprint import Fingerprint
+
+    if not paths.fingerprint.is_file():
+        return ()
+    try:
+        return duplicate_groups(load_json(Fingerprint, paths.fingerprint))
+    except AutosegError:
+        return ()

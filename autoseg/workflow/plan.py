@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoseg.data.splits import load_or_create_splits
+from autoseg.data.splits import duplicate_groups, load_or_create_splits
 from autoseg.errors import AutosegError, option
 from autoseg.fingerprint.dataset import check_and_fingerprint, default_num_workers, source_hash
 from autoseg.fingerprint.report import dataset_report
@@ -255,5 +255,7 @@ def preprocess_planned(raw_dir: Path, spec: DatasetSpec, plans: Plans, paths: Da
     names = list(configs) if configs else list(plans.configurations)
     result = preprocess_dataset(raw_dir, spec, plans, paths, names, num_workers=num_workers, progress=progress,
                                 fingerprint=fingerprint)
-    load_or_create_splits(paths, [c.case_id for c in spec.training], raw_dir)
+    # duplicates of the dataset report in one fold: a copy validated in one and trained on in another leaks
+    load_or_create_splits(paths, [c.case_id for c in spec.training], raw_dir,
+                          groups=duplicate_groups(fingerprint))
     return result
