@@ -28,8 +28,8 @@ setup(
         "mlflow": ["mlflow-skinny", "sqlalchemy", "alembic"],
         "cluster": ["dask[distributed]", "dask-jobqueue", "pyyaml"],
         # the tests exercise the optional parts too: ONNX export/runtime and a real server with a real client
-        "test": ["pytest", "onnx", "onnxruntime", "fastapi", "uvicorn", "python-multipart", "httpx", "tensorboard",
-                 "mlflow-skinny", "sqlalchemy", "alembic", "dask[distributed]", "dask-jobqueue", "pyyaml"],
+        "test": ["pytest", "pytest-timeout", "onnx", "onnxruntime", "fastapi", "uvicorn", "python-multipart", "httpx",
+                 "tensorboard", "mlflow-skinny", "sqlalchemy", "alembic", "dask[distributed]", "dask-jobqueue", "pyyaml"],
     },
     entry_points={"console_scripts": ["autoseg = autoseg.cli:main"]},
 )

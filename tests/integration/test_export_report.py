@@ -21,18 +21,12 @@ from autoseg.io.archive import ModelArchive
 from autoseg.nn.checkpoint import load_checkpoint, load_checkpoint_bytes
 from autoseg.io.image import read_label
 
-TRAIN = ["-c", "3d_fullres", "-f", "0", "--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations",
-         "1", "-j", "0"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    raw, ws = root / "raw", root / "ws"
-    assert main(["demo", "--make-data", str(raw), "--kind", "tiny"]) == 0
-    assert main(["plan", str(raw), "-w", str(ws), "-j", "1"]) == 0
-    assert main(["train", "Tiny", "-w", str(ws), *TRAIN]) == 0
-    return raw, ws
+def trained(tiny_model):
+    """This module's copy of the session's tiny trained workspace (``TINY_TRAIN``)."""
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,12 @@
 """Real data: plan -> a short training -> predict a few of Hippocampus' test images with their exact geometry."""
 
+import pytest
 import SimpleITK as sitk
 
 from autoseg.cli import main
+
+# slow: real data (../shared/data), plan + training + prediction
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_hippocampus_predictions_keep_the_input_geometry(tmp_path, hippocampus_raw):

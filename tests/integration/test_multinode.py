@@ -26,6 +26,9 @@ from autoseg.cli import main
 from autoseg.errors import AutosegError
 from autoseg.training import distributed as D
 
+# slow: torchrun launches of two nodes, about 20 s each
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
 #: The same command on every node; ``--resume`` from the start, so a relaunch after a failure is the same command.
 TRAIN = ["-c", "3d_fullres", "-f", "0", "--iterations-per-epoch", "2", "--no-validation", "--deterministic",
          "-j", "0", "--batch-size", "2", "--resume"]
