@@ -7,7 +7,9 @@ Two layouts are accepted, detected from the keys of ``dataset.json``:
   channel, 4D (channels last in the file) for several.
 * nnU-Net v2 raw (``channel_names`` key): ``labels`` maps name -> value, cases are discovered from the files
   ``imagesTr/<case>_<cccc><file_ending>`` and ``labelsTr/<case><file_ending>`` (``imagesTs`` likewise, optional),
-  or taken from nnU-Net's explicit ``dataset`` listing when present.
+  or taken from nnU-Net's explicit ``dataset`` listing when present. Without ``file_ending`` but with MSD's
+  ``training`` (and ``test``) lists, the cases are those listed, as in MSD (layout ``"msd"``), and the ending is
+  that of the listed files (all must share one).
 
 Only ``dataset.json`` and the folder listings are read here; the image files themselves are checked by
 :mod:`autoseg.io.verify`. Every problem found is collected and raised together as one :class:`DatasetError`, one
@@ -107,13 +109,18 @@ def read_dataset_spec(raw_dir: Path) -> DatasetSpec:
             if "regions_class_order" in data:
                 bad("'regions_class_order' is given but no label is a region (a list of several label values)")
         file_ending = data.get("file_ending")
-        if file_ending is None:
+        training, test = [], []
+        if file_ending is None and "dataset" not in data and isinstance(data.get("training"), list):
+            # nnU-Net v2's keys over MSD file lists (one file per case): the listed files tell the ending
+            layout = "msd"
+            training, test, _ = _cases_msd(raw_dir, data, problems)
+            file_ending = _listed_ending(training + test, bad)
+        elif file_ending is None:
             bad("missing key 'file_ending' (e.g. \".nii.gz\"), required in nnU-Net v2 layout")
         elif not isinstance(file_ending, str) or not file_ending.startswith("."):
             bad(f"'file_ending' must be a string starting with '.', e.g. \".nii.gz\", found {file_ending!r}")
             file_ending = None
-        training, test = [], []
-        if file_ending is not None and channels is not None:
+        elif channels is not None:
             training, test = _cases_nnunetv2(raw_dir, data, len(channels), file_ending, problems)
     elif "modality" in data:
         layout = "msd"
@@ -556,6 +563,21 @@ def _cases_msd(raw_dir: Path, data: dict, problems: list[str]) -> tuple[list[Cas
     _check_duplicate_ids(test, "test", jpath, problems)
     file_ending = max(set(endings), key=endings.count) if endings else ".nii.gz"
     return training, test, file_ending
+
+
+def _listed_ending(cases: list[CaseSpec], bad) -> str | None:
+    """The one file ending of the cases' image and label files (``None``, reported, when there is not one)."""
+    endings = sorted({_split_ending(rel.rsplit("/", 1)[-1])[1]
+                      for c in cases for rel in (*c.images, *([c.label] if c.label else []))})
+    if len(endings) == 1 and endings[0].startswith("."):
+        return endings[0]
+    if not endings:
+        bad("missing key 'file_ending' (e.g. \".nii.gz\"), required in nnU-Net v2 layout")
+    else:
+        found = ", ".join(repr(e) if e else "(none)" for e in endings)
+        bad(f"no 'file_ending', and the files listed in 'training' / 'test' end in {found}; list files of one "
+            f"format or give 'file_ending'")
+    return None
 
 
 def _check_duplicate_ids(cases: list[CaseSpec], where: str, jpath: Path, problems: list[str]) -> None:

@@ -121,6 +121,44 @@ def test_nnunetv2_explicit_dataset_listing(tmp_path):
     assert spec.training == (CaseSpec("first", ("imagesTr/liver_002_0000.nii.gz",), "labelsTr/liver_002.nii.gz"),)
 
 
+def _msd_lists_with_nnunet_keys(root: Path, image_ending: str, label_ending: str, test_ending: str) -> Path:
+    """nnU-Net v2's ``channel_names`` and name -> value ``labels`` over MSD ``training`` / ``test`` file lists,
+    without ``file_ending``."""
+    root.mkdir(parents=True)
+    for c in ("a_1", "a_2"):
+        _img(root / "imagesTr" / f"{c}{image_ending}", 2)
+        _img(root / "labelsTr" / f"{c}{label_ending}")
+    _img(root / "imagesTs" / f"t_1{test_ending}", 2)
+    data = {"name": "Hybrid", "channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "fg": 1},
+            "numTraining": 2, "training": [{"image": f"./imagesTr/{c}{image_ending}",
+                                            "label": f"./labelsTr/{c}{label_ending}"} for c in ("a_1", "a_2")],
+            "test": [f"./imagesTs/t_1{test_ending}"]}
+    (root / "dataset.json").write_text(json.dumps(data))
+    return root
+
+
+@pytest.mark.parametrize("image, label, test, expected", [
+    (".nii.gz", ".nii.gz", ".nii.gz", ".nii.gz"),
+    (".mha", ".mha", ".mha", ".mha"),
+    (".nrrd", ".nrrd", ".nrrd", ".nrrd"),
+    (".nii.gz", ".mha", ".nii.gz", "'.mha', '.nii.gz'"),
+    (".nii.gz", ".nii.gz", ".nrrd", "'.nii.gz', '.nrrd'"),
+])
+def test_file_ending_of_msd_lists_under_nnunet_keys(tmp_path, image, label, test, expected):
+    raw = _msd_lists_with_nnunet_keys(tmp_path / "Dataset005_Hybrid", image, label, test)
+    if expected.startswith("'"):
+        problems = _problems(raw)
+        assert problems == (f"{raw / 'dataset.json'}: no 'file_ending', and the files listed in 'training' / "
+                            f"'test' end in {expected}; list files of one format or give 'file_ending'",)
+        return
+    spec = read_dataset_spec(raw)
+    assert spec.file_ending == expected and spec.layout == "msd"
+    assert spec.channel_names == ("T1", "T2") and spec.labels == ("background", "fg")
+    assert spec.training == tuple(CaseSpec(c, (f"imagesTr/{c}{image}",), f"labelsTr/{c}{label}")
+                                  for c in ("a_1", "a_2"))
+    assert spec.test == (CaseSpec("t_1", (f"imagesTs/t_1{test}",), None),)
+
+
 def test_name_fallback_and_sanitising(tmp_path):
     raw = _msd(tmp_path / "Task07_Pancreas")
     data = json.loads((raw / "dataset.json").read_text())
