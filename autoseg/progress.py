@@ -16,12 +16,12 @@ from typing import Any, TextIO
 LINE_SECONDS = 60.0
 
 
-def _clock(seconds: float) -> str:
-    """``3725`` -> ``'1:02:05'``.
+def hms(seconds: float) -> str:
+    """A duration as ``H:MM:SS`` (rounded to the second), for progress lines and reports: ``3725`` -> ``'1:02:05'``.
 
     Examples
     --------
-    >>> _clock(3725.4), _clock(59)
+    >>> hms(3725.4), hms(59)
     ('1:02:05', '0:00:59')
     """
     s = int(round(seconds))
@@ -60,9 +60,9 @@ class LineProgress:
         of = f"/{self.total}" if self.total else ""
         eta = ""
         if self.total and 0 < self.n < self.total:
-            eta = f", ETA {_clock(elapsed / self.n * (self.total - self.n))}"
+            eta = f", ETA {hms(elapsed / self.n * (self.total - self.n))}"
         post = f" ({self.postfix})" if self.postfix else ""
-        print(f"{self.desc}: {self.n}{of} {self.unit}, {_clock(elapsed)} elapsed{eta}{' - done' if done else ''}"
+        print(f"{self.desc}: {self.n}{of} {self.unit}, {hms(elapsed)} elapsed{eta}{' - done' if done else ''}"
               f"{post}", file=self.stream, flush=True)
 
     def close(self) -> None:

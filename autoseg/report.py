@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import AutosegError
+from autoseg.progress import hms
 from autoseg.schema.base import atomic_path, atomic_write_text, from_jsonable, load_json
 from autoseg.schema.dataset import DatasetSpec
 from autoseg.schema.evaluation import EvaluationSummary
@@ -103,11 +104,6 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _hms(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 def _run_table(run: _Run) -> list[str]:
     cfg, log, st = run.config, run.log, run.state or {}
     rows: list[tuple[str, str]] = []
@@ -118,7 +114,7 @@ def _run_table(run: _Run) -> list[str]:
     if per_epoch is not None:
         rows.append(("iterations", f"{epochs_done * per_epoch} ({per_epoch} per epoch)"))
     seconds = st.get("train_seconds") or sum(e.epoch_seconds for e in log)
-    rows.append(("training time", f"{_hms(seconds)}" + (f" ({seconds / max(1, epochs_done):.1f} s per epoch)"
+    rows.append(("training time", f"{hms(seconds)}" + (f" ({seconds / max(1, epochs_done):.1f} s per epoch)"
                                                         if epochs_done else "")))
     if cfg is not None:
         rows += [("precision", cfg.precision), ("batch size", str(cfg.batch_size or "plans")),

@@ -67,7 +67,6 @@ def _autoseg_sources(workspace: Path, raw: Path, configs: list[str]) -> tuple[di
     except Exception as e:  # noqa: BLE001 -- fall back, loudly
         print(f"[autoseg] preprocessed data unavailable ({type(e).__name__}: {e}); FALLBACK to raw images "
               f"with a per-image z-score", flush=True)
-    from autoseg.data.sampling import ArraySource
     from autoseg.io.image import read_image, read_label
     from autoseg.preprocessing.case import class_locations
 
@@ -81,8 +80,18 @@ def _autoseg_sources(workspace: Path, raw: Path, configs: list[str]) -> tuple[di
         seg = seg[None].astype(np.int8)
         locs = class_locations(seg[0], int(seg.max()) + 1, np.random.default_rng(0))
         cases[img.name[:-7]] = (data.astype(np.float32), seg, locs)
-    src = ArraySource(cases)
+    src = _InMemory(cases)
     return {c: src for c in configs}, {c: HIPPOCAMPUS_FALLBACK[c] for c in configs}, "raw z-score (fallback)"
+
+
+class _InMemory(dict):
+    """Case id -> (data, seg, locs): an autoseg.data.sampling.CaseSource over arrays in memory (the fallback)."""
+
+    def case_ids(self) -> list:
+        return list(self)
+
+    def load(self, case_id: str):
+        return self[case_id]
 
 
 def _time(next_batch, close, seconds: float, min_batches: int, started: float) -> dict:

@@ -32,7 +32,8 @@ SEG_PAD_VALUE = -1  # "no label here": becomes background after augmentation, ne
 
 @runtime_checkable
 class CaseSource(Protocol):
-    """Where cases come from: the preprocessed case store, or arrays in memory.
+    """Where cases come from: the preprocessed case store (:class:`autoseg.data.loader.StoreSource`), or
+    anything else with these methods (the tests use arrays in memory).
 
     ``load`` returns ``data`` ``(C, Z, Y, X)`` float32 (a memory map is fine: only the sampled box is read),
     ``seg`` ``(1, Z, Y, X)`` integer with -1 outside the nonzero region, and ``locs``: label value -> ``(n, 3)``
@@ -50,34 +51,6 @@ class CascadeSource(CaseSource, Protocol):
     """A source that also holds the previous cascade stage's segmentation ``(1, Z, Y, X)`` of every case."""
 
     def load_extra_seg(self, case_id: str) -> np.ndarray: ...
-
-
-class ArraySource:
-    """A :class:`CaseSource` over arrays in memory (tests, benchmarks, small datasets).
-
-    Parameters
-    ----------
-    cases
-        Case id -> ``(data (C, Z, Y, X), seg (1, Z, Y, X), locs)``.
-    extra_segs
-        Optional case id -> previous-stage segmentation ``(1, Z, Y, X)``; enables ``load_extra_seg``.
-    """
-
-    def __init__(self, cases: Mapping[str, tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]],
-                 extra_segs: Mapping[str, np.ndarray] | None = None):
-        self._cases = dict(cases)
-        self._extra = dict(extra_segs) if extra_segs is not None else None
-
-    def case_ids(self) -> list[str]:
-        return list(self._cases)
-
-    def load(self, case_id: str) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-        return self._cases[case_id]
-
-    def load_extra_seg(self, case_id: str) -> np.ndarray:
-        if self._extra is None:
-            raise KeyError(f"no previous-stage segmentations were given to this source (case {case_id!r})")
-        return self._extra[case_id]
 
 
 # --------------------------------------------------------------------------- geometry of the sampled box

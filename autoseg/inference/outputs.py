@@ -42,3 +42,20 @@ def to_segmentation(probabilities: np.ndarray, class_order: Sequence[int] | None
 def outside_values(channels: int, regions: bool) -> tuple[float, ...]:
     """Probabilities outside a case's crop box: certain background (label 0 for softmax, no region for sigmoid)."""
     return (0.0,) * channels if regions else (1.0,) + (0.0,) * (channels - 1)
+
+
+def label_value_table(values: Sequence[int] | None) -> np.ndarray | None:
+    """Look-up table from label index to the value written for it (a dataset's ``source_label_values``, e.g.
+    ``(0, 255)`` for a 0/255 mask): ``table[seg]`` is the label map in the source's values. uint8 when every value
+    fits, else uint16; ``None`` for ``None`` (labels are written as they are).
+
+    Examples
+    --------
+    >>> label_value_table((0, 255))[np.array([1, 0, 1])]
+    array([255,   0, 255], dtype=uint8)
+    >>> label_value_table((0, 1000)).dtype, label_value_table(None)
+    (dtype('uint16'), None)
+    """
+    if values is None:
+        return None
+    return np.asarray(values, dtype=np.uint8 if max(values) <= 255 else np.uint16)

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 
 from autoseg import progress as progress_bars
 from autoseg.errors import AutosegError, option
+from autoseg.inference.outputs import label_value_table
 from autoseg.inference.predictor import Predictor
 from autoseg.io.image import Geometry, write_image
 from autoseg.io import natural
@@ -247,9 +247,7 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
     if bad and not skip_bad:
         raise AutosegError(*[line for c in cases for line in bad.get(c.case_id, ())])
     cases = [c for c in cases if c.case_id not in bad]
-    lut = None
-    if label_values is not None:
-        lut = np.asarray(label_values, dtype=np.uint8 if max(label_values) <= 255 else np.uint16)
+    lut = label_value_table(label_values)
     out_ending = natural.output_ending(file_ending)
     outputs = {c.case_id: segmentation_file(output_dir, c.case_id, out_ending) for c in cases}
     existing = [cid for cid, p in outputs.items() if p.exists()]

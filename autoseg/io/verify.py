@@ -19,7 +19,6 @@ later, e.g. at inference.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gzip
 import logging
 import math
@@ -285,14 +284,6 @@ def _load_images(paths: Sequence[Path], n: int, names: tuple[str, ...], expected
         elif len({p.shape[1:] for p in parts}) == 1:
             image = np.concatenate(parts).astype(np.float32, copy=False)
     return images, image
-
-
-def check_test_case(raw_dir: Path, spec: DatasetSpec, case: CaseSpec) -> LoadedCase:
-    """Check an unlabelled (test) case: readability, channels, geometry of its channels, finite intensities.
-
-    Same as :func:`load_and_check_case` with the label ignored.
-    """
-    return load_and_check_case(raw_dir, spec, dataclasses.replace(case, label=None))
 
 
 # ---------------------------------------------------------------------------------------------------------------

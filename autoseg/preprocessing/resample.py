@@ -23,7 +23,6 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from autoseg.planning.spacing import resampled_shape
 
 # Spline weights below this are dropped: they change no float32 result, and float32 denormals in the matrices would
 # make the products ~15x slower.
@@ -207,19 +206,6 @@ def resample_labels(seg: np.ndarray, new_shape: Sequence[int], current_spacing: 
     wins = (big_weight > best) | ((big_weight == best) & (out < big))
     out[wins] = big
     return out
-
-
-def resample_to_spacing(data: np.ndarray, current_spacing: Sequence[float], new_spacing: Sequence[float],
-                        is_label: bool = False, order: int | None = None,
-                        anisotropy_threshold: float = 3.0) -> np.ndarray:
-    """Resample ``(C, z, y, x)`` data or a ``(z, y, x)`` label map from ``current_spacing`` to ``new_spacing`` (mm).
-
-    The new shape is ``round(shape * current_spacing / new_spacing)`` per axis. ``order`` defaults to 3 for data and
-    1 for labels.
-    """
-    shape = data.shape if is_label else data.shape[1:]
-    return resample_to_shape(data, resampled_shape(shape, current_spacing, new_spacing), current_spacing,
-                             new_spacing, is_label, order, anisotropy_threshold)
 
 
 def resample_to_shape(data: np.ndarray, new_shape: Sequence[int], current_spacing: Sequence[float],

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from autoseg.errors import AutosegError
+from autoseg.inference.outputs import label_value_table
 from autoseg.io import natural
 from autoseg.io.image import write_image
 from autoseg.io.verify import load_and_check_images
@@ -149,7 +150,7 @@ def load_served_model(ctx: DatasetContext, configuration: str | None = None, dev
     plans = ctx.plans
     dims = min(c.dims for c in plans.configurations.values()) if configuration == BEST else \
         plans.configurations[configuration].dims
-    lut = None if values is None else np.asarray(values, dtype=np.uint8 if max(values) <= 255 else np.uint16)
+    lut = label_value_table(values)
     return ServedModel(name=ctx.name, configuration=configuration,
                        description=f"autoseg {ctx.name}: {describe_configuration(ctx, configuration)}",
                        label_names=tuple(plans.labels[1:]), dims=dims, _predictor=predictor,

@@ -35,3 +35,10 @@ def test_a_bar_on_a_terminal():
     b = bar(5, "predict", "case", stream=Tty())
     assert type(b).__name__ == "tqdm"
     b.close()
+
+
+def test_one_duration_format_for_progress_lines_and_reports():
+    from autoseg import progress, report
+
+    assert progress.hms(3725.4) == "1:02:05" and progress.hms(59) == "0:00:59" and progress.hms(0.4) == "0:00:00"
+    assert report.hms is progress.hms  # the fold report's "training time" row, not a copy of it

@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
-from autoseg.data.sampling import ArraySource
 from autoseg.preprocessing.case import class_locations
+
+
+class ArraySource:
+    """A :class:`autoseg.data.sampling.CaseSource` (and ``CascadeSource``) over arrays in memory.
+
+    Parameters
+    ----------
+    cases
+        Case id -> ``(data (C, Z, Y, X), seg (1, Z, Y, X), locs)``.
+    extra_segs
+        Optional case id -> previous-stage segmentation ``(1, Z, Y, X)``; enables ``load_extra_seg``.
+    """
+
+    def __init__(self, cases: Mapping[str, tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]],
+                 extra_segs: Mapping[str, np.ndarray] | None = None):
+        self._cases = dict(cases)
+        self._extra = dict(extra_segs) if extra_segs is not None else None
+
+    def case_ids(self) -> list[str]:
+        return list(self._cases)
+
+    def load(self, case_id: str) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+        return self._cases[case_id]
+
+    def load_extra_seg(self, case_id: str) -> np.ndarray:
+        if self._extra is None:
+            raise KeyError(f"no previous-stage segmentations were given to this source (case {case_id!r})")
+        return self._extra[case_id]
 
 
 def make_case(rng: np.random.Generator, shape=(20, 24, 22), channels=1, blobs=((1, 3), (2, 3)),

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from _data_cases import make_source
+from _data_cases import ArraySource, make_source
 
 from autoseg.data.augmentation import (TrainingAugmentation, ValidationTransforms, deep_supervision_scales,
                                        downsample_seg_nearest, finalize_batch, legacy_rng_seeded,
@@ -100,8 +100,6 @@ def test_augmentation_actually_augments():
 def test_cascade_one_hot_follows_the_augmented_segmentation():
     """With the previous stage equal to the label map, its one-hot channels equal the augmented target's."""
     src = make_source(seed=3)
-    from autoseg.data.sampling import ArraySource
-
     cases = {k: src.load(k) for k in src.case_ids()}
     casc = ArraySource(cases, extra_segs={k: v[1] for k, v in cases.items()})
     # the random damage to the previous stage (tested on its own) is off here

@@ -9,11 +9,10 @@ import time
 
 import numpy as np
 import pytest
-from _data_cases import make_source
+from _data_cases import ArraySource, make_source
 
 from autoseg.data.augmentation import TrainingAugmentation, training_params
 from autoseg.data.loader import BatchLoader, LoaderConfig, LoaderTimeoutError, LoaderWorkerError
-from autoseg.data.sampling import ArraySource
 from autoseg.preprocessing.case import class_locations
 
 STRIDES_3D = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]

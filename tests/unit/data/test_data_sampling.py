@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from _data_cases import make_case
+from _data_cases import ArraySource, make_case
 
-from autoseg.data.sampling import (ArraySource, _choose_voxel, SamplingConfig, SampleError, crop_with_padding, forced_foreground,
+from autoseg.data.sampling import (_choose_voxel, SamplingConfig, SampleError, crop_with_padding, forced_foreground,
                                    one_hot_channels, pre_augmentation_patch_size, sample_batch, sample_patch)
 from autoseg.preprocessing.case import class_locations
 

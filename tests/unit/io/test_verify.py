@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from autoseg.io.dataset_json import read_dataset_spec
 from autoseg.io.image import Geometry, read_image, read_label, write_image
-from autoseg.io.verify import LoadedCase, check_test_case, load_and_check_case
+from autoseg.io.verify import LoadedCase, load_and_check_case
 from autoseg.schema.dataset import CaseSpec, DatasetSpec
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -26,6 +26,11 @@ GEOM = Geometry((2.0, 1.0, 0.5), (100.0, -50.0, 20.0), (1, 0, 0, 0, 1, 0, 0, 0, 
 def _spec(raw: Path, channels=("MRI",), labels=("background", "a", "b")) -> DatasetSpec:
     return DatasetSpec(name="t", raw_dir=str(raw), layout="msd", channel_names=tuple(channels),
                        labels=tuple(labels), file_ending=".nii.gz", training=())
+
+
+def check_test_case(raw: Path, spec: DatasetSpec, case: CaseSpec) -> LoadedCase:
+    """A test case as ``verify`` checks it: :func:`load_and_check_case` with no label."""
+    return load_and_check_case(raw, spec, dataclasses.replace(case, label=None))
 
 
 def _label() -> np.ndarray:

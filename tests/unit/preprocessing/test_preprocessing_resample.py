@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from autoseg.planning.spacing import resampled_shape
 from autoseg.preprocessing.resample import (axis_operator, resample_data, resample_labels, resample_to_shape,
-                                            resample_to_spacing, separate_z_axis)
+                                            separate_z_axis)
 
 
 def _smooth(rng, shape):
@@ -81,11 +82,12 @@ def test_label_resampling_agrees_with_per_class_interpolation():
 def test_unchanged_shape_is_a_no_op_and_helpers_agree():
     x = np.random.default_rng(0).normal(size=(2, 5, 6, 7)).astype(np.float32)
     assert resample_data(x, (5, 6, 7), (1, 1, 1), (2, 2, 2)) is x
-    a = resample_to_spacing(x, (1, 1, 1), (0.5, 2, 1))
-    b = resample_to_shape(x, (10, 3, 7), (1, 1, 1), (0.5, 2, 1))
-    assert a.shape == (2, 10, 3, 7) and np.array_equal(a, b)
+    shape = resampled_shape(x.shape[1:], (1, 1, 1), (0.5, 2, 1))  # as preprocessing computes it
+    a = resample_to_shape(x, shape, (1, 1, 1), (0.5, 2, 1))
+    b = resample_data(x, (10, 3, 7), (1, 1, 1), (0.5, 2, 1), 3)
+    assert shape == (10, 3, 7) and a.shape == (2, 10, 3, 7) and np.array_equal(a, b)
     seg = (x[0] > 0).astype(np.int8)
-    assert resample_to_spacing(seg, (1, 1, 1), (0.5, 2, 1), is_label=True).shape == (10, 3, 7)
+    assert resample_to_shape(seg, shape, (1, 1, 1), (0.5, 2, 1), is_label=True).shape == (10, 3, 7)
 
 
 def test_a_label_between_output_samples_may_vanish_without_error():
