@@ -141,11 +141,13 @@ class CaseStore:
         self.properties_path(cid).unlink(missing_ok=True)
         data = np.ascontiguousarray(case.data, dtype=np.float32)
         seg = np.ascontiguousarray(case.seg, dtype=np.int8)
-        atomic_write(self.data_path(cid), lambda f: np.save(f, data, allow_pickle=False))
-        atomic_write(self.seg_path(cid), lambda f: np.save(f, seg, allow_pickle=False))
+        # no per-file search for stale temporaries: it lists the folder (4 files a case), and a run cleans it
+        # once at its start (clean_partial)
+        atomic_write(self.data_path(cid), lambda f: np.save(f, data, allow_pickle=False), remove_stale=False)
+        atomic_write(self.seg_path(cid), lambda f: np.save(f, seg, allow_pickle=False), remove_stale=False)
         locs = {str(k): np.asarray(v, dtype=np.int32).reshape(-1, 3) for k, v in case.locations.items()}
-        atomic_write(self.locs_path(cid), lambda f: np.savez(f, **locs))
-        save_json(case.properties, self.properties_path(cid))
+        atomic_write(self.locs_path(cid), lambda f: np.savez(f, **locs), remove_stale=False)
+        save_json(case.properties, self.properties_path(cid), remove_stale=False)
 
     def load(self, case_id: str, mmap: bool = True
              ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], CaseProperties]:

@@ -225,7 +225,8 @@ def locked_temporary(path: Path, suffix: str = ".tmp", folder: bool = False,
                      stale_suffixes: Sequence[str] | None = None) -> Iterator[Path]:
     """A new temporary file (or empty ``folder``) ``.<name>.<random><suffix>`` beside ``path``, locked while the
     block runs, after removing the temporaries killed writers of ``path`` left (:func:`remove_stale_temporaries`,
-    with ``stale_suffixes``, default ``(suffix,)``).
+    with ``stale_suffixes``, default ``(suffix,)``; ``()`` skips that: the folder is listed on every call, so a
+    writer of thousands of files into one folder cleans it once instead, like the preprocessed store).
 
     The caller renames it into place or removes it; the lock only tells a later writer of ``path`` that this one
     is alive (an ``flock`` is released by the kernel when its process dies, so a killed writer's temporary is
@@ -233,7 +234,9 @@ def locked_temporary(path: Path, suffix: str = ".tmp", folder: bool = False,
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path, tuple(stale_suffixes or (suffix,)))
+    stale_suffixes = (suffix,) if stale_suffixes is None else tuple(stale_suffixes)
+    if stale_suffixes:
+        remove_stale_temporaries(path, stale_suffixes)
     while True:
         if folder:
             tmp = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
@@ -255,7 +258,7 @@ def locked_temporary(path: Path, suffix: str = ".tmp", folder: bool = False,
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
+def atomic_path(path: Path, keep_suffix: bool = False, remove_stale: bool = True) -> Iterator[Path]:
     """A temporary file beside ``path`` to write to; renamed to ``path`` when the block ends without an error.
 
     Serves writers that need a file name (SimpleITK, matplotlib, ``zipfile``) as well as :func:`atomic_write`. The
@@ -263,7 +266,8 @@ def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
     ``path``'s suffixes with ``keep_suffix`` for writers that choose the format by the suffix. After the block
     the file is fsynced and renamed, so a process killed at any moment leaves either the old file or the complete
     new one, never a truncated file; on an error the temporary file is removed and ``path`` is untouched. A
-    killed writer's temporary is removed by the next write of ``path`` (see :func:`locked_temporary`).
+    killed writer's temporary is removed by the next write of ``path`` (see :func:`locked_temporary`), unless
+    ``remove_stale`` is ``False`` (a caller that cleans the whole folder itself).
 
     Examples
     --------
@@ -276,7 +280,8 @@ def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     suffix = ".tmp" + ("".join(path.suffixes) if keep_suffix else "")
-    with locked_temporary(path, suffix, stale_suffixes=(".tmp", ".tmp" + "".join(path.suffixes))) as tmp:
+    stale = (".tmp", ".tmp" + "".join(path.suffixes)) if remove_stale else ()
+    with locked_temporary(path, suffix, stale_suffixes=stale) as tmp:
         try:
             yield tmp
             with open(tmp, "rb+") as f:  # the writer may not have synced: order the data before the rename
@@ -291,21 +296,22 @@ def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
             raise
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], remove_stale: bool = True) -> None:
     """Call ``write(f)`` on a binary file that replaces ``path`` atomically when done (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, remove_stale=remove_stale) as tmp, open(tmp, "wb") as f:
         write(f)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, remove_stale: bool = True) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
     data = text.encode()
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data), remove_stale)
 
 
-def save_json(obj: Any, path: Path) -> None:
-    """Serialise a dataclass (or plain JSON data) to ``path`` atomically, human-readable."""
-    atomic_write_text(Path(path), json.dumps(to_jsonable(obj), indent=2) + "\n")
+def save_json(obj: Any, path: Path, remove_stale: bool = True) -> None:
+    """Serialise a dataclass (or plain JSON data) to ``path`` atomically, human-readable (see
+    :func:`atomic_path` for ``remove_stale``)."""
+    atomic_write_text(Path(path), json.dumps(to_jsonable(obj), indent=2) + "\n", remove_stale)
 
 
 def load_json(cls: type[T], path: Path) -> T:

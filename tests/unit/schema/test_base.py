@@ -101,6 +101,9 @@ def test_a_write_removes_the_stale_temporaries_of_its_target_and_nothing_else(tm
     with atomic_path(tmp_path / "case.nii.gz", keep_suffix=True) as tmp:
         tmp.write_text("image")
     assert not stale.exists() and all(p.exists() for p in others)
+    kept = _fake_temporary(target)  # a writer that cleans its folder once itself (the preprocessed store)
+    atomic_write_text(target, "newer", remove_stale=False)
+    assert kept.exists() and target.read_text() == "newer"
 
 
 def test_a_live_writers_temporary_is_kept_a_killed_ones_removed(tmp_path):
