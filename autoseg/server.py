@@ -13,11 +13,18 @@ Endpoints (the model in a URL is the dataset name; images travel as a multipart 
   absent (404), which is how the extension learns that they are off.
 
 Bounded work: each model runs one inference at a time; at most ``queue`` more wait, beyond that a request gets
-503 with a Retry-After estimate. Uploads over ``max_upload_mb`` get 413 before they are read; uploads are spooled
+503 with a ``Retry-After`` estimate (seconds until a place is expected to be free: the moving average of the
+measured inference time times the inferences that must end first) and an ``Autoseg-Ticket``: sent back as the
+``Autoseg-Ticket`` header of the retry, it keeps the client's place in line (requests are admitted in the order
+they first asked; a ticket lapses when its holder is not back within a grace period after its Retry-After, and a
+model with nothing to do takes the next request). ``GET /healthz`` reports each model's ``load`` (running, waiting,
+tickets). Uploads over ``max_upload_mb`` get 413 before they are read; uploads are spooled
 to a private temporary folder removed at shutdown (stored datastore/session images: the ``max_stored`` most
 recent). A bad upload is a 4xx with a one-line ``detail``; the server keeps serving. Binds 127.0.0.1 unless
 told otherwise; with a token, every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>``. On SIGINT or
-SIGTERM uvicorn stops accepting connections and finishes the requests in flight before exiting.
+SIGTERM uvicorn stops accepting connections and finishes the requests in flight before exiting. Result file names
+travel as RFC 6266 ``Content-Disposition`` (an ASCII ``filename`` plus ``filename*=UTF-8''...`` for any other
+name).
 
 FastAPI, uvicorn and python-multipart are the optional extra ``[serve]``, imported when the app is created.
 """
@@ -28,14 +35,19 @@ import asyncio
 import hmac
 import json
 import logging
+import math
+import re
 import secrets
 import shutil
 import tempfile
+import time
+import unicodedata
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
+from urllib.parse import quote
 
 from autoseg import __version__
 from autoseg.errors import AutosegError, require_extra
@@ -43,6 +55,8 @@ from autoseg.workflow.serving import UPLOAD_ENDINGS, ServedModel, upload_ending
 
 #: Endings a MONAI Label client may ask for in ``params.result_extension``.
 RESULT_ENDINGS = (".nrrd", ".nii.gz", ".nii", ".mha")
+#: Request/response header carrying a client's place in line (see :class:`_Turns`).
+TICKET_HEADER = "Autoseg-Ticket"
 _CHUNK = 1 << 20
 
 
@@ -93,13 +107,97 @@ class _Store:
         return path
 
 
+class _Turns:
+    """Admission to one model's bounded line, in the order requests first asked (no clock or network: testable).
+
+    The line has ``capacity`` places (the running inference and the ones waiting). A request is admitted when the
+    places taken plus the tickets issued before its own are fewer than ``capacity``, or when the model has nothing
+    to do. A request turned away gets a ticket (its place in line: a fresh request queues behind every live ticket,
+    so a client that waited its Retry-After is not overtaken by newcomers) and a Retry-After: the inferences that
+    must end before a place is free for it, times the moving average of the measured inference time, less what the
+    running one has done already. A ticket lapses ``max(2 s, mean inference time)`` after the Retry-After given
+    with it, so an absent client holds a place only that long.
+
+    Parameters
+    ----------
+    capacity
+        Places in line: 1 running + the requests that may wait.
+    clock
+        Seconds, monotonic (``time.monotonic``; a fake one in tests).
+    max_tickets
+        Live tickets at most; beyond, a 503 carries a Retry-After but no ticket.
+    """
+
+    #: Weight of the newest measurement in the moving average of inference time.
+    ALPHA = 0.3
+    #: Inference time assumed before the first one is measured, seconds.
+    UNMEASURED = 10.0
+
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic, max_tickets: int = 64):
+        self.capacity, self.clock, self.max_tickets = capacity, clock, max_tickets
+        self.tickets: OrderedDict[str, float] = OrderedDict()  # ticket -> lapse time, in order of issue
+        self.mean_seconds: float | None = None
+        self.started: float | None = None  # clock time the running inference began
+
+    def grace(self) -> float:
+        return max(2.0, self.mean_seconds or 0.0)
+
+    def retry_after(self, ahead: int) -> int:
+        """Whole seconds until ``ahead`` inferences (the running one first) are expected to have ended, at least 1."""
+        mean = self.mean_seconds if self.mean_seconds is not None else self.UNMEASURED
+        done = 0.0 if self.started is None else min(self.clock() - self.started, mean)
+        return max(1, math.ceil(ahead * mean - done))
+
+    def admit(self, taken: int, ticket: str | None) -> tuple[bool, int, str | None]:
+        """``(True, 0, None)``: the request takes a place now; else ``(False, Retry-After seconds, ticket)``.
+
+        Parameters
+        ----------
+        taken
+            Places taken now (running + waiting).
+        ticket
+            The ticket the client sent back (``None``, unknown or lapsed: a fresh request).
+        """
+        now = self.clock()
+        for key in [k for k, lapse in self.tickets.items() if lapse < now]:
+            del self.tickets[key]
+        order = list(self.tickets)
+        ahead = order.index(ticket) if ticket in self.tickets else len(order)
+        if taken + ahead < self.capacity or taken == 0:
+            self.tickets.pop(ticket, None)
+            return True, 0, None
+        if ticket not in self.tickets:
+            if len(self.tickets) >= self.max_tickets:
+                return False, self.retry_after(taken + ahead - self.capacity + 1), None
+            ticket = secrets.token_urlsafe(16)
+        retry = self.retry_after(taken + ahead - self.capacity + 1)
+        self.tickets[ticket] = now + retry + self.grace()
+        return False, retry, ticket
+
+    def start(self) -> None:
+        """An inference begins now."""
+        self.started = self.clock()
+
+    def finish(self) -> None:
+        """The running inference ended now: its duration enters the moving average."""
+        if self.started is None:
+            return
+        seconds, self.started = self.clock() - self.started, None
+        self.mean_seconds = seconds if self.mean_seconds is None else \
+            self.mean_seconds + self.ALPHA * (seconds - self.mean_seconds)
+
+
 class _Slot:
-    """One model's turn-taking: one inference runs, at most ``queue`` wait."""
+    """One model's turn-taking: one inference runs, at most ``queue`` wait, admitted by :class:`_Turns`."""
 
     def __init__(self, model: ServedModel, queue: int):
         self.model, self.queue = model, queue
         self.lock = asyncio.Lock()
         self.waiting = 0
+        self.turns = _Turns(queue + 1)
+
+    def load(self) -> dict[str, int]:
+        return {"running": int(self.lock.locked()), "waiting": self.waiting, "tickets": len(self.turns.tickets)}
 
 
 def create_app(models: Sequence[ServedModel], options: ServeOptions = ServeOptions()):
@@ -108,7 +206,7 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions = ServeOptio
     require_extra("python_multipart", "serve", "autoseg serve")  # FastAPI's form parser
     from contextlib import asynccontextmanager
 
-    from fastapi import Depends, File, Form, HTTPException, Query, Request, UploadFile
+    from fastapi import Depends, File, Form, Header, HTTPException, Query, Request, UploadFile
     from fastapi.responses import FileResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
@@ -179,17 +277,25 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions = ServeOptio
                 f.write(chunk)
         return path
 
-    async def run(s: _Slot, image: Path, out: Path, source_values: bool, name: str) -> None:
-        """Segment ``image`` into ``out`` when the model's turn comes; 503 when too many wait already."""
-        if s.lock.locked() and s.waiting >= s.queue:
-            retry = max(1, round(s.model.last_seconds * (s.waiting + 1))) if s.model.last_seconds else 10
-            raise HTTPException(503, f"model '{s.model.name}' is busy ({s.waiting} request(s) waiting); retry later",
-                                headers={"Retry-After": str(retry)})
+    async def run(s: _Slot, image: Path, out: Path, source_values: bool, name: str, ticket: str | None) -> None:
+        """Segment ``image`` into ``out`` when the model's turn comes; 503 when its line is full."""
+        admitted, retry, ticket = s.turns.admit(s.waiting + s.lock.locked(), ticket)
+        if not admitted:
+            headers = {"Retry-After": str(retry), **({TICKET_HEADER: ticket} if ticket else {})}
+            raise HTTPException(503, f"model '{s.model.name}' is busy ({s.waiting} request(s) waiting); retry in "
+                                     f"{retry} s" + (f" with header {TICKET_HEADER}: {ticket} to keep your place"
+                                                     if ticket else ""), headers=headers)
         s.waiting += 1
         try:
             await s.lock.acquire()
         finally:
             s.waiting -= 1
+
+        def release(_=None) -> None:
+            s.turns.finish()
+            s.lock.release()
+
+        s.turns.start()
         task = asyncio.ensure_future(run_in_threadpool(s.model.segment, image, out, source_values))
         try:
             await asyncio.shield(task)  # a dropped client does not free the model while its thread still runs
@@ -197,9 +303,9 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions = ServeOptio
             raise HTTPException(400, str(e).splitlines()[0].replace(str(image), name)) from None
         finally:
             if task.done():
-                s.lock.release()
+                release()
             else:
-                task.add_done_callback(lambda _: s.lock.release())
+                task.add_done_callback(release)
 
     def remove(*paths: Path) -> None:
         for p in paths:
@@ -207,23 +313,25 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions = ServeOptio
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "version": __version__, "models": list(slots)}
+        return {"status": "ok", "version": __version__, "models": list(slots),
+                "load": {name: s.load() for name, s in slots.items()}}
 
     @app.post("/v1/segment/{model}", dependencies=[Depends(authorised)])
-    async def segment(model: str, file: UploadFile = File(...)):
+    async def segment(model: str, file: UploadFile = File(...),
+                      ticket: str | None = Header(None, alias=TICKET_HEADER)):
         s = slot(model)
         image = await spool(file, "upload")
         ending = "".join(image.suffixes[-2:]) if image.name.endswith(".nii.gz") else image.suffix
         ending = ".png" if ending in (".jpg", ".jpeg") else ending  # a label map is never stored lossy
         out = state["tmp"] / f"{uuid.uuid4().hex}-seg{ending}"
         try:
-            await run(s, image, out, True, file.filename or "upload")
+            await run(s, image, out, True, file.filename or "upload", ticket)
             data = out.read_bytes()
         finally:
             remove(image, out)
-        stem = _stem(file.filename) or "image"
         return Response(data, media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="{stem}_seg{ending}"'})
+                        headers={"Content-Disposition": _disposition("attachment",
+                                                                     f"{_stem(file.filename) or 'image'}_seg{ending}")})
 
     @app.get("/info/", dependencies=[Depends(authorised)])
     @app.get("/info", dependencies=[Depends(authorised)], include_in_schema=False)
@@ -273,7 +381,8 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions = ServeOptio
 
     @app.post("/infer/{model}", dependencies=[Depends(authorised)])
     async def infer(model: str, image: str = Query(""), session_id: str = Query(""), output: str = Query(""),
-                    params: str = Form("{}"), file: UploadFile | None = File(None)):
+                    params: str = Form("{}"), file: UploadFile | None = File(None),
+                    ticket: str | None = Header(None, alias=TICKET_HEADER)):
         s = slot(model)
         if output not in ("", "all", "image", "json"):
             raise HTTPException(422, f"output '{output}': this server answers image, json or all")
@@ -292,7 +401,7 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions = ServeOptio
         stem = _stem(file.filename if file is not None else image) or "result"
         out = state["tmp"] / f"{uuid.uuid4().hex}{ending}"
         try:
-            await run(s, source, out, False, (file.filename if file is not None else image) or "image")
+            await run(s, source, out, False, (file.filename if file is not None else image) or "image", ticket)
             data = out.read_bytes()
         finally:
             remove(out, *([source] if owned else []))
@@ -300,14 +409,14 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions = ServeOptio
                   "model": model}
         if output == "json":
             return result
-        filename = f"{_safe(stem)}_seg{ending}"
+        filename = f"{stem}_seg{ending}"
         if output == "image":
             return Response(data, media_type="application/octet-stream",
-                            headers={"Content-Disposition": f'attachment; filename="{filename}"'})
-        boundary = secrets.token_hex(16)
+                            headers={"Content-Disposition": _disposition("attachment", filename)})
+        boundary, part = secrets.token_hex(16), _disposition('form-data; name="image"', filename)
         body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n"
                 f"Content-Type: application/json\r\n\r\n{json.dumps(result)}\r\n"
-                f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{filename}\"\r\n"
+                f"--{boundary}\r\nContent-Disposition: {part}\r\n"
                 f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
         return Response(body, media_type=f"multipart/form-data; boundary={boundary}")
 
@@ -329,8 +438,28 @@ def _stem(filename: str | None) -> str:
 
 
 def _safe(name: str) -> str:
-    """A file name safe for a Content-Disposition header."""
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:100] or "result"
+    """An ASCII file name for a quoted ``filename=`` parameter: accents dropped, any other character ``_``."""
+    kept = (c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+    return "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in kept)[:100] or "result"
+
+
+def _disposition(kind: str, filename: str) -> str:
+    """A Content-Disposition value naming ``filename`` (RFC 6266): ``filename="..."`` when the name is plain ASCII,
+    else that ASCII fallback for old readers plus ``filename*=UTF-8''<percent-encoded>`` (RFC 8187) carrying the
+    name itself (a header is latin-1 at most, so a CJK or emoji name cannot go in as it is).
+
+    Examples
+    --------
+    >>> print(_disposition("attachment", "case_001_seg.nii.gz"))
+    attachment; filename="case_001_seg.nii.gz"
+    >>> print(_disposition("attachment", "Crâne 海马_seg.nrrd"))
+    attachment; filename="Crane____seg.nrrd"; filename*=UTF-8''Cr%C3%A2ne%20%E6%B5%B7%E9%A9%AC_seg.nrrd
+    """
+    name = "".join("_" if unicodedata.category(c)[0] == "C" else c for c in filename)  # no control characters
+    fallback = _safe(name)
+    if fallback == name:
+        return f'{kind}; filename="{name}"'
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def _params(text: str) -> dict:

@@ -6,10 +6,11 @@
 Starts ``autoseg serve DATASET`` on a free localhost port in its own process, predicts the reference label maps
 with ``autoseg predict`` first (same model), then sends ``--requests`` ``POST /v1/segment/DATASET`` requests, the
 test images in turn, from ``--clients`` threads at once. A client that gets 503 waits its Retry-After and sends the
-same image again (at most 20 times). Every 200 answer is compared with the reference label map. Prints how many
-were answered 200 and 503, any lost (no answer, other status) or wrong, p50/p95 latency of the 200 answers (from
-the first send, retries included), and the server's resident memory at start, after a warm-up, and at the end
-(goal: growth under 10% from after the warm-up).
+same image again with the ``Autoseg-Ticket`` the 503 carried, which keeps its place in line (at most 20 times).
+Every 200 answer is compared with the reference label map. Prints how many were answered 200 and 503, any lost (no
+answer, other status) or wrong, p50/p95 latency of the 200 answers (from the first send, retries included), the
+Retry-After values received, and the server's resident memory at start, after a warm-up, and at the end (goal:
+growth under 10% from after the warm-up).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from _serve import start_server
 from autoseg import api
 from autoseg.io.image import read_label
+from autoseg.server import TICKET_HEADER
 
 HIPPO_TS = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus" / "imagesTs"
 
@@ -63,6 +65,7 @@ def main() -> None:
     lock = threading.Lock()
     todo = list(range(args.requests))
     results: list[dict] = []
+    retries: list[float] = []  # every Retry-After received, seconds
 
     def client() -> None:
         with httpx.Client(timeout=600) as http:
@@ -73,10 +76,11 @@ def main() -> None:
                     i = todo.pop(0)
                 image = images[i % len(images)]
                 data = image.read_bytes()
-                start, busy, status, wrong = time.perf_counter(), 0, None, False
+                start, busy, status, wrong, ticket = time.perf_counter(), 0, None, False, {}
                 for _ in range(21):
                     try:
-                        r = http.post(f"{url}/v1/segment/{args.dataset}", files={"file": (image.name, data)})
+                        r = http.post(f"{url}/v1/segment/{args.dataset}", files={"file": (image.name, data)},
+                                      headers=ticket)
                     except httpx.TransportError:
                         status = "lost"
                         break
@@ -84,7 +88,11 @@ def main() -> None:
                     if status != 503:
                         break
                     busy += 1
-                    time.sleep(float(r.headers.get("retry-after", "1")))
+                    ticket = {TICKET_HEADER: r.headers[TICKET_HEADER]} if TICKET_HEADER in r.headers else {}
+                    retry = float(r.headers.get("retry-after", "1"))
+                    with lock:
+                        retries.append(retry)
+                    time.sleep(retry)
                 if status == 200:
                     out = tmp / f"got_{i}.nii.gz"
                     out.write_bytes(r.content)
@@ -109,7 +117,10 @@ def main() -> None:
     print(f"[bench] summary: {args.requests} requests from {args.clients} clients to one server "
           f"({args.dataset}, queue {args.queue}, {'no TTA' if args.no_tta else 'mirroring TTA'}, CPU), {wall:.0f} s")
     print(f"  answered 200: {len(ok)}; 503 answers (busy, then retried): {sum(r['busy'] for r in results)}; "
-          f"given up after 20 retries: {sum(1 for r in results if r['status'] == 503)}")
+          f"given up after 20 retries: {sum(1 for r in results if r['status'] == 503)}; most 503s before one "
+          f"request's 200: {max((r['busy'] for r in ok), default=0)}")
+    if retries:
+        print(f"  Retry-After received: {len(retries)}, mean {np.mean(retries):.1f} s, max {max(retries):.0f} s")
     print(f"  lost (no answer or other status): {sum(1 for r in results if r['status'] not in (200, 503))}; "
           f"wrong label maps: {sum(r['wrong'] for r in results)}; requests accounted for: {len(results)}")
     print(f"  latency of 200 answers (from first send): p50 {np.percentile(lat, 50):.2f} s, "

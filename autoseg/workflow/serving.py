@@ -76,7 +76,8 @@ class ServedModel:
     dims
         3, or 2 for a model of 2D images.
     last_seconds
-        Duration of the last inference (for Retry-After estimates).
+        Duration of the last prediction, seconds (reported in ``/infer``'s latencies; the server's Retry-After
+        estimates time whole requests itself).
     """
 
     name: str

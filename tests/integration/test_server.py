@@ -19,6 +19,7 @@ import time
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -221,6 +222,44 @@ def test_monailabel_client_class_when_installed(model, server, tmp_path):
     np.testing.assert_array_equal(read_label(Path(path))[0], read_label(ref / image.name)[0])
 
 
+def _disposition_names(value: str) -> tuple[str, str]:
+    """``(filename, decoded filename*)`` of a Content-Disposition value (RFC 6266 / RFC 8187)."""
+    fallback = re.search(r'filename="([^"]*)"', value)
+    extended = re.search(r"filename\*=UTF-8''([^;\s]+)", value)
+    assert fallback and extended, value
+    return fallback.group(1), unquote(extended.group(1), errors="strict")
+
+
+def test_file_names_beyond_latin_1_come_back_in_rfc_6266_dispositions(model, server, tmp_path):
+    raw, _, ref = model
+    image = _images(raw)[0]
+    expected = read_label(ref / image.name)[0]
+    name = "海马_😀.nii.gz"  # CJK and an emoji, as a browser or Slicer sends them (UTF-8 in the form)
+    r = httpx.post(f"{server.url}/v1/segment/Tiny", files={"file": (name, image.read_bytes())}, timeout=120)
+    assert r.status_code == 200, r.text
+    header = r.headers["content-disposition"]
+    assert header.isascii() and header.startswith("attachment;")
+    fallback, decoded = _disposition_names(header)
+    assert decoded == "海马_😀_seg.nii.gz" and fallback.isascii() and fallback.endswith("_seg.nii.gz")
+    np.testing.assert_array_equal(_decoded(r.content, ".nii.gz", tmp_path), expected)
+    r = httpx.post(f"{server.url}/infer/Tiny", params={"output": "image"}, data={"params": "{}"},
+                   files={"file": (f"C:\\Users\\ü\\{name}", image.read_bytes())}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert _disposition_names(r.headers["content-disposition"])[1] == "海马_😀_seg.nii.gz"
+    # MONAI Label's multipart answer: the label file part names it the same way
+    r = httpx.put(f"{server.url}/datastore/", files={"file": (name, image.read_bytes())})
+    assert r.status_code == 200 and r.json() == {"image": "海马_😀"}
+    status, headers, data = _monai_infer(server.url, "Tiny", "海马_😀", {"result_extension": ".nrrd"}, None)
+    assert status == 200, data[:300]
+    head = data.split(b"\r\n\r\n", 2)[1].decode("ascii")  # params, then the headers of the file part: ASCII
+    fallback, decoded = _disposition_names(head)
+    assert decoded == "海马_😀_seg.nrrd" and fallback.isascii()
+    _, files = _parse_multipart(headers, data)
+    (got, content), = files.items()
+    assert got.endswith("_seg.nrrd")
+    np.testing.assert_array_equal(_decoded(content, ".nrrd", tmp_path), expected)
+
+
 def _bad_uploads(raw: Path, tmp_path: Path) -> dict[str, tuple[str, bytes]]:
     image = _images(raw)[0]
     data = image.read_bytes()
@@ -271,10 +310,13 @@ def test_token_size_limit_and_graceful_shutdown(model, tmp_path):
         big = httpx.post(f"{s.url}/v1/segment/Tiny", headers=auth,
                          files={"file": ("big.nii.gz", b"\0" * 51_000_000)}, timeout=60)
         assert big.status_code == 413
-        # a larger image keeps the model busy long enough to stop the server in the middle of it
+        # a larger image keeps the model busy for seconds (the check below takes milliseconds) so that the server
+        # is stopped in the middle of it; its reference is what `autoseg predict` writes for it
         arr, geometry = read_image([image])
-        large = tmp_path / "large.nii.gz"
-        write_image(np.tile(arr[0], (2, 2, 2)), geometry, large)
+        (tmp_path / "large").mkdir()
+        large = tmp_path / "large" / image.name
+        write_image(np.tile(arr[0], (2, 1, 1)), geometry, large)
+        assert main(["predict", "Tiny", "-w", str(ws), "-i", str(large.parent), "-o", str(tmp_path / "ref")]) == 0
         result = {}
 
         def request():
@@ -283,13 +325,22 @@ def test_token_size_limit_and_graceful_shutdown(model, tmp_path):
 
         t = threading.Thread(target=request)
         t.start()
-        time.sleep(1.5)
+        answered = '"POST /v1/segment/Tiny HTTP/1.1" 200'  # uvicorn's access log line, written as it answers
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{s.url}/healthz").json()["load"]["Tiny"]["running"] != 1:  # the server says it runs
+            assert time.monotonic() < deadline and t.is_alive() and answered not in s.output()
+            time.sleep(0.01)
         s.proc.send_signal(signal.SIGTERM)
         t.join(300)
-        assert result["r"].status_code == 200  # the request in flight was finished
+        assert result["r"].status_code == 200  # the request in flight was finished ...
+        seg = _decoded(result["r"].content, ".nii.gz", tmp_path)
+        np.testing.assert_array_equal(seg, read_label(tmp_path / "ref" / image.name)[0])  # ... correctly
         # uvicorn exits by re-raising the signal it handled once the requests in flight are done
         assert s.proc.wait(60) in (0, -signal.SIGTERM)
-        assert "Finished server process" in s.output()
+        log = s.output()
+        assert "Finished server process" in log
+        # it was answered after the server took the signal: it was in flight then, not done before
+        assert log.count(answered) == 1 and log.index("Shutting down") < log.index(answered), log
     finally:
         s.stop()
     spooled = re.search(r"uploads are spooled in (\S+)", s.output_after_stop)

@@ -111,3 +111,170 @@ def test_uploads_over_the_limit_are_413_before_they_are_read(served):
 ])
 def test_upload_endings(name, head, ending):
     assert upload_ending(name, head) == ending
+
+
+class Clock:
+    """A monotonic clock the test moves by hand, seconds."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_retry_after_is_the_measured_inference_time_times_the_inferences_ahead():
+    from autoseg.server import _Turns
+
+    clock = Clock()
+    turns = _Turns(capacity=2, clock=clock)  # one running + one waiting
+    assert turns.admit(0, None) == (True, 0, None)
+    assert turns.retry_after(1) == _Turns.UNMEASURED  # nothing measured yet
+    turns.start()
+    clock.now += 4.0
+    turns.finish()
+    assert turns.mean_seconds == 4.0
+    turns.start()
+    clock.now += 2.0
+    turns.finish()
+    assert turns.mean_seconds == pytest.approx(4.0 + _Turns.ALPHA * (2.0 - 4.0))  # moving average
+    turns.mean_seconds = 4.0
+    turns.start()  # one inference running for 1 s, one waiting: the line is full
+    clock.now += 1.0
+    ok, retry, first = turns.admit(2, None)
+    assert not ok and first and retry == 3  # the running one ends in ~3 s, freeing a place
+    ok, retry, second = turns.admit(2, None)
+    assert not ok and second != first and retry == 7  # behind the first ticket: two inferences must end
+    clock.now += 10.0  # the running one is overdue: its end is due any moment, never a negative estimate
+    assert turns.retry_after(1) == 1 and turns.retry_after(3) == 8
+
+
+def test_a_ticket_keeps_its_place_in_line_and_lapses_when_its_holder_stays_away():
+    from autoseg.server import _Turns
+
+    clock = Clock()
+    turns = _Turns(capacity=2, clock=clock, max_tickets=3)
+    turns.mean_seconds = 1.0
+    turns.start()
+    _, r1, t1 = turns.admit(2, None)
+    _, r2, t2 = turns.admit(2, None)
+    assert (r1, r2) == (1, 2)
+    turns.finish()
+    turns.start()  # the waiting one runs: one place free, held for t1
+    assert turns.admit(1, None)[0] is False  # a newcomer queues behind the tickets ...
+    assert list(turns.tickets)[:2] == [t1, t2]
+    assert turns.admit(1, t2)[0] is False  # ... and so does a later ticket
+    assert turns.admit(1, t1) == (True, 0, None)  # the first in line takes the place
+    ok, _, again = turns.admit(2, t2)
+    assert not ok and again == t2 and list(turns.tickets)[0] == t2  # turned away again: same ticket, first now
+    assert turns.admit(0, None)[0] is True  # a model with nothing to do never waits for an absent holder
+    # a full book of tickets: a 503 without one
+    turns.admit(2, None)
+    assert len(turns.tickets) == 3
+    ok, retry, none = turns.admit(2, None)
+    assert not ok and none is None and retry >= 1
+    # holders that stay away past their Retry-After plus the grace period lose their places
+    clock.now += 60.0
+    assert turns.admit(1, None) == (True, 0, None) and not turns.tickets
+    ok, _, fresh = turns.admit(2, t2)  # a lapsed ticket is a fresh request
+    assert not ok and fresh != t2
+
+
+class StepModel(SlowModel):
+    """A stand-in whose inferences end one at a time, each when the test calls ``step``."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = threading.Semaphore(0)
+        self.release.set()
+
+    def segment(self, image, out, source_values=True):
+        assert self.steps.acquire(timeout=30)
+        super().segment(image, out, source_values)
+
+
+def _serve(model, options):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app([model], options), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            httpx.get(f"{url}/healthz")
+            break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    return server, thread, url
+
+
+def _until(url: str, **load) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        got = httpx.get(f"{url}/healthz").json()["load"]["Slow"]
+        if all(got[k] == v for k, v in load.items()):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"load never reached {load}: {got}")
+
+
+def test_a_client_that_waited_its_retry_after_is_served_before_newcomers():
+    from autoseg.server import TICKET_HEADER
+
+    model = StepModel()
+    server, thread, url = _serve(model, ServeOptions(queue=1))
+    results: dict[str, httpx.Response] = {}
+
+    def send(key, headers=None):
+        results[key] = httpx.post(f"{url}/v1/segment/Slow", files={"file": ("a.nii.gz", NIFTI)},
+                                  headers=headers or {}, timeout=30)
+
+    try:
+        a = threading.Thread(target=send, args=("a",))
+        a.start()
+        _until(url, running=1, waiting=0)
+        b = threading.Thread(target=send, args=("b",))
+        b.start()
+        _until(url, running=1, waiting=1)  # the line (1 running + 1 waiting) is full
+        send("c")
+        assert results["c"].status_code == 503 and int(results["c"].headers["retry-after"]) >= 1
+        ticket = results["c"].headers[TICKET_HEADER]
+        model.steps.release()  # a's inference ends, b's begins: one place frees, c's by its ticket
+        a.join(30)
+        _until(url, running=1, waiting=0, tickets=1)
+        send("d")  # a newcomer does not take it
+        assert results["d"].status_code == 503 and results["d"].headers[TICKET_HEADER] != ticket
+        c = threading.Thread(target=send, args=("c", {TICKET_HEADER: ticket}))
+        c.start()
+        _until(url, running=1, waiting=1)  # c waits in the place it was promised
+        late = results["d"].headers[TICKET_HEADER]
+        send("d", {TICKET_HEADER: late})
+        assert results["d"].status_code == 503 and results["d"].headers[TICKET_HEADER] == late  # first in line now
+        for _ in range(3):
+            model.steps.release()
+        b.join(30)
+        c.join(30)
+        send("d", {TICKET_HEADER: late})
+        assert [results[k].status_code for k in "abcd"] == [200] * 4
+        assert model.calls == 4 and model.max_running == 1
+    finally:
+        for _ in range(4):
+            model.steps.release()
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_result_file_names_beyond_latin_1_are_rfc_6266_headers(served):
+    from urllib.parse import unquote
+
+    model, url = served
+    model.release.set()
+    name = "海马_😀.nii.gz"
+    r = httpx.post(f"{url}/v1/segment/Slow", files={"file": (name, NIFTI)}, timeout=30)
+    assert r.status_code == 200, r.text
+    disposition = r.headers["content-disposition"]
+    assert disposition.isascii() and 'filename="' in disposition
+    assert unquote(disposition.split("filename*=UTF-8''", 1)[1]) == "海马_😀_seg.nii.gz"
