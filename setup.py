@@ -11,7 +11,7 @@ setup(
     package_dir={"autoseg._plans": "plans"},
     package_data={"autoseg._plans": ["presets/*.json", "schema/*.json", "examples/*.json"]},
     install_requires=[
-        "torch==2.13.0",
+        "torch>=2.11",  # the versions tested; constraints.txt pins the CPU build's exact one
         "numpy",
         "SimpleITK",
         "nibabel",

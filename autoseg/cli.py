@@ -140,9 +140,13 @@ def _add_training_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--deterministic", action="store_true", default=None,
                    help="bitwise reproducible batches and deterministic torch kernels (slower)")
     t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
-                   help="training arithmetic: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16 (CUDA)")
+                   help="training arithmetic: auto (bf16 where the device has bf16 units: GPUs of compute "
+                        "capability 8.0 and later, CPUs with AVX512-BF16 or AMX; fp16 with loss scaling on older "
+                        "GPUs; else fp32), fp32, bf16, fp16 (CUDA)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("-j", "--workers", type=int, default=None, help="data-loading processes (0: in-process)")
+    t.add_argument("-j", "--workers", type=int, default=None,
+                   help="data-loading processes (default: one per usable core but one, shared by the processes of "
+                        "a torchrun node; validation gets half as many; 0: in-process)")
     t.add_argument("--checkpoint-every", type=_workers, default=None, metavar="EPOCHS",
                    help="epochs between checkpoint_latest.pt writes (default 5)")
     t.add_argument("--no-validation", action="store_true", help="skip the final sliding-window validation")
@@ -182,7 +186,8 @@ def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                     help="workspace folder (default: $AUTOSEG_WORKSPACE or ./autoseg_workspace)")
     pl.add_argument("--preset", default="default", help="planner preset: default, resenc-m, resenc-l, resenc-xl")
     pl.add_argument("--gpu-memory", type=_positive_float, default=None, metavar="GB",
-                    help="accelerator memory target (default: the preset's, else the CUDA device's, else 8)")
+                    help="accelerator memory target (default: the preset's, else 8 as nnU-Net, or the CUDA "
+                         "device's memory when less)")
     pl.add_argument("-j", "--workers", type=_workers, default=None, help="parallel processes (default: auto)")
     pl.add_argument("--no-preprocess", action="store_true", help="stop after planning")
     pl.add_argument("--budget", type=parse_duration, default=None, metavar="DURATION",
@@ -581,7 +586,8 @@ def _torchrun_spec():
 
     return DistributedSpec(rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
                            local_rank=int(os.environ["LOCAL_RANK"]), master_addr=os.environ["MASTER_ADDR"],
-                           master_port=int(os.environ["MASTER_PORT"]))
+                           master_port=int(os.environ["MASTER_PORT"]),
+                           local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def _cmd_predict(args) -> int:

@@ -34,7 +34,11 @@ one at once) is terminated.
 Transport. A worker copies the arrays of its batch into one ``uint8`` tensor made in shared memory; the DataLoader
 passes its file descriptor to the consumer, which gets the arrays back as numpy views of that block (no copy).
 Pickled numpy arrays would instead be copied several times through a pipe. The block is anonymous shared memory,
-freed with the last reference to it, whatever happened to the worker.
+freed with the last reference to it, whatever happened to the worker. With ``pin_memory`` (training on CUDA) the
+DataLoader's pinning thread copies each block into page-locked memory while the consumer works, and the arrays
+arrive as CPU tensors viewing that block (numeric arrays only): a copy from them to the GPU with
+``non_blocking=True`` is asynchronous, and the block is not reused before that copy has finished (torch's pinned
+memory allocator records the copy). Batches made in the calling thread (``num_workers=0``) are not pinned.
 """
 
 from __future__ import annotations
@@ -117,6 +121,9 @@ class LoaderConfig:
     regions
         Region-based training: label values of each region, for foreground oversampling per region
         (:class:`~autoseg.data.sampling.SamplingConfig`).
+    pin_memory
+        Deliver the workers' arrays as CPU tensors in pinned memory (see Transport in the module docstring); for
+        training on CUDA, where only pinned memory is copied asynchronously.
     """
 
     patch_size: tuple[int, ...]
@@ -135,6 +142,7 @@ class LoaderConfig:
     cache_cases: int = 256
     start_method: str | None = None
     regions: tuple[tuple[int, ...], ...] | None = None
+    pin_memory: bool = False
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
@@ -271,9 +279,20 @@ def _pack(batch: dict) -> _Packed:
 
 
 def _unpack(packed: _Packed) -> dict:
-    raw = packed.block.numpy()
+    """The batch's arrays as views of its block: numpy arrays, or CPU tensors when the block is pinned (views of
+    the same torch storage, so that the pinned memory allocator sees their copies to the GPU)."""
+    block = packed.block
+    if block.is_pinned():
+        return _map(packed.batch, lambda v: block[v.offset:v.offset + v.nbytes].view(_torch_dtype(v.dtype))
+                    .view(v.shape) if isinstance(v, _Slot) else v)
+    raw = block.numpy()
     return _map(packed.batch, lambda v: raw[v.offset:v.offset + v.nbytes].view(v.dtype).reshape(v.shape)
                 if isinstance(v, _Slot) else v)
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype of a numpy dtype string (``"<f4"`` -> ``torch.float32``)."""
+    return torch.from_numpy(np.empty(0, dtype=np.dtype(dtype))).dtype
 
 
 class _Batches(Dataset):
@@ -383,7 +402,8 @@ class BatchLoader:
         if cfg.num_workers > 0:
             method = cfg.start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             workers = dict(multiprocessing_context=mp.get_context(method), prefetch_factor=cfg.prefetch,
-                           timeout=cfg.poll_interval, worker_init_fn=_init_worker, in_order=cfg.deterministic)
+                           timeout=cfg.poll_interval, worker_init_fn=_init_worker, in_order=cfg.deterministic,
+                           pin_memory=cfg.pin_memory)
         loader = DataLoader(self._dataset, batch_size=None, sampler=indices, num_workers=cfg.num_workers,
                             collate_fn=_identity, generator=torch.Generator(), **workers)
         self._iter = iter(loader)  # starts the workers; draws its (unused) base seed from the private generator

@@ -22,8 +22,8 @@ class PlannerPreset:
     network
         ``"plain_unet"`` or ``"resenc_unet"``.
     memory_target_gb
-        Default accelerator memory target, GB; ``None`` means the CUDA device's memory when present, else
-        ``reference_memory_gb``.
+        Default accelerator memory target, GB; ``None`` means ``reference_memory_gb``, or the CUDA device's
+        memory when that is less (never more: nnU-Net plans for its reference memory on any GPU).
     reference_memory_gb
         Memory that ``reference_value_3d`` / ``_2d`` correspond to, GB.
     reference_value_3d, reference_value_2d

@@ -22,6 +22,8 @@ class DistributedSpec:
         Global rank, number of processes, rank on this machine (selects the CUDA device).
     master_addr, master_port
         Rendezvous address of rank 0.
+    local_world_size
+        Processes on this machine (they share its cores: each gets its share of data-loading workers).
     """
 
     rank: int
@@ -29,6 +31,7 @@ class DistributedSpec:
     local_rank: int
     master_addr: str
     master_port: int
+    local_world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -36,11 +39,20 @@ class DistributedSpec:
 
 
 def init(spec: DistributedSpec, device: torch.device) -> None:
-    """Join the process group: NCCL between GPUs, gloo on CPU."""
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    """Join the process group: NCCL between GPUs, gloo on CPU.
+
+    An NCCL group reduces CUDA tensors only (it has no CPU backend): every collective of a run on ``device``
+    takes tensors on ``device``. On CUDA the group is bound to this process's GPU (``device_id``), so object
+    collectives and barriers need not guess it. torch's own collective timeouts apply: 10 minutes under NCCL,
+    30 under gloo.
+    """
     if device.type == "cuda":
+        device = torch.device("cuda", spec.local_rank if device.index is None else device.index)
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, init_method=f"tcp://{spec.master_addr}:{spec.master_port}",
+        dist.init_process_group("nccl", init_method=f"tcp://{spec.master_addr}:{spec.master_port}",
+                                rank=spec.rank, world_size=spec.world_size, device_id=device)
+        return
+    dist.init_process_group("gloo", init_method=f"tcp://{spec.master_addr}:{spec.master_port}",
                             rank=spec.rank, world_size=spec.world_size)
 
 
@@ -56,7 +68,12 @@ def barrier() -> None:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over all ranks (identity outside a distributed run). CPU float64 tensors go through gloo."""
+    """Sum ``t`` over all ranks (identity outside a distributed run); a new tensor, on ``t``'s device.
+
+    ``t`` must be on the group's device: a CUDA tensor under NCCL (which has no CPU backend: a CPU tensor raises
+    "No backend type associated with device type cpu"), a CPU tensor under gloo. The trainer makes its tensors on
+    the model's device.
+    """
     if not (dist.is_available() and dist.is_initialized()):
         return t
     out = t.clone()

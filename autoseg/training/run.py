@@ -140,9 +140,7 @@ def resolve_runtime(config: TrainConfig, plan: ConfigurationPlan, device: str, f
     tuple
         ``(device, config, note)``; ``note`` is a line to show the user ("" when nothing was chosen for them).
     """
-    if distributed is not None and device == "auto":
-        device = "cuda:%d" % distributed.local_rank if torch.cuda.is_available() else "cpu"
-    dev = resolve_device(device)
+    dev = resolve_device(process_device(device, distributed, torch.cuda.is_available()))
     precision = resolve_precision(config.precision, dev)
     config = replace(config, precision=precision, channels_last=resolve_channels_last(config.channels_last, dev,
                                                                                        precision),
@@ -156,6 +154,17 @@ def resolve_runtime(config: TrainConfig, plan: ConfigurationPlan, device: str, f
         config, chosen = _resolve_schedule(config, plan, dev, given)
         note = "\n".join(n for n in (note, chosen) if n)
     return dev, config, note
+
+
+def process_device(device: str, distributed: dist_utils.DistributedSpec | None, cuda_available: bool) -> str:
+    """The device name one training process uses. Under torchrun each process has its own GPU, its local rank's:
+    ``auto`` (with CUDA) and a bare ``cuda`` mean ``cuda:LOCAL_RANK`` there (else every process of a node would
+    train on cuda:0); ``auto`` without CUDA is the CPU. An explicit ``cuda:N`` is kept."""
+    if distributed is None:
+        return device
+    if device == "cuda" or device == "auto" and cuda_available:
+        return f"cuda:{distributed.local_rank}"
+    return "cpu" if device == "auto" else device
 
 
 def _resolve_schedule(config: TrainConfig, plan: ConfigurationPlan, dev: torch.device, given: frozenset[str]
@@ -216,38 +225,54 @@ def build_loss(plan: ConfigurationPlan, regions=None) -> torch.nn.Module:
 
 def build_loaders(source: StoreSource, plan: ConfigurationPlan, train_ids: Sequence[str], val_ids: Sequence[str],
                   config: TrainConfig, state: TrainState, num_extra_classes: int,
-                  distributed: dist_utils.DistributedSpec | None = None, regions=None
-                  ) -> tuple[BatchLoader, BatchLoader]:
+                  distributed: dist_utils.DistributedSpec | None = None, regions=None,
+                  device: torch.device | None = None) -> tuple[BatchLoader, BatchLoader]:
     """The training and patch-validation batch streams, resuming where ``state`` left them.
 
     Every rank draws its own stream (seed + 7919 x rank) of its share of the global batch. With ``regions``
-    (:class:`Region` s), foreground is oversampled per region.
+    (:class:`Region` s), foreground is oversampled per region. Both streams come from worker processes
+    (``config.num_workers`` for training, default :func:`default_loader_workers`; :func:`validation_workers` for
+    validation; none with ``num_workers=0``). Training on CUDA (``device``), the workers' batches arrive in pinned
+    memory, so the trainer's copies to the GPU are asynchronous.
     """
     sample_regions = tuple(tuple(r.labels) for r in regions) if regions else None
     world, rank = (distributed.world_size, distributed.rank) if distributed else (1, 0)
     local_batch = dist_utils.split_batch(config.batch_size, world, rank)
-    workers = config.num_workers if config.num_workers is not None else default_loader_workers()
+    workers = (config.num_workers if config.num_workers is not None
+               else default_loader_workers(distributed.local_world_size if distributed else 1))
+    pin = device is not None and device.type == "cuda"
     seed = config.seed + 7919 * rank
     train = training_loader(source, plan, case_ids=train_ids, seed=seed, num_workers=workers,
                             deterministic=config.deterministic or workers == 0, batch_size=local_batch,
                             first_batch=state.batches_drawn, oversample_foreground=config.oversample_foreground,
-                            num_extra_classes=num_extra_classes, regions=sample_regions)
-    val = validation_loader(source, plan, case_ids=val_ids, seed=seed + 1, num_workers=0, batch_size=local_batch,
-                            first_batch=state.val_batches_drawn, oversample_foreground=config.oversample_foreground,
-                            num_extra_classes=num_extra_classes, regions=sample_regions)
+                            num_extra_classes=num_extra_classes, regions=sample_regions, pin_memory=pin)
+    # delivered in index order whatever the workers (the loader's default): a resumed run continues the stream
+    val = validation_loader(source, plan, case_ids=val_ids, seed=seed + 1, num_workers=validation_workers(workers),
+                            batch_size=local_batch, first_batch=state.val_batches_drawn,
+                            oversample_foreground=config.oversample_foreground,
+                            num_extra_classes=num_extra_classes, regions=sample_regions, pin_memory=pin)
     return train, val
 
 
-def default_loader_workers() -> int:
-    """One background process per spare core (at least one): augmentation overlaps the network's work."""
-    cores = usable_cpus()
-    return max(1, min(4, cores - 1))
+def default_loader_workers(processes: int = 1) -> int:
+    """Training-batch workers of one of ``processes`` training processes on this machine (torchrun's processes
+    per node): its share of the usable cores (:func:`usable_cpus`) but one (its own), at least one. On a GPU,
+    augmenting a batch takes longer than the network's step, so every core is wanted."""
+    return max(1, usable_cpus() // max(1, processes) - 1)
+
+
+def validation_workers(training_workers: int) -> int:
+    """Worker processes of the validation stream: half the training workers (its batches are not augmented;
+    nnU-Net's ratio), at least one; none when the training batches are made in-process (``num_workers=0``)."""
+    return 0 if training_workers == 0 else max(1, training_workers // 2)
 
 
 def fit(trainer: Trainer, folder: FoldPaths, is_main: bool) -> TrainState:
-    """Run the trainer (with deterministic kernels when the config asks); on Ctrl-C save a latest checkpoint."""
+    """Run the trainer (with deterministic kernels when the config asks, else with cuDNN's autotuner on CUDA);
+    on Ctrl-C save a latest checkpoint."""
     try:
-        with _deterministic(trainer.config.deterministic):
+        with _deterministic(trainer.config.deterministic), cuda_settings(trainer.device,
+                                                                         trainer.config.deterministic):
             return trainer.fit()
     except KeyboardInterrupt:
         if is_main:
@@ -258,6 +283,24 @@ def fit(trainer: Trainer, folder: FoldPaths, is_main: bool) -> TrainState:
 
 def iterate(loader: BatchLoader) -> Iterator[dict]:
     yield from loader
+
+
+@contextlib.contextmanager
+def cuda_settings(device: torch.device, deterministic: bool = False):
+    """On CUDA, for the duration of a run: ``device`` is the current device (nothing lands on cuda:0 by
+    default), and cuDNN times its convolution algorithms once per shape and keeps the fastest (every training
+    step has the same shapes), unless the run must be deterministic. The previous settings are restored; off
+    CUDA nothing changes."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = not deterministic
+    try:
+        with torch.cuda.device(device):
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 @contextlib.contextmanager

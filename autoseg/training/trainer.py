@@ -122,7 +122,7 @@ def _confusion(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> 
     pred = logits.argmax(1)
     tgt = target[:, 0].long()
     valid = tgt >= 0
-    out = torch.zeros(3, num_classes - 1, dtype=torch.float64)
+    out = torch.zeros(3, num_classes - 1, dtype=torch.float64, device=logits.device)  # summed where they are made
     for c in range(1, num_classes):
         p, t = (pred == c) & valid, (tgt == c) & valid
         out[0, c - 1] = (p & t).sum()
@@ -145,7 +145,8 @@ class Trainer:
     optimizer
         A torch optimiser whose learning rate the trainer sets every epoch.
     train_batches, val_batches
-        Iterators of ``{"data": (B, C, *patch) float32, "target": [(B, 1, *scale) ...]}`` numpy batches.
+        Iterators of ``{"data": (B, C, *patch) float32, "target": [(B, 1, *scale) ...]}`` batches of numpy
+        arrays or CPU tensors (pinned ones are copied to the device asynchronously).
     config
         The run's numbers.
     state
@@ -159,7 +160,8 @@ class Trainer:
     autocast
         ``autocast(device, precision)`` context factory.
     all_reduce
-        Sums a tensor over distributed ranks (identity when training on one process).
+        Sums a tensor over distributed ranks (identity when training on one process); the trainer's tensors are
+        on ``device`` (an NCCL group reduces CUDA tensors only).
     check_replicas
         Called on every rank with the model after the last epoch, before the final callbacks (which write the final
         checkpoint); raises when the ranks' weights differ, returns their digest (``None`` on one process).
@@ -199,16 +201,23 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     # -- steps ----------------------------------------------------------------------------------------------
+    def _on_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A batch array on the device. The loader's pinned host tensors (training on CUDA) are copied
+        asynchronously, so the copy overlaps the work queued before it; a numpy array (pageable memory) is copied
+        synchronously, non_blocking or not."""
+        t = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+        return t.to(self.device, non_blocking=True)
+
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        data = torch.from_numpy(np.ascontiguousarray(batch["data"])).to(self.device, non_blocking=True)
+        data = self._on_device(batch["data"])
         if self.channels_last and data.ndim in (4, 5):
             data = data.contiguous(memory_format=torch.channels_last if data.ndim == 4 else torch.channels_last_3d)
-        targets = [torch.from_numpy(np.ascontiguousarray(t)).to(self.device, non_blocking=True)
-                   for t in batch["target"]]
+        targets = [self._on_device(t) for t in batch["target"]]
         return data, targets
 
-    def train_step(self, batch: dict) -> float:
-        """One optimisation step; returns the loss."""
+    def train_step(self, batch: dict) -> torch.Tensor:
+        """One optimisation step; returns the loss, a 0-dim tensor on the device (reading its value waits for
+        the step to finish)."""
         data, targets = self._to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast(self.device, self.precision):
@@ -219,19 +228,19 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return float(loss.detach())
+        return loss.detach()
 
     @torch.inference_mode()
-    def val_step(self, batch: dict) -> tuple[float, torch.Tensor]:
-        """Loss and foreground confusion counts on one validation batch."""
+    def val_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and foreground confusion counts ``(3, scored)`` on one validation batch, both on the device."""
         data, targets = self._to_device(batch)
         with self.autocast(self.device, self.precision):
             output = self.model(data)
             loss = self.loss(output, targets)
         full_res = output[0] if isinstance(output, (list, tuple)) else output
         if self.regions:
-            return float(loss), _region_confusion(full_res.float(), targets[0], self.regions)
-        return float(loss), _confusion(full_res.float(), targets[0], self.num_classes)
+            return loss.detach(), _region_confusion(full_res.float(), targets[0], self.regions)
+        return loss.detach(), _confusion(full_res.float(), targets[0], self.num_classes)
 
     # -- epochs ---------------------------------------------------------------------------------------------
     def _calibrate(self, step_seconds: list[float]) -> None:
@@ -249,9 +258,9 @@ class Trainer:
 
         A time budget plans the run from measured times; each rank measures its own, and ranks that planned
         different numbers of iterations or epochs would wait for each other's collectives. The mean is the same
-        number on every rank.
+        number on every rank. The tensor is made on the model's device: an NCCL group reduces CUDA tensors only.
         """
-        total = self.all_reduce(torch.tensor([seconds, 1.0], dtype=torch.float64))
+        total = self.all_reduce(torch.tensor([seconds, 1.0], dtype=torch.float64, device=self.device))
         return float(total[0] / total[1])
 
     def _set_learning_rate(self) -> float:
@@ -274,7 +283,7 @@ class Trainer:
         lr = self._set_learning_rate()
         self.model.train()
         start = time.perf_counter()
-        wait, losses, step_times = 0.0, [], []
+        wait, losses, step_times, shown = 0.0, [], [], float("nan")
         # on a terminal a bar per epoch; in a log file only the line printed per epoch
         bar = progress_bar(st.iterations_per_epoch, f"epoch {st.epoch + 1}/{st.total_epochs}", "it", self.progress,
                            leave=False, lines=False)
@@ -284,6 +293,11 @@ class Trainer:
             batch = next(self.train_batches)
             wait += time.perf_counter() - t0
             losses.append(self.train_step(batch))
+            if len(losses) > 1:
+                # the previous step's loss: waits for that step, not for the one just queued, so the host prepares
+                # the next batch while the device works and runs at most one step ahead (step times stay the
+                # device's)
+                shown = float(losses[-2])
             step_times.append(time.perf_counter() - t0)
             st.batches_drawn += 1
             it += 1
@@ -292,13 +306,14 @@ class Trainer:
                 lr = self._set_learning_rate()  # the schedule now knows the run's length
                 bar.total = st.iterations_per_epoch
                 bar.set_description(f"epoch {st.epoch + 1}/{st.total_epochs}")
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{shown:.3f}", lr=f"{lr:.2e}")
             bar.update()
         bar.close()
 
         self.model.eval()
         scored = len(self.regions) if self.regions else self.num_classes - 1
-        val_losses, counts = [], torch.zeros(3, scored, dtype=torch.float64)
+        # on the model's device: the region counts are made there, and an NCCL group reduces CUDA tensors only
+        val_losses, counts = [], torch.zeros(3, scored, dtype=torch.float64, device=self.device)
         bar = progress_bar(st.validation_iterations, f"epoch {st.epoch + 1} validation", "it", self.progress,
                            leave=False, lines=False)
         for _ in range(st.validation_iterations):
@@ -313,7 +328,7 @@ class Trainer:
         bar.close()
         counts = self.all_reduce(counts)
         tp, fp, fn = counts
-        dice = tuple(float(v) for v in (2 * tp / torch.clamp(2 * tp + fp + fn, min=1)))
+        dice = tuple((2 * tp / torch.clamp(2 * tp + fp + fn, min=1)).tolist())
         mean_dice = float(np.mean(dice)) if dice else 0.0
         m = cfg.ema_momentum
         st.ema_pseudo_dice = mean_dice if st.ema_pseudo_dice is None else m * st.ema_pseudo_dice + (1 - m) * mean_dice
@@ -323,8 +338,8 @@ class Trainer:
         st.epoch += 1
         if cfg.budget_minutes is not None:
             st.total_epochs = max(st.epoch, epochs_that_fit(st.epoch, st.train_seconds, cfg.budget_minutes * 60.0))
-        log = EpochLog(epoch=st.epoch - 1, train_loss=float(np.mean(losses)),
-                       val_loss=float(np.mean(val_losses)) if val_losses else float("nan"),
+        log = EpochLog(epoch=st.epoch - 1, train_loss=float(torch.stack(losses).double().mean()),
+                       val_loss=float(torch.stack(val_losses).double().mean()) if val_losses else float("nan"),
                        pseudo_dice=dice, ema_pseudo_dice=float(st.ema_pseudo_dice), learning_rate=lr,
                        epoch_seconds=epoch_seconds, data_wait_seconds=wait, total_epochs=st.total_epochs,
                        step_seconds=float(np.median(step_times)))

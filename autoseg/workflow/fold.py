@@ -138,7 +138,7 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
                         _pretrained(config, configuration, folder, is_main), distributed is not None)
     source, num_extra = _training_source(ctx, configuration, store, device, progress and is_main, is_main)
     train_loader, val_loader = build_loaders(source, plan, train_ids, val_ids, config, state, num_extra, distributed,
-                                             plans.regions)
+                                             plans.regions, device=dev)
     recorders = []
     if is_main:
         save_json(config, folder.train_config)

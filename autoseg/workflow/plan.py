@@ -91,14 +91,22 @@ def cuda_memory_gb() -> float | None:
 
 
 def memory_target(preset: PlannerPreset, memory_gb: float | None) -> float:
-    """The memory target: explicit value, else the preset's own, else the CUDA device's, else the reference."""
+    """The memory target, GB: the explicit value, else the preset's own, else its reference memory (nnU-Net's 8 GB
+    for the default preset) or the CUDA device's memory when that is less.
+
+    Not the whole device's memory: nnU-Net plans for 8 GB on any GPU. A 139 GB H200 as the target makes the patch
+    the whole median image and the batch many times larger, and every one of nnU-Net's 1000 x 250 iterations that
+    much slower, for no measured gain; ``memory_gb`` (``--gpu-memory``) asks for more where that is wanted
+    (``benchmarks/gpu_check.py`` measures the plans and step times of both).
+    """
     if memory_gb is not None:
         if memory_gb <= 0:
             raise AutosegError(f"{option('memory_gb')} {memory_gb}: must be a positive number of GB")
         return float(memory_gb)
     if preset.memory_target_gb is not None:
         return float(preset.memory_target_gb)
-    return cuda_memory_gb() or preset.reference_memory_gb
+    device = cuda_memory_gb()
+    return min(float(preset.reference_memory_gb), device) if device else float(preset.reference_memory_gb)
 
 
 def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: float | None = None,
