@@ -152,6 +152,9 @@ def _add_training_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--no-validation", action="store_true", help="skip the final sliding-window validation")
     t.add_argument("--pretrained", default=None, metavar="MODEL.ZIP[:CONFIG]",
                    help="fine-tune: initialise a fresh run from an exported model (configuration default: -c)")
+    t.add_argument("--no-validation-tta", dest="validation_mirroring", action="store_false",
+                   help="final validation without mirroring (about 8x faster in 3D; Dice a little lower than with "
+                        "the TTA that predict uses)")
     t.add_argument("--pretrained-fold", default=None, metavar="FOLD",
                    help="which exported fold initialises the network (default: 0)")
     t.add_argument("--early-stop", type=_workers, default=None, metavar="PATIENCE",
@@ -515,6 +518,7 @@ def _cmd_train(args) -> int:
             from autoseg.evaluation.selection import selection_table
 
             print(selection_table(best))
+                     validation_mirroring=None if args.validation_mirroring else False,
         return 0
     if not single:
         if args.overwrite:

@@ -14,7 +14,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 _CPU_BF16_SUPPORT = Path(__file__).resolve().parent / "support" / "cpu_bf16"
 #: the training of the session's tiny model: one fold, two iterations (what the plumbing tests need)
 TINY_TRAIN = ["-c", "3d_fullres", "-f", "0", "--epochs", "1", "--iterations-per-epoch", "2",
-              "--validation-iterations", "1", "-j", "0"]
+              "--validation-iterations", "1", "-j", "0", "--no-validation-tta"]
 
 
 def pytest_addoption(parser):

@@ -24,6 +24,11 @@ class TrainConfig:
         Wall-clock budget for the training loop (validation at the end excluded); ``None`` means use ``epochs``.
     validation_iterations
         Patch batches per epoch for the running pseudo-Dice.
+    validation_mirroring
+        The fold's final validation (its validation cases predicted whole, then scored) uses mirroring test-time
+        augmentation, as nnU-Net's does and as ``autoseg predict`` does by default; ``False`` predicts each case
+        once, about 8x (3D) or 4x (2D) faster, for quick runs and tests (its Dice is then a little lower than
+        what ``predict`` with TTA gives).
     batch_size
         Patches per step; ``None`` takes the plans' batch size.
     learning_rate, momentum, weight_decay, poly_exponent, grad_clip
@@ -80,6 +85,7 @@ class TrainConfig:
     iterations_per_epoch: int = 250
     budget_minutes: float | None = None
     validation_iterations: int = 50
+    validation_mirroring: bool = True
     batch_size: int | None = None
     learning_rate: float = 0.01
     momentum: float = 0.99

@@ -15,6 +15,7 @@ from autoseg.io.roi import apply_roi, apply_roi_to_probabilities, read_roi, spec
 from autoseg.report import write_fold_report
 from autoseg.schema.base import load_json
 from autoseg.schema.evaluation import EvaluationSummary
+from autoseg.schema.training import TrainConfig
 from autoseg.workflow.cascade import save_next_stage
 from autoseg.workflow.context import DatasetContext
 from autoseg.workspace import FoldPaths
@@ -34,9 +35,9 @@ def training_cases(ctx: DatasetContext, case_ids: list[str]) -> list[InputCase]:
 
 def validate_fold(ctx: DatasetContext, configuration: str, fold: str, device: str = "auto",
                   progress: bool = True) -> dict[str, float | None]:
-    """Predict the fold's validation cases with the final weights (sliding window, mirror TTA), write them in the
-    raw geometry with their probabilities, score them against the raw labels (``validation/summary.json``) and
-    write the fold's report.
+    """Predict the fold's validation cases with the final weights (sliding window, mirror TTA unless the fold was
+    trained with ``validation_mirroring=False``), write them in the raw geometry with their probabilities, score
+    them against the raw labels (``validation/summary.json``) and write the fold's report.
 
     A cascade's low-res stage also writes each case's prediction on the next stage's grid
     (:func:`autoseg.workflow.cascade.save_next_stage`); a cascade stage is validated behind the previous stage's
@@ -52,7 +53,9 @@ def validate_fold(ctx: DatasetContext, configuration: str, fold: str, device: st
     folder = ctx.fold(configuration, fold)
     _, val_ids = ctx.fold_cases(fold)
     folder.validation.mkdir(parents=True, exist_ok=True)
-    predictor = load_folds(ctx, configuration, [fold], device=device)
+    # the fold's own run decides whether its validation mirrors (TrainConfig.validation_mirroring)
+    mirror = not folder.train_config.is_file() or load_json(TrainConfig, folder.train_config).validation_mirroring
+    predictor = load_folds(ctx, configuration, [fold], device=device, mirror=mirror)
     next_stage = ctx.plans.configurations[configuration].next_stage
     ending = ctx.spec.file_ending
     rois = spec_rois(ctx.spec)  # outside a case's region of interest: background, and not scored

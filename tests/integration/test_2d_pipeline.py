@@ -48,7 +48,7 @@ def test_drive_like_folder_from_convert_to_evaluated_predictions(drive_like, tmp
     assert [n["scheme"] for n in plans["configurations"]["2d"]["normalization"]] == ["rgb_0_1"] * 3
 
     assert main(["train", "Fundus", "-w", str(ws), "-c", "2d", "-f", "0", "--epochs", "2",
-                 "--iterations-per-epoch", "3", "--validation-iterations", "1", "-j", "0"]) == 0
+                 "--iterations-per-epoch", "3", "--validation-iterations", "1", "-j", "0", "--no-validation-tta"]) == 0
     summary = json.loads((ws / "Fundus" / "models" / "2d" / "fold_0" / "validation" / "summary.json").read_text())
     assert summary["cases"]
 

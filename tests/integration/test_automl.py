@@ -11,7 +11,8 @@ from autoseg.cli import main
 # slow: the AutoML loop over configurations x folds, in-process and on a Dask LocalCluster (minutes)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-FAST = ["--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations", "1", "-j", "0", "--deterministic"]
+FAST = ["--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations", "1", "-j", "0", "--deterministic",
+        "--no-validation-tta"]
 
 
 def test_train_everything_select_and_predict(tiny_raw, tmp_path, capsys):

@@ -13,7 +13,7 @@ from autoseg.preprocessing.store import CaseStore
 # slow: the cascade: five low-res folds, then the second stage with its validation (minutes)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-FAST = ["--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations", "1", "-j", "0"]
+FAST = ["--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations", "1", "-j", "0", "--no-validation-tta"]
 
 
 @pytest.fixture(scope="module")
