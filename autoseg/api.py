@@ -20,7 +20,7 @@ from autoseg.workflow.plan import (PlanResult, cpu_budget_advice, cuda_memory_gb
 from autoseg.workspace import Workspace
 
 __all__ = ["verify", "plan", "cpu_budget_advice", "device_throughput", "preprocess", "load_plans", "load_context",
-           "evaluate", "train", "train_all",
+           "evaluate", "train", "train_all", "run_plan",
            "trained_folds", "find_best", "load_best", "default_configuration", "describe_configuration",
            "load_predictor", "predict", "demo", "export_model", "import_model", "report", "PlanResult",
            "DatasetContext", "Workspace", "cuda_memory_gb", "memory_target", "preprocess_planned", "BEST",
@@ -108,13 +108,23 @@ def train(workspace: Path, dataset: str, configuration: str, fold: str = "0", de
 
 def train_all(workspace: Path, dataset: str, configurations: list[str] | None = None, folds: list[str] | None = None,
               budget_minutes: float | None = None, device: str = "auto", progress: bool = True, validate: bool = True,
-              select: bool = True, report=print, **overrides):
-    """Train every planned configuration x every fold, then select; see
-    :func:`autoseg.workflow.automl.train_all`. Returns ``(results, best)``."""
+              select: bool = True, report=print, allocation: str = "plan", **overrides):
+    """Train the dataset's run, then select: the run plan (``budget_minutes`` is the wall-clock time of the whole
+    run; ``plan --budget`` stored one) or every planned configuration x every fold; see
+    :func:`autoseg.workflow.automl.train_all`. ``allocation="uniform"``: split ``budget_minutes`` evenly over
+    every configuration x fold instead (the behaviour before run plans). Returns ``(results, best)``."""
     from autoseg.workflow.automl import train_all as _train_all
 
     return _train_all(load_context(workspace, dataset, create_splits=True), configurations, folds, budget_minutes,
-                      device, progress, validate, select, report, **overrides)
+                      device, progress, validate, select, report, allocation, **overrides)
+
+
+def run_plan(workspace: Path, dataset: str):
+    """The dataset's run plan (:class:`autoseg.schema.run_plan.RunPlan`, written by ``plan --budget`` or
+    ``train --budget``), ``None`` without one of its current plans."""
+    from autoseg.workflow.automl import load_run_plan
+
+    return load_run_plan(load_context(workspace, dataset))
 
 
 def _job_graph(workspace: Path, dataset: str, configurations, folds, budget_minutes, train_flags, device, precision):

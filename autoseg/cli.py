@@ -27,7 +27,7 @@ FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "continue_": "--conti
          "pretrained": "--pretrained", "device": "--device", "precision": "--precision", "preset": "--preset",
          "num_workers": "-j", "min_iterations": "--min-iterations",
          "freeze_encoder_epochs": "--freeze-encoder-epochs", "warmup_fraction": "--warmup", "schedule": "--schedule",
-         "early_stop_patience": "--early-stop"}
+         "early_stop_patience": "--early-stop", "allocation": "--allocation"}
 
 
 #: ``autoseg demo --kind``: the presets of :data:`autoseg.synthetic.PRESETS` (named here so that the parser does not
@@ -123,9 +123,11 @@ def _add_training_options(t: argparse.ArgumentParser) -> None:
                    help="patch-validation iterations per epoch (default: a fifth of the training iterations, 50 "
                         "for 250)")
     t.add_argument("--budget", type=parse_duration, default=None, metavar="DURATION",
-                   help="fit the number of epochs to this wall-clock time per fold, from the measured speed: 90 "
-                        "(minutes), 90m, 1.5h, 2h30m (default on a CPU without --epochs: 60 minutes; on a GPU: "
-                        "nnU-Net's 1000 epochs)")
+                   help="wall-clock time of the whole training run, as for plan --budget: train DATASET fits the "
+                        "run plan to it (or extends it, keeping what is trained); with one -c and one -f, that "
+                        "fold's training time; with --cluster and in autoseg jobs, split evenly over the jobs; 90 "
+                        "(minutes), 90m, 1.5h, 2h30m (default: the run plan's; without one, on a CPU without "
+                        "--epochs 60 minutes per fold, on a GPU nnU-Net's 1000 epochs)")
     t.add_argument("--batch-size", type=_workers, default=None, help="patches per iteration (default: the plan's)")
     t.add_argument("--learning-rate", type=_positive_float, default=None,
                    help="initial learning rate of SGD (default: 0.01, nnU-Net's; 0.1 with the short-run recipe)")
@@ -150,11 +152,11 @@ def _add_training_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--checkpoint-every", type=_workers, default=None, metavar="EPOCHS",
                    help="epochs between checkpoint_latest.pt writes (default 5)")
     t.add_argument("--no-validation", action="store_true", help="skip the final sliding-window validation")
-    t.add_argument("--pretrained", default=None, metavar="MODEL.ZIP[:CONFIG]",
-                   help="fine-tune: initialise a fresh run from an exported model (configuration default: -c)")
     t.add_argument("--no-validation-tta", dest="validation_mirroring", action="store_false",
                    help="final validation without mirroring (about 8x faster in 3D; Dice a little lower than with "
                         "the TTA that predict uses)")
+    t.add_argument("--pretrained", default=None, metavar="MODEL.ZIP[:CONFIG]",
+                   help="fine-tune: initialise a fresh run from an exported model (configuration default: -c)")
     t.add_argument("--pretrained-fold", default=None, metavar="FOLD",
                    help="which exported fold initialises the network (default: 0)")
     t.add_argument("--early-stop", type=_workers, default=None, metavar="PATIENCE",
@@ -194,12 +196,14 @@ def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
     pl.add_argument("-j", "--workers", type=_workers, default=None, help="parallel processes (default: auto)")
     pl.add_argument("--no-preprocess", action="store_true", help="stop after planning")
     pl.add_argument("--budget", type=parse_duration, default=None, metavar="DURATION",
-                    help="training minutes per fold: fit every configuration to reach enough iterations in it "
-                         "(smaller batch, then patch, spacing, width; the trade-offs are printed and stored in "
+                    help="wall-clock time of the whole training run (training, validation, model selection): "
+                         "fit a run plan to it (which configurations and folds, how long each; stored in "
+                         "run_plan.json and followed by train DATASET) and every configuration's plan to one "
+                         "fold's time (smaller batch, then patch, spacing, width; trade-offs printed and stored in "
                          "plans.json): 90 (minutes), 90m, 1.5h, 2h30m. Default: nnU-Net's plans, from memory "
-                         "alone")
+                         "alone, and nnU-Net's AutoML")
     pl.add_argument("--min-iterations", type=_workers, default=None, metavar="N",
-                    help="iterations per fold --budget aims for (default 500)")
+                    help="iterations per fold the plans are fitted to reach in the run plan's time (default 500)")
     pl.add_argument("--device", default="auto",
                     help="device --budget is measured on: auto (CUDA when present), cpu, cuda, cuda:N")
 
@@ -265,8 +269,14 @@ def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("-f", "--fold", nargs="+", default=None,
                    help="0-4 or all (default: the five cross-validation folds)")
     _add_training_options(t)
-    t.add_argument("--resume", action="store_true", help="continue a killed run from its latest checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue a killed run from its latest checkpoint (train DATASET always continues its run "
+                        "plan; with a larger --budget it extends it)")
     t.add_argument("--overwrite", action="store_true", help="discard an unfinished run in the fold folder")
+    t.add_argument("--allocation", choices=("plan", "uniform"), default="plan",
+                   help="without -c/-f: plan follows the run plan (plan --budget, or --budget here); uniform "
+                        "splits --budget evenly over every configuration x fold (the behaviour before run plans, "
+                        "for comparison)")
     t.add_argument("--cluster", default=None, metavar="SPEC",
                    help="hand the fold jobs to a Dask cluster: local[:N] (N worker processes on this machine), a "
                         "scheduler address (tcp://HOST:PORT) or a job-queue file (.yaml: SLURM, PBS, LSF, SGE, "
@@ -457,6 +467,10 @@ def _cmd_plan(args) -> int:
 
         print(format_report(result.dataset_report) + f"\n(also in {result.paths.dataset_report})\n")
     print(plans_table(result.plans))
+    if result.run_plan is not None:
+        from autoseg.planning.run_plan import run_plan_table
+
+        print("\n" + run_plan_table(result.run_plan) + f"\n(also in {result.paths.run_plan})")
     if args.budget is None:
         advice = api.cpu_budget_advice(result.plans, args.workspace, args.device, **budget)
         if advice:
@@ -469,7 +483,7 @@ def _cmd_plan(args) -> int:
     name = result.plans.dataset_name
     ws = "" if args.workspace == Path(_default_workspace()) else f" -w {args.workspace}"
     print(f"\ndataset name: {name}; next: autoseg train {name}{ws}"
-          + (f" --budget {args.budget:g}" if args.budget else ""))
+          + (" (it follows the run plan)" if result.run_plan is not None else ""))
     return 0
 
 
@@ -500,6 +514,7 @@ def _cmd_train(args) -> int:
 
     overrides = dict(epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                      validation_iterations=args.validation_iterations, batch_size=args.batch_size,
+                     validation_mirroring=None if args.validation_mirroring else False,
                      learning_rate=args.learning_rate, warmup_fraction=args.warmup, schedule=args.schedule,
                      seed=args.seed,
                      deterministic=args.deterministic,
@@ -518,13 +533,13 @@ def _cmd_train(args) -> int:
             from autoseg.evaluation.selection import selection_table
 
             print(selection_table(best))
-                     validation_mirroring=None if args.validation_mirroring else False,
         return 0
     if not single:
         if args.overwrite:
             raise AutosegError("--overwrite applies to one fold: give one -c and one -f")
         _, best = api.train_all(args.workspace, args.dataset, args.config, args.fold, budget_minutes=args.budget,
-                                device=args.device, validate=not args.no_validation, **overrides)
+                                device=args.device, validate=not args.no_validation, allocation=args.allocation,
+                                **overrides)
         if best is not None:
             from autoseg.evaluation.selection import selection_table
 
@@ -552,6 +567,7 @@ def _cmd_train(args) -> int:
 
 #: Options of a run that are not passed on to its fold jobs: they choose the jobs or apply to one fold in-process.
 _NOT_FORWARDED = {"command", "dataset", "workspace", "config", "fold", "budget", "resume", "overwrite", "cluster",
+                  "allocation",
                   "format", "sbatch", "help"}
 
 

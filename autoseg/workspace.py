@@ -2,7 +2,7 @@
 
 Layout::
 
-    WS/<dataset>/dataset_spec.json, fingerprint.json, plans.json, splits.json
+    WS/<dataset>/dataset_spec.json, fingerprint.json, plans.json, run_plan.json, splits.json
     WS/<dataset>/preprocessed/<config>/<case>.{npy,json}
     WS/<dataset>/models/<config>/fold_<k>/...          (FoldPaths)
     WS/<dataset>/crossval/..., best.json, postprocessing.json
@@ -166,6 +166,11 @@ class DatasetPaths:
     def superseded_plans(self, sha256: str) -> Path:
         """Where a replaced ``plans.json`` is kept (models trained on it still name its hash)."""
         return self.root / f"plans.{sha256[:12]}.json"
+
+    @property
+    def run_plan(self) -> Path:
+        """How a budget for the whole training run is spent (:class:`autoseg.schema.run_plan.RunPlan`)."""
+        return self.root / "run_plan.json"
 
     @property
     def splits(self) -> Path:

@@ -309,7 +309,7 @@ def plan_seconds_per_iteration(arch, patch_size: Sequence[int], batch_size: int,
 
 
 def budget_advice(name: str, seconds_per_iteration: float | None, min_iterations: int = MIN_ITERATIONS) -> str:
-    """What one fold of a memory-only plan costs on the device at hand, and the budget that keeps it unchanged.
+    """What one fold of a memory-only plan costs on the device at hand, and the training time that keeps it unchanged.
 
     ``seconds_per_iteration`` ``None``: the device's speed was never measured (only ``--budget`` runs the probe),
     so the advice names no price.
@@ -335,5 +335,6 @@ def budget_advice(name: str, seconds_per_iteration: float | None, min_iterations
     long = f"~{days:.0f} days" if days >= 2 else f"~{days * 24:.0f} h"
     return (f"one {name} iteration of this plan takes ~{seconds_per_iteration:.2g} s here: nnU-Net's "
             f"{NNUNET_ITERATIONS:,} iterations per fold would take {long}, {min_iterations} iterations {took_s}. "
-            f"Re-plan with --budget MINUTES (training time per fold) to fit the plans to the time you have; "
-            f"--budget {keep} or more keeps this plan.")
+            f"Re-plan with --budget DURATION (the wall-clock time of the whole training run) to fit a run plan "
+            f"and the plans to the time you have; for one fold, --budget {keep} or more keeps this plan (plus "
+            f"the time of its validation).")

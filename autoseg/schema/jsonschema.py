@@ -77,6 +77,7 @@ def schema_files() -> dict[str, dict[str, Any]]:
     from autoseg.schema.inference import InferenceSpec
     from autoseg.schema.plans import Plans
     from autoseg.schema.report import DatasetReport
+    from autoseg.schema.run_plan import RunPlan
     from autoseg.schema.selection import BestChoice, Postprocessing
 
     return {"plans.schema.json": json_schema(Plans, "autoseg plans.json"),
@@ -84,6 +85,7 @@ def schema_files() -> dict[str, dict[str, Any]]:
             "dataset_report.schema.json": json_schema(DatasetReport, "autoseg dataset_report.json"),
             "best.schema.json": json_schema(BestChoice, "autoseg best.json"),
             "postprocessing.schema.json": json_schema(Postprocessing, "autoseg postprocessing.json"),
+            "run_plan.schema.json": json_schema(RunPlan, "autoseg run_plan.json"),
             "inference.schema.json": json_schema(InferenceSpec, "autoseg inference.json (exported ONNX models)")}
 
 

@@ -69,6 +69,10 @@ class BestChoice:
     regions
         Region-based datasets: region number (as a string) -> its label values; ``None`` otherwise (left out of
         the JSON).
+    basis
+        What the candidates were scored on when it is not the cross-validation of every case: e.g. the
+        validation of fold 0 while a budgeted run is under way (:func:`autoseg.workflow.selection.best_so_far`);
+        ``None`` (left out of the JSON): the full cross-validation (``find-best``).
     """
 
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -82,6 +86,7 @@ class BestChoice:
     skipped: dict[str, str] = field(default_factory=dict)
     schema_version: int = field(default=SCHEMA_VERSION)
     regions: dict[str, tuple[int, ...]] | None = field(default=None, metadata=OMIT_IF_NONE)
+    basis: str | None = field(default=None, metadata=OMIT_IF_NONE)
 
     @property
     def region_names(self) -> dict[tuple[int, ...], str]:

@@ -1,14 +1,18 @@
 """Train every planned configuration's folds (within a wall-clock budget), then pick the best.
 
-``autoseg train DATASET`` without ``-c``: every configuration x every cross-validation fold; finished folds are
-skipped, killed ones resumed, and model selection runs at the end (:func:`autoseg.workflow.automl.train_all`). Folds
-are independent jobs: ``train --cluster`` runs them on a Dask cluster and ``autoseg jobs`` prints them as commands
-(:mod:`autoseg.workflow.jobs`). This module holds the rules (which jobs, in which order, with which share of the
-budget).
+``autoseg train DATASET`` without ``-c``: with a run plan (``plan --budget`` / ``train --budget``: one wall-clock
+budget for the whole run, :mod:`autoseg.planning.run_plan`) its parts; without one, every configuration x every
+cross-validation fold. Finished folds are skipped, killed ones resumed, and model selection runs at the end
+(:func:`autoseg.workflow.automl.train_all`). Folds are independent jobs: ``train --cluster`` runs them on a Dask
+cluster and ``autoseg jobs`` prints them as commands (:mod:`autoseg.workflow.jobs`). This module holds the rules
+(which jobs, in which order, with which share of the budget; when a probe stops, which probe wins, how far a
+finished fold is extended).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -18,9 +22,12 @@ from autoseg.errors import AutosegError, option
 from autoseg.nn.device import resolve_channels_last, resolve_device, resolve_precision
 from autoseg.nn.speed import benchmark_step
 from autoseg.nn.unet import build_network
+from autoseg.schema.base import from_jsonable
 from autoseg.schema.plans import Plans
+from autoseg.schema.training import EpochLog
 from autoseg.training.losses import DeepSupervisionLoss, DiceCELoss
-from autoseg.workspace import DatasetPaths
+from autoseg.training.trainer import Callback
+from autoseg.workspace import DatasetPaths, FoldPaths
 
 #: Part of a budget kept for the folds' final validations and model selection.
 VALIDATION_RESERVE = 0.15
@@ -146,3 +153,76 @@ def budget_mismatch(plans: Plans, jobs: Sequence[Job], raw_dir: str, tolerance: 
 def finished_folds(paths: DatasetPaths, configurations: Sequence[str], folds: Sequence[str]) -> set[tuple[str, str]]:
     """(configuration, fold) pairs whose final checkpoint exists."""
     return {(c, f) for c in configurations for f in folds if paths.fold(c, f).is_trained}
+
+
+class StopAfter(Callback):
+    """End a run once its training loop has taken ``seconds`` (a probe of a longer run): the run stops after the
+    epoch that reaches them, with its final checkpoint, as if its planned length were reached, and
+    ``state.stop_reason`` says so. The learning-rate schedule stays the longer run's, so extending the fold to
+    that run's length later (:func:`continue_epochs`) continues the same curve."""
+
+    def __init__(self, seconds: float, why: str = "probe"):
+        self.seconds, self.why = float(seconds), why
+
+    def on_epoch_end(self, trainer, log: EpochLog) -> None:
+        st = trainer.state  # train_seconds is kept across resumes, so a killed probe stops at the same time
+        if st.train_seconds >= self.seconds and st.epoch < st.total_epochs:
+            st.stop_reason = (f"{self.why}: stopped after epoch {st.epoch} ({st.train_seconds / 60:.1f} of "
+                              f"{self.seconds / 60:.1f} min) of {st.total_epochs} planned")
+            st.total_epochs = st.epoch
+
+
+def read_log(folder: FoldPaths) -> list[EpochLog]:
+    """The fold's ``log.jsonl`` (empty when it has none)."""
+    if not folder.log.is_file():
+        return []
+    return [from_jsonable(EpochLog, json.loads(line)) for line in folder.log.read_text().splitlines()
+            if line.strip()]
+
+
+def trained_minutes(logs: Sequence[EpochLog]) -> float:
+    """Training-loop minutes of a fold so far."""
+    return sum(e.epoch_seconds for e in logs) / 60.0
+
+
+def probe_score(logs: Sequence[EpochLog]) -> float | None:
+    """How well a probe learned: the mean pseudo-Dice (mean over classes) of the last third of its epochs.
+
+    The trainer's smoothed pseudo-Dice (momentum 0.9) still weighs its first, near-zero epochs heavily after the
+    few epochs of a probe; the mean of the last epochs is less noisy than the last alone.
+
+    Examples
+    --------
+    >>> from autoseg.schema.training import EpochLog
+    >>> log = lambda d: EpochLog(0, 1.0, 1.0, d, 0.0, 0.01, 1.0, 0.0, 1)
+    >>> probe_score([log((0.0, 0.0)), log((0.2, 0.4)), log((0.5, 0.7))])
+    0.6
+    >>> probe_score([]) is None
+    True
+    """
+    if not logs:
+        return None
+    last = logs[-max(1, math.ceil(len(logs) / 3)):]
+    means = [sum(e.pseudo_dice) / len(e.pseudo_dice) if e.pseudo_dice else 0.0 for e in last]
+    return sum(means) / len(means)
+
+
+def continue_epochs(logs: Sequence[EpochLog], total_minutes: float) -> int:
+    """The epoch count that brings a fold's training to ``total_minutes`` at its measured epoch time (at least one
+    more epoch than it has).
+
+    Examples
+    --------
+    >>> from autoseg.schema.training import EpochLog
+    >>> logs = [EpochLog(k, 1.0, 1.0, (0.5,), 0.5, 0.01, 30.0, 0.0, 4) for k in range(4)]  # 4 epochs, 2 min
+    >>> continue_epochs(logs, 10.0)
+    20
+    >>> continue_epochs(logs, 1.0)
+    5
+    """
+    if not logs:
+        raise ValueError("no epoch to measure")
+    done = logs[-1].epoch + 1
+    per_epoch = sum(e.epoch_seconds for e in logs) / len(logs)
+    remaining = total_minutes * 60.0 - per_epoch * done
+    return done + max(1, int(remaining // per_epoch))

@@ -16,8 +16,9 @@ from autoseg.errors import AutosegError, option
 from autoseg.fingerprint.dataset import check_and_fingerprint, default_num_workers, source_hash
 from autoseg.fingerprint.report import dataset_report
 from autoseg.io.dataset_json import read_dataset_spec
-from autoseg.planning.budget import MIN_ITERATIONS, TimeBudget, budget_advice, plan_seconds_per_iteration
+from autoseg.planning.budget import MIN_ITERATIONS, budget_advice, plan_seconds_per_iteration
 from autoseg.planning.planner import make_plans
+from autoseg.planning.run_plan import RunRule, fit_run_plan, trained_configurations
 from autoseg.planning.presets import PlannerPreset, load_preset
 from autoseg.preprocessing.run import PreprocessResult, preprocess_dataset
 from autoseg.schema.base import load_json, save_json, sha256_of
@@ -25,6 +26,7 @@ from autoseg.schema.dataset import DatasetSpec
 from autoseg.schema.fingerprint import Fingerprint
 from autoseg.schema.plans import Plans
 from autoseg.schema.report import DatasetReport
+from autoseg.schema.run_plan import RunPlan
 from autoseg.workflow.context import DEFAULT_CONFIGURATION, DatasetContext
 from autoseg.workspace import DatasetPaths, Workspace
 
@@ -49,6 +51,9 @@ class PlanResult:
     dataset_report
         The dataset report written to ``paths.dataset_report`` (``autoseg.fingerprint.report.format_report``
         gives its text).
+    run_plan
+        With a budget: the run plan written to ``paths.run_plan`` (``autoseg.planning.run_plan.run_plan_table``
+        gives its text).
     """
 
     plans: Plans
@@ -56,6 +61,7 @@ class PlanResult:
     fingerprint_reused: bool
     preprocessing: PreprocessResult | None = None
     dataset_report: DatasetReport | None = None
+    run_plan: RunPlan | None = None
 
 
 def verify(raw_dir: Path, num_workers: int | None = None, progress: bool = True) -> DatasetSpec:
@@ -136,9 +142,12 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
     preprocess
         Also preprocess every planned configuration.
     budget_minutes
-        Training time of one fold: every configuration is fitted to reach ``min_iterations`` in it
-        (:mod:`autoseg.planning.budget`), with ``device``'s throughput measured once and cached in the workspace's
-        ``calibration.json``. ``None``: nnU-Net's plans, from memory alone.
+        Wall-clock time of the whole training run: a run plan (``run_plan.json``,
+        :func:`autoseg.planning.run_plan.fit_run_plan`) says which configurations and folds to train for how
+        long, and every configuration is fitted to reach ``min_iterations`` in one fold's time
+        (:mod:`autoseg.planning.budget`); ``device``'s throughput is measured once and cached in the workspace's
+        ``calibration.json``. Only the configurations the run plan trains are preprocessed. ``None``: nnU-Net's
+        plans, from memory alone, and no run plan (a stale one is removed).
     device
         Device the budget is for (``auto``: CUDA when present, else the CPU).
     min_iterations
@@ -148,14 +157,13 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
     planner_preset = load_preset(preset)
     target_gb = memory_target(planner_preset, memory_gb)
     spec = read_dataset_spec(raw_dir)
-    budget = None
+    speed = None
     if budget_minutes is not None:
         if budget_minutes <= 0:
             raise AutosegError(f"{option('budget_minutes')} {budget_minutes:g}: must be a positive number of minutes")
         if min_iterations < 1:
             raise AutosegError(f"{option('min_iterations')} {min_iterations}: must be at least 1")
         speed = device_throughput(workspace, device)
-        budget = TimeBudget(budget_minutes, speed.device, speed.seconds_per_mac, min_iterations)
     paths = Workspace(Path(workspace)).dataset(spec.name)
     src = source_hash(raw_dir, spec)
 
@@ -165,16 +173,26 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
         workers = num_workers or default_num_workers(raw_dir, spec)
         fingerprint = check_and_fingerprint(raw_dir, spec, workers, progress=progress, source_sha256=src)
     report = dataset_report(fingerprint)
-    plans = make_plans(fingerprint, planner_preset, target_gb, budget)
+    run = None
+    if speed is None:
+        plans = make_plans(fingerprint, planner_preset, target_gb)
+    else:
+        plans, run = fit_run_plan(fingerprint, planner_preset, target_gb, budget_minutes, speed.device,
+                                  speed.seconds_per_mac, RunRule(target_iterations=min_iterations))
 
     save_json(spec, paths.dataset_spec)
     if not reused:
         save_json(fingerprint, paths.fingerprint)
     save_json(report, paths.dataset_report)  # also for a reused fingerprint: this autoseg's report of it
     _replace_plans(paths, plans)
-    pre = (preprocess_planned(raw_dir, spec, plans, paths, None, num_workers, progress, fingerprint)
+    if run is not None:
+        save_json(run, paths.run_plan)
+    elif paths.run_plan.is_file():
+        paths.run_plan.unlink()  # planned without a budget: nnU-Net's AutoML, no run plan of other plans
+    configs = None if run is None else trained_configurations(run, plans)
+    pre = (preprocess_planned(raw_dir, spec, plans, paths, configs, num_workers, progress, fingerprint)
            if preprocess else None)
-    return PlanResult(plans, paths, reused, pre, report)
+    return PlanResult(plans, paths, reused, pre, report, run)
 
 
 def device_throughput(workspace: Path, device: str = "auto") -> "Throughput":

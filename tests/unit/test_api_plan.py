@@ -116,14 +116,20 @@ def _seed_calibration(ws, seconds_per_tmac):
 
 
 def test_plan_budget_fits_stores_and_prints_the_trade_offs(tiny_raw, tmp_path, capsys):
+    from autoseg.schema.run_plan import RunPlan
+
     ws = tmp_path / "ws"
     # a very slow fake CPU, so even the tiny dataset's plans must give things up
     _seed_calibration(ws, 3e5)
-    assert main(["plan", str(tiny_raw), "-w", str(ws), "-j", "2", "--no-preprocess", "--budget", "10",
+    # --budget is the whole training run (issue 25): the run plan gives one fold its share, the plans fit it
+    assert main(["plan", str(tiny_raw), "-w", str(ws), "-j", "2", "--no-preprocess", "--budget", "3h",
                  "--device", "cpu", "--min-iterations", "100"]) == 0
     out = capsys.readouterr().out
-    assert "iterations/fold" in out and "fitted to 10 training minutes per fold on cpu" in out
+    run = load_json(RunPlan, ws / "Tiny" / "run_plan.json")
+    assert 0 < run.fold_minutes < 180 and run.budget_minutes == 180 and run.target_iterations == 100
+    assert "iterations/fold" in out and f"fitted to {run.fold_minutes:g} training minutes per fold on cpu" in out
     assert "aiming at 100 iterations" in out
+    assert "run plan for Tiny: one fold, 180 minutes of wall clock for the whole training run" in out
     plans = load_json(Plans, ws / "Tiny" / "plans.json")
     full = plans.configurations["3d_fullres"]
     assert full.budget is not None and full.budget.trade_offs and full.budget.min_iterations == 100

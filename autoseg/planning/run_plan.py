@@ -1,0 +1,621 @@
+"""One wall-clock budget for a whole training run, spent where accuracy comes from (``autoseg plan --budget``).
+
+nnU-Net trains every configuration x 5 folds for 250,000 iterations each and picks the best by cross-validation.
+With little time, splitting it evenly over all of those spreads it thinly: measured on Hippocampus (2-core CPU,
+20 minutes), 2 configurations x 5 folds got 41-55 iterations per fold and hidden-test Dice 0.576 / 0.699 (the 2d
+folds reached 0.000), while the same 20 minutes on one 3d_fullres fold gave 0.855 / 0.847. At 12.3 minutes (~400
+iterations) per fold, 2d folds reached Dice 0.2-0.4 and 3d_fullres folds 0.85
+(``benchmarks/results/automl_hippocampus.txt``). A model first needs enough iterations to learn; folds,
+ensembles and model selection only pay once each model has them. :func:`allocate` therefore takes the first of
+these strategies, largest first, whose every model reaches its iterations:
+
+1. **nnU-Net AutoML** — every configuration x every fold, each fold at least ``ensemble_iterations``, equal
+   time per fold (configurations compared at equal cost), then ``find-best`` with the pair ensembles and the
+   postprocessing on the cross-validation. With a large budget this is exactly nnU-Net's AutoML (no fold trains
+   longer than nnU-Net's 250,000 iterations).
+2. **cross-validation** of one configuration — every fold at least ``ensemble_iterations``: a 5-fold ensemble and
+   postprocessing chosen on every case's validation.
+3. **fold 0 + all** — two models of at least ``ensemble_iterations`` each: fold 0 (its validation chooses the
+   postprocessing and scores the model) and one on all cases (a quarter more training data than a fold); both
+   are averaged at prediction. Five folds would cost 2.5x as much for an ensemble of models that saw less data.
+4. **one fold** — everything on fold 0 of one configuration: the budget is too small for more than one model to
+   learn, and one model trained longer beats several trained briefly.
+
+The configuration of strategies 2-4 is nnU-Net's default: ``3d_fullres`` for 3D data, ``2d`` for 2D data (the
+cascade needs every fold of its low-resolution stage, so it only enters with strategy 1). When the budget
+affords it — the probes of the other candidates cost at most ``probe_share`` of the budget, each probe gets
+``probe_iterations``, and the winner's fold 0 is still at least twice its probe — fold 0 of every candidate is
+first trained for the same short time (successive halving with one round); the one with the best smoothed
+pseudo-Dice continues, the others are dropped. The strategy after the probes is decided with the slowest
+candidate's speed, so it holds whichever probe wins.
+
+Iterations are priced from each configuration's seconds per iteration (the compute model at the device's measured
+throughput, :func:`autoseg.planning.budget.plan_seconds_per_iteration`), so the rule is the same on a CPU or a
+GPU; below ``target_iterations`` the plans' budget ladder (:mod:`autoseg.planning.budget`) makes a plan cheaper
+until it reaches them (:func:`expected_iterations`). What is kept for validation (sliding window with mirroring,
+priced per case by :func:`validation_seconds_per_case`), for start-up and for selection is taken off the budget
+first. Everything here is pure: no torch, no files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from autoseg.errors import AutosegError, option
+from autoseg.planning.budget import MIN_ITERATIONS, NNUNET_ITERATIONS, TimeBudget, plan_seconds_per_iteration
+from autoseg.planning.compute import forward_macs
+from autoseg.planning.planner import make_plans
+from autoseg.planning.presets import PlannerPreset
+from autoseg.schema.base import sha256_of
+from autoseg.schema.fingerprint import Fingerprint
+from autoseg.schema.plans import Plans
+from autoseg.schema.run_plan import RunPart, RunPlan
+
+#: Iterations each model must reach before a second model (more folds, a model on all cases, other
+#: configurations) is trained. Not yet measured (issue 25, "the ladder, measured"): on Hippocampus 400-600
+#: iterations gave fold-0 Dice 0.84-0.86 and nnU-Net's 250,000 iterations x 5 folds give 0.89 in cross-validation,
+#: so in a short run more iterations of one model buy far more than an ensemble (nnU-Net reports about a point of
+#: Dice for its 5-fold ensemble). 5,000 is where this project's runs stop being short runs (the short-run recipe's
+#: threshold, :data:`autoseg.training.schedule.SHORT_RUN_ITERATIONS`): a model is past its steep start there.
+ENSEMBLE_ITERATIONS = 5000
+#: Iterations of a probe: on Hippocampus 160 iterations of the short-run recipe reached fold-0 Dice 0.82
+#: (``benchmarks/results/short_schedule.txt``), enough to tell a configuration that learns from one that does not.
+PROBE_ITERATIONS = 150
+#: Largest share of the budget the probes of the configurations that lose may cost.
+PROBE_SHARE = 0.15
+#: Below this many iterations a model learns little (on Hippocampus, ~40 per fold gave Dice 0): the plan warns.
+MIN_USEFUL_ITERATIONS = 300
+#: Start-up of one part (network, data-loading processes, the first steps), s.
+PART_OVERHEAD_SECONDS = 30.0
+#: Reading and scoring one case's prediction in model selection (per candidate and postprocessing variant), s.
+SELECTION_SECONDS_PER_CASE = 0.5
+#: Sliding-window validation: the tile step, as a fraction of the patch (the validation's and predict's default).
+VALIDATION_STEP = 0.5
+#: Per-case cost of a validation besides the network (resampling to the raw geometry, writing, scoring), s.
+VALIDATION_CASE_SECONDS = 1.0
+#: The smallest training time a part is worth starting for, s.
+MIN_PART_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ConfigurationSpeed:
+    """How fast one configuration trains and validates on the device at hand.
+
+    Attributes
+    ----------
+    seconds_per_iteration
+        One training iteration of its memory-only (nnU-Net) plan, s.
+    cheapest_seconds_per_iteration
+        One iteration of the cheapest plan the budget ladder has for it, s (``None``: the plan cannot get cheaper,
+        e.g. plans already trained).
+    validation_seconds_per_case
+        Sliding-window validation of one median case (mirroring included), s.
+    """
+
+    seconds_per_iteration: float
+    cheapest_seconds_per_iteration: float | None = None
+    validation_seconds_per_case: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunRule:
+    """The numbers of the allocation rule (module docstring); each is a parameter so measurements can change it.
+
+    Attributes
+    ----------
+    target_iterations
+        Iterations the plans' budget ladder fits each fold to reach (``--min-iterations``).
+    ensemble_iterations
+        Iterations every model must get before a second model is trained.
+    probe_iterations
+        Iterations of a probe of a candidate configuration (at its memory-only plan's speed).
+    probe_share
+        Largest share of the budget the losing probes may cost (0: never probe).
+    min_useful_iterations
+        Below this the plan warns that the model will learn little.
+    part_overhead_seconds
+        Start-up of each part, s.
+    selection_seconds_per_case
+        Model selection's cost per case and candidate, s.
+    full_iterations
+        No fold trains longer than this (nnU-Net's 1000 epochs x 250 iterations).
+    """
+
+    target_iterations: int = MIN_ITERATIONS
+    ensemble_iterations: int = ENSEMBLE_ITERATIONS
+    probe_iterations: int = PROBE_ITERATIONS
+    probe_share: float = PROBE_SHARE
+    min_useful_iterations: int = MIN_USEFUL_ITERATIONS
+    part_overhead_seconds: float = PART_OVERHEAD_SECONDS
+    selection_seconds_per_case: float = SELECTION_SECONDS_PER_CASE
+    full_iterations: int = NNUNET_ITERATIONS
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What :func:`allocate` decided.
+
+    Attributes
+    ----------
+    strategy
+        One of :data:`autoseg.schema.run_plan.STRATEGIES`.
+    parts
+        What to train, in order (iterations priced as in :func:`expected_iterations`).
+    fold_minutes
+        Training minutes of one fold of the configurations trained (what their plans are fitted to).
+    selection_seconds, overhead_seconds
+        Kept for model selection, and for the parts' start-ups, s.
+    predict
+        Configuration -> folds averaged at prediction (empty: decided by ``find-best`` or by the probes).
+    selection
+        ``"find-best"`` or ``"validation"`` (see :class:`autoseg.schema.run_plan.RunPlan`).
+    notes
+        Warnings.
+    """
+
+    strategy: str
+    parts: tuple[RunPart, ...]
+    fold_minutes: float
+    selection_seconds: float
+    overhead_seconds: float
+    predict: dict[str, tuple[str, ...]]
+    selection: str
+    notes: tuple[str, ...] = ()
+
+
+def expected_iterations(speed: ConfigurationSpeed, seconds: float, target: int = MIN_ITERATIONS) -> int:
+    """Training iterations of a configuration in ``seconds`` once its plan is fitted to them.
+
+    The budget ladder keeps the memory-only plan when it reaches ``target`` and otherwise takes cheaper plans
+    until one does, down to its cheapest.
+
+    Examples
+    --------
+    >>> fast = ConfigurationSpeed(2.0, 0.5)
+    >>> expected_iterations(fast, 2000.0), expected_iterations(fast, 600.0), expected_iterations(fast, 100.0)
+    (1000, 500, 200)
+    >>> expected_iterations(ConfigurationSpeed(2.0), 600.0)  # a fixed plan
+    300
+    """
+    if seconds <= 0:
+        return 0
+    full = seconds / speed.seconds_per_iteration
+    if full >= target or speed.cheapest_seconds_per_iteration is None:
+        return int(full)
+    return int(min(target, seconds / min(speed.cheapest_seconds_per_iteration, speed.seconds_per_iteration)))
+
+
+def preferred_configuration(configurations: Sequence[str]) -> str:
+    """nnU-Net's default: ``3d_fullres`` when planned (3D data), else ``2d`` (2D data), else the first.
+
+    Examples
+    --------
+    >>> preferred_configuration(["2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres"]), preferred_configuration(["2d"])
+    ('3d_fullres', '2d')
+    """
+    for name in ("3d_fullres", "2d"):
+        if name in configurations:
+            return name
+    return configurations[0]
+
+
+def _minutes(seconds: float) -> float:
+    return round(seconds / 60.0, 2)
+
+
+def _fmt_minutes(seconds: float) -> str:
+    m = seconds / 60.0
+    return f"{m / 60:.1f} h" if m >= 120 else f"{m:.0f} min" if m >= 10 else f"{m:.1f} min"
+
+
+def _part(kind: str, configuration: str, folds: Sequence[str], seconds: float, speed: ConfigurationSpeed,
+          rule: RunRule, validate: bool, validation_seconds: float, reason: str,
+          candidates: Sequence[str] = ()) -> RunPart:
+    its = expected_iterations(speed, seconds, rule.target_iterations)
+    return RunPart(kind=kind, configuration=configuration, folds=tuple(folds), minutes=_minutes(seconds),
+                   iterations=its, seconds_per_iteration=round(seconds / its, 3) if its else speed.seconds_per_iteration,
+                   validate=validate, validation_minutes=_minutes(validation_seconds * len(folds)) if validate else 0.0,
+                   reason=reason, candidates=tuple(candidates))
+
+
+def allocate(budget_seconds: float, speeds: Mapping[str, ConfigurationSpeed], num_cases: int, num_folds: int = 5,
+             previous_stage: Mapping[str, str] | None = None, rule: RunRule = RunRule(),
+             preferred: str | None = None) -> Allocation:
+    """Spend ``budget_seconds`` of wall clock on the parts of a training run (module docstring).
+
+    Parameters
+    ----------
+    budget_seconds
+        The whole training run: training, validations, start-ups and model selection, s.
+    speeds
+        Configuration -> its speed on the device, in the plans' order (a low-resolution stage before its cascade).
+    num_cases
+        Training cases (a fold validates ``num_cases / num_folds`` of them).
+    num_folds
+        Cross-validation folds (nnU-Net's 5).
+    previous_stage
+        Cascade stage -> the configuration whose every fold it needs.
+    rule
+        The rule's numbers.
+    preferred
+        Configuration of strategies 2-4 when there are no probes (default :func:`preferred_configuration`).
+
+    Returns
+    -------
+    Allocation
+        The parts, with each part's reason.
+
+    Examples
+    --------
+    >>> speeds = {"2d": ConfigurationSpeed(2.0, 0.5, 5.0), "3d_fullres": ConfigurationSpeed(2.4, 0.6, 9.0)}
+    >>> allocate(20 * 60, speeds, 260).strategy  # 20 minutes on a CPU: one fold of 3d_fullres
+    'one fold'
+    >>> [p.configuration for p in allocate(20 * 60, speeds, 260).parts]
+    ['3d_fullres']
+    >>> allocate(10 ** 8, speeds, 260).strategy  # a large budget: nnU-Net's AutoML
+    'nnU-Net AutoML'
+    """
+    previous_stage = dict(previous_stage or {})
+    names = list(speeds)
+    if not names:
+        raise ValueError("no configuration to train")
+    folds = [str(k) for k in range(num_folds)]
+    n_val = num_cases / max(num_folds, 1)
+    over, per_case = rule.part_overhead_seconds, rule.selection_seconds_per_case
+
+    def val(c: str) -> float:
+        return speeds[c].validation_seconds_per_case * n_val
+
+    def its(c: str, seconds: float) -> int:
+        return expected_iterations(speeds[c], seconds, rule.target_iterations)
+
+    def cap(c: str, seconds: float) -> float:
+        """No fold trains longer than nnU-Net's own length."""
+        return min(seconds, rule.full_iterations * speeds[c].seconds_per_iteration)
+
+    # 1. nnU-Net's AutoML: every configuration (a cascade with its low-resolution stage) x every fold
+    every = [c for c in names if previous_stage.get(c) is None or previous_stage[c] in names]
+    n = len(every)
+    automl_selection = per_case * num_cases * (n + n * (n - 1) // 2 + 1) + per_case * n_val * n * num_folds
+    automl_fixed = automl_selection + sum(num_folds * (over + val(c)) for c in every)
+    automl_t = (budget_seconds - automl_fixed) / (n * num_folds)
+    automl_needs = automl_fixed + n * num_folds * rule.ensemble_iterations * max(speeds[c].seconds_per_iteration
+                                                                                 for c in every)
+    if automl_t > 0 and all(its(c, automl_t) >= rule.ensemble_iterations for c in every):
+        lead = preferred if preferred in every else preferred_configuration(every)
+        order = sorted(every, key=lambda c: (c != lead, names.index(c)))  # the default first: anytime
+        parts = tuple(_part("train", c, folds, cap(c, automl_t), speeds[c], rule, True, val(c),
+                            f"nnU-Net's AutoML: every configuration x {num_folds} folds at equal time (configurations "
+                            f"compared at equal cost), then find-best with pair ensembles and postprocessing"
+                            + (f"; after every fold of {previous_stage[c]} (the cascade trains on its predictions)"
+                               if c in previous_stage else "")
+                            + ("; nnU-Net's full length reached" if cap(c, automl_t) < automl_t else ""))
+                      for c in order)
+        return Allocation("nnU-Net AutoML", parts, _minutes(automl_t), automl_selection,
+                          over * n * num_folds, {}, "find-best")
+
+    candidates = [c for c in names if c not in previous_stage]
+    first = preferred if preferred is not None else preferred_configuration(candidates)
+
+    def slowest(pool: Sequence[str]) -> ConfigurationSpeed:
+        """The strategy after the probes must hold whichever wins: it is decided with the slowest numbers."""
+        return ConfigurationSpeed(max(speeds[c].seconds_per_iteration for c in pool),
+                                  max((speeds[c].cheapest_seconds_per_iteration or speeds[c].seconds_per_iteration)
+                                      for c in pool),
+                                  max(speeds[c].validation_seconds_per_case for c in pool))
+
+    def single(budget: float, worst: ConfigurationSpeed) -> tuple[str, float, float]:
+        """(strategy, training seconds per fold, selection seconds) for one configuration in ``budget``."""
+        v = worst.validation_seconds_per_case * n_val
+        cv_sel = per_case * num_cases * 2 + per_case * n_val * num_folds
+        t = (budget - cv_sel - num_folds * (over + v)) / num_folds
+        if expected_iterations(worst, t, rule.target_iterations) >= rule.ensemble_iterations:
+            return "cross-validation", t, cv_sel
+        sel = per_case * n_val * 3
+        t = (budget - sel - 2 * over - v) / 2
+        if expected_iterations(worst, t, rule.target_iterations) >= rule.ensemble_iterations:
+            return "fold 0 + all", t, sel
+        sel = per_case * n_val * 2
+        return "one fold", budget - sel - over - v, sel
+
+    probes: list[str] = []
+    probe_seconds = 0.0
+    worst = speeds[first]
+    strategy, t, selection = single(budget_seconds, worst)
+    if len(candidates) > 1 and rule.probe_share > 0:
+        pool_speed = slowest(candidates)
+        _, t0, _ = single(budget_seconds, pool_speed)
+        # a probe runs the plan fitted to the winner's fold: priced at that plan's speed
+        probe_seconds = max((rule.probe_iterations * t0 / max(its(c, t0), 1) for c in candidates), default=0.0)
+        losers = (len(candidates) - 1) * (probe_seconds + over)
+        if t0 > 0 and losers <= rule.probe_share * budget_seconds:
+            body = budget_seconds - losers - over  # the winner's continuation starts once more
+            s2, t2, sel2 = single(body, pool_speed)
+            if t2 > 0:  # priced again at the winner's final fold time, so every probe gets its iterations
+                probe_seconds = max(rule.probe_iterations * t2 / max(its(c, t2), 1) for c in candidates)
+                body = budget_seconds - (len(candidates) - 1) * (probe_seconds + over) - over
+                s2, t2, sel2 = single(body, pool_speed)
+            if t2 >= 2 * probe_seconds and expected_iterations(pool_speed, t2, rule.target_iterations) \
+                    >= rule.target_iterations:
+                probes = [first] + [c for c in candidates if c != first]
+                worst, (strategy, t, selection) = pool_speed, (s2, t2, sel2)
+    pool = probes or [first]
+    v = worst.validation_seconds_per_case * n_val
+
+    # what a larger budget would buy (printed in the reasons)
+    fold0_all_needs = 2 * rule.ensemble_iterations * worst.seconds_per_iteration + per_case * n_val * 3 + 2 * over + v
+    cv_needs = (num_folds * (rule.ensemble_iterations * worst.seconds_per_iteration + over + v)
+                + per_case * num_cases * 2 + per_case * n_val * num_folds)
+    probe_note = (f" ({' or '.join(pool)}: the best of the probes)" if probes else
+                  f" (nnU-Net's default for {'2D' if first == '2d' else '3D'} data)")
+    c_name = "" if probes else first
+    notes: list[str] = []
+    t = max(t, 0.0)
+    if t < MIN_PART_SECONDS:
+        notes.append(f"a budget of {_fmt_minutes(budget_seconds)} leaves {t:.0f} s of training after the "
+                     f"validation and start-up it needs: too little to train a model")
+    parts: list[RunPart] = []
+    ladder = ("" if worst.cheapest_seconds_per_iteration is None else
+              f"; the plan is made cheaper until it reaches {rule.target_iterations} iterations where it must")
+    for c in probes:
+        step = t / max(its(c, t), 1)  # the probe trains the plan fitted to the winner's fold
+        parts.append(RunPart(
+            kind="probe", configuration=c, folds=("0",), minutes=_minutes(probe_seconds),
+            iterations=int(probe_seconds / step + 1e-6), seconds_per_iteration=round(step, 3), validate=False,
+            validation_minutes=0.0,
+            reason=f"probe: fold 0 of {c} for {_fmt_minutes(probe_seconds)} of its {_fmt_minutes(t)} (at least "
+                   f"{rule.probe_iterations} iterations); the probe with the best smoothed pseudo-Dice continues, "
+                   f"the others ({_fmt_minutes((len(probes) - 1) * (probe_seconds + over))}, at most "
+                   f"{rule.probe_share:.0%} of the budget) are dropped"))
+    fold0_kind = "continue" if probes else "train"
+    fold0_start = (f"the best probe's fold 0 continues to {_fmt_minutes(t)}" if probes else "")
+    if strategy == "one fold":
+        parts.append(_part(fold0_kind, c_name, ("0",), t, worst, rule, True, v,
+                           (fold0_start + "; " if probes else "")
+                           + f"one model{probe_note}: the whole budget on fold 0, whose validation (1/{num_folds} "
+                             f"of the cases) chooses postprocessing and scores the model{ladder}. Two models "
+                             f"(fold 0 + all cases) need about {_fmt_minutes(fold0_all_needs)}, each "
+                             f"{rule.ensemble_iterations} iterations",
+                           candidates=probes))
+        predict = {c_name: ("0",)} if c_name else {}
+        selection_kind = "validation"
+    elif strategy == "fold 0 + all":
+        parts.append(_part(fold0_kind, c_name, ("0",), t, worst, rule, True, v,
+                           (fold0_start + "; " if probes else "")
+                           + f"validation model{probe_note}: fold 0's validation chooses postprocessing and scores "
+                             f"the model; it is also half of the final ensemble",
+                           candidates=probes))
+        parts.append(_part("train", c_name, ("all",), t, worst, rule, False, 0.0,
+                           f"a model on all cases (a quarter more training data than a fold), averaged with fold 0 "
+                           f"at prediction; {num_folds} folds of {rule.ensemble_iterations} iterations need about "
+                           f"{_fmt_minutes(cv_needs)}", candidates=probes))
+        predict = {c_name: ("0", "all")} if c_name else {}
+        selection_kind = "validation"
+    else:
+        parts.append(_part(fold0_kind, c_name, ("0",), t, worst, rule, True, v,
+                           (fold0_start + "; " if probes else "")
+                           + f"cross-validation{probe_note}: fold 0 of {num_folds}", candidates=probes))
+        parts.append(_part("train", c_name, tuple(folds[1:]), t, worst, rule, True, v,
+                           f"cross-validation: every fold at least {rule.ensemble_iterations} iterations gives a "
+                           f"{num_folds}-fold ensemble and postprocessing chosen on every case; every configuration "
+                           f"x {num_folds} folds (nnU-Net's AutoML) needs about {_fmt_minutes(automl_needs)}",
+                           candidates=probes))
+        predict = {c_name: tuple(folds)} if c_name else {}
+        selection_kind = "find-best"
+    main = parts[-1]
+    if 0 < main.iterations < rule.min_useful_iterations:
+        notes.append(f"the budget gives each model only ~{main.iterations} iterations (fewer than "
+                     f"{rule.min_useful_iterations}: it will learn little; on Hippocampus ~40 iterations gave Dice 0); "
+                     f"raise --budget")
+    elif 0 < main.iterations < rule.target_iterations:
+        notes.append(f"the budget gives each model ~{main.iterations} iterations, short of the "
+                     f"{rule.target_iterations} the plans aim for even at their cheapest: a longer budget trains better")
+    if probes:  # the winner's fold 0 was trained for the probe's time before it continues
+        parts[len(probes)] = dataclasses.replace(parts[len(probes)], start_minutes=_minutes(probe_seconds))
+    overhead = over * sum(len(p.folds) for p in parts)
+    return Allocation(strategy, tuple(parts), _minutes(t), selection, overhead, predict, selection_kind,
+                      tuple(notes))
+
+
+def validation_seconds_per_case(plans: Plans, configuration: str, seconds_per_mac: float) -> float:
+    """Expected sliding-window validation time of one median case, s: tiles at :data:`VALIDATION_STEP` x mirrors
+    (every axis, as the validation does) x one forward pass of a patch, priced at the device's training
+    seconds per multiply-accumulate, plus :data:`VALIDATION_CASE_SECONDS`.
+
+    On Hippocampus (patch 40x48x32, median case 36x50x35: 4 tiles x 8 mirrors) this gives ~12 s per case at 27.7 s
+    per 10^12 multiply-accumulates; ~9 s were measured.
+    """
+    plan = plans.configurations[configuration]
+    tiles = 1
+    for size, p in zip(plan.median_shape, plan.patch_size):
+        tiles *= math.ceil(max(size - p, 0) / (p * VALIDATION_STEP)) + 1
+    if len(plan.patch_size) == 2:  # a 2D configuration predicts every slice
+        tiles *= max(1, round(_slices(plans)))
+    macs = forward_macs(plan.architecture, plan.patch_size, plans.input_channels(configuration), plans.num_outputs)
+    return tiles * 2 ** len(plan.patch_size) * macs * seconds_per_mac + VALIDATION_CASE_SECONDS
+
+
+def _slices(plans: Plans) -> float:
+    for c in plans.configurations.values():
+        if len(c.median_shape) == 3:
+            return c.median_shape[0]
+    return plans.original_median_shape[plans.transpose_forward[0]]
+
+
+def configuration_speeds(plans: Plans, seconds_per_mac: float, cheapest: Plans | None = None
+                         ) -> dict[str, ConfigurationSpeed]:
+    """Each configuration's :class:`ConfigurationSpeed` from its plan (``cheapest``: the same dataset's plans at the
+    budget ladder's cheapest rungs; ``None``: the plans are fixed)."""
+    out = {}
+    for name, c in plans.configurations.items():
+        s = plan_seconds_per_iteration(c.architecture, c.patch_size, c.batch_size, plans.input_channels(name),
+                                       plans.num_outputs, seconds_per_mac)
+        low = None
+        if cheapest is not None and name in cheapest.configurations:
+            k = cheapest.configurations[name]
+            low = plan_seconds_per_iteration(k.architecture, k.patch_size, k.batch_size,
+                                             cheapest.input_channels(name), cheapest.num_outputs, seconds_per_mac)
+        out[name] = ConfigurationSpeed(s, low, validation_seconds_per_case(plans, name, seconds_per_mac))
+    return out
+
+
+def _record(alloc: Allocation, plans: Plans, budget_minutes: float, device: str, seconds_per_mac: float,
+            target: int, speeds: Mapping[str, ConfigurationSpeed], num_cases: int, num_folds: int) -> RunPlan:
+    """The run plan of ``alloc`` with iterations and validation times re-priced at the plans it trains."""
+    fitted = configuration_speeds(plans, seconds_per_mac)
+    n_val = num_cases / max(num_folds, 1)
+    parts = []
+    for p in alloc.parts:
+        names = [p.configuration] if p.configuration else list(p.candidates)
+        if names and all(n in fitted for n in names):
+            s = max(fitted[n].seconds_per_iteration for n in names)
+            v = max(fitted[n].validation_seconds_per_case for n in names) * n_val
+            p = dataclasses.replace(p, seconds_per_iteration=round(s, 3), iterations=int(p.minutes * 60 / s),
+                                    validation_minutes=_minutes(v * len(p.folds)) if p.validate else 0.0)
+        parts.append(p)
+    return RunPlan(dataset=plans.dataset_name, budget_minutes=float(budget_minutes), strategy=alloc.strategy,
+                   parts=tuple(parts), fold_minutes=alloc.fold_minutes, selection=alloc.selection,
+                   selection_minutes=_minutes(alloc.selection_seconds),
+                   overhead_minutes=_minutes(alloc.overhead_seconds), predict=dict(alloc.predict), device=device,
+                   seconds_per_tmac=round(seconds_per_mac * 1e12, 3), target_iterations=int(target),
+                   plans_sha256=sha256_of(plans), notes=alloc.notes)
+
+
+def fit_run_plan(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: float, budget_minutes: float,
+                 device: str, seconds_per_mac: float, rule: RunRule = RunRule(), num_folds: int = 5
+                 ) -> tuple[Plans, RunPlan]:
+    """Plans and run plan of a dataset for a whole training run of ``budget_minutes`` (``autoseg plan --budget``).
+
+    The configurations are priced at their memory-only plans and at the budget ladder's cheapest ones,
+    :func:`allocate` chooses the parts, and every configuration's plan is then fitted to the time of one fold
+    of the run (:func:`autoseg.planning.planner.make_plans` with that time), so every part reaches
+    ``rule.target_iterations`` where the ladder can. A configuration the fitted plans drop (a low-resolution
+    stage when the budget coarsens ``3d_fullres`` itself) is left out and the parts allocated again.
+
+    Returns
+    -------
+    tuple
+        ``(plans, run plan)``; the run plan names the plans' hash.
+    """
+    if budget_minutes <= 0:
+        raise AutosegError(f"{option('budget_minutes')} {budget_minutes:g}: must be a positive number of minutes")
+    base = make_plans(fingerprint, preset, memory_gb)
+    cheapest = make_plans(fingerprint, preset, memory_gb,
+                          TimeBudget(1e-9, device, seconds_per_mac, rule.target_iterations))
+    speeds = configuration_speeds(base, seconds_per_mac, cheapest)
+    num_cases = len(fingerprint.cases)
+    plans = base
+    for _ in range(2):
+        previous = {n: c.previous_stage for n, c in plans.configurations.items() if c.previous_stage}
+        alloc = allocate(budget_minutes * 60.0, {n: speeds[n] for n in plans.configurations}, num_cases, num_folds,
+                         previous, rule)
+        plans = make_plans(fingerprint, preset, memory_gb,
+                           TimeBudget(max(alloc.fold_minutes, 1e-6), device, seconds_per_mac,
+                                      rule.target_iterations))
+        used = {p.configuration for p in alloc.parts if p.configuration} | {c for p in alloc.parts
+                                                                         for c in p.candidates}
+        if used <= set(plans.configurations):
+            break
+    run = _record(alloc, plans, budget_minutes, device, seconds_per_mac, rule.target_iterations, speeds, num_cases,
+                  num_folds)
+    _check_trainable(run)
+    return plans, run
+
+
+def _check_trainable(run: RunPlan) -> None:
+    """A budget whose validation and start-up leave no time to train is refused (nothing is written)."""
+    short = [p for p in run.parts if p.kind != "probe" and p.minutes * 60 < MIN_PART_SECONDS]
+    if short:
+        kept = sum(p.validation_minutes for p in run.parts) + run.overhead_minutes + run.selection_minutes
+        raise AutosegError(f"{option('budget_minutes')} {run.budget_minutes:g}: the validation, start-up and "
+                           f"selection of even one fold take ~{kept:.1f} min of it, leaving "
+                           f"{short[0].minutes * 60:.0f} s to train; give at least {kept + 2:.0f} minutes")
+
+
+def extend_run_plan(plans: Plans, budget_minutes: float, device: str, seconds_per_mac: float,
+                    trained_minutes: Mapping[tuple[str, str], float], num_cases: int, num_folds: int = 5,
+                    rule: RunRule = RunRule(), preferred: str | None = None, tolerance: float = 0.1) -> RunPlan:
+    """A run plan for ``budget_minutes`` that keeps what is trained (``train --budget`` / ``--resume`` with a new
+    budget): the plans stay as they are (their folds stay valid), so no plan is made cheaper and nothing is
+    probed again; :func:`allocate` spends the whole budget as if from the start, a trained fold the new plan
+    gives more time becomes a ``continue`` part, and trained folds it gives no more time are kept as they are.
+
+    Parameters
+    ----------
+    trained_minutes
+        ``(configuration, fold)`` -> training minutes of every finished fold.
+    preferred
+        The configuration strategies 2-4 continue (the earlier run's choice).
+    tolerance
+        A trained fold within this fraction of its new minutes is not extended.
+    """
+    speeds = configuration_speeds(plans, seconds_per_mac)
+    previous = {n: c.previous_stage for n, c in plans.configurations.items() if c.previous_stage}
+    alloc = allocate(budget_minutes * 60.0, speeds, num_cases, num_folds, previous,
+                     dataclasses.replace(rule, probe_share=0.0), preferred)
+    parts: list[RunPart] = []
+    for p in alloc.parts:
+        fresh = [f for f in p.folds if (p.configuration, f) not in trained_minutes]
+        longer = [f for f in p.folds if (p.configuration, f) in trained_minutes
+                  and trained_minutes[(p.configuration, f)] < p.minutes * (1 - tolerance)]
+        done = [f for f in p.folds if f not in fresh and f not in longer]
+        if done:
+            parts.append(dataclasses.replace(p, folds=tuple(done),
+                                             validation_minutes=p.validation_minutes * len(done) / len(p.folds),
+                                             reason="trained already; " + p.reason))
+        for f in longer:
+            before = round(trained_minutes[(p.configuration, f)], 2)
+            parts.append(dataclasses.replace(
+                p, kind="continue", folds=(f,), start_minutes=before,
+                validation_minutes=p.validation_minutes / len(p.folds),
+                reason=f"trained for {before:g} min by the earlier run plan: continued to {p.minutes:g} min (same "
+                       f"plans, so nothing is lost); " + p.reason))
+        if fresh:
+            parts.append(dataclasses.replace(p, folds=tuple(fresh),
+                                             validation_minutes=p.validation_minutes * len(fresh) / len(p.folds)))
+    alloc = dataclasses.replace(alloc, parts=tuple(parts))
+    run = _record(alloc, plans, budget_minutes, device, seconds_per_mac, rule.target_iterations, speeds, num_cases,
+                  num_folds)
+    run = dataclasses.replace(run, earlier_minutes=round(sum(p.start_minutes * len(p.folds) for p in run.parts
+                                                             if p.kind == "continue"), 2))
+    _check_trainable(run)
+    return run
+
+
+def run_plan_table(run: RunPlan) -> str:
+    """The run plan as printed before training: part, configuration, fold(s), minutes, expected iterations,
+    reason."""
+    rows = [("part", "configuration", "fold(s)", "minutes", "~iterations", "reason")]
+    for i, p in enumerate(run.parts, 1):
+        conf = p.configuration or " or ".join(p.candidates)
+        each = (f"{p.start_minutes:g}->" if p.start_minutes else "") + f"{p.minutes:g}" + (
+            " each" if len(p.folds) > 1 else "")
+        if p.validate:
+            each += f" +{p.validation_minutes:g} val"
+        rows.append((f"{i} {p.kind}", conf, ",".join(p.folds), each, f"{p.iterations:,}", p.reason))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = [f"run plan for {run.dataset}: {run.strategy}, {run.budget_minutes:g} minutes of wall clock for the whole "
+             f"training run ({run.device}, {run.seconds_per_tmac:.3g} s per 10^12 multiply-accumulates)"]
+    for r in rows:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r[:5], widths)) + "  " + r[5])
+    lines.insert(2, "  ".join("-" * w for w in widths) + "  ------")
+    kept = (f"kept: {run.selection_minutes:g} min for "
+            + ("model selection (find-best on the cross-validation)" if run.selection == "find-best"
+               else "choosing postprocessing on the validation and keeping best.json current")
+            + f", {run.overhead_minutes:g} min for start-ups; planned in all {run.planned_minutes:.1f} of "
+              f"{run.budget_minutes:g} min")
+    lines.append(kept)
+    if run.predict:
+        lines.append("predict will use: " + "; ".join(f"{c} fold(s) {', '.join(f)}" for c, f in run.predict.items()))
+    lines += [f"note: {n}" for n in run.notes]
+    return "\n".join(lines)
+
+
+def trained_configurations(run: RunPlan, plans: Plans) -> list[str]:
+    """Configurations a run plan trains (probe candidates included), in the plans' order (what ``plan --budget``
+    preprocesses)."""
+    used = {p.configuration for p in run.parts if p.configuration} | {c for p in run.parts for c in p.candidates}
+    return [name for name in plans.configurations if name in used]
