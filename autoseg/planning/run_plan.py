@@ -78,6 +78,10 @@ VALIDATION_STEP = 0.5
 VALIDATION_CASE_SECONDS = 1.0
 #: The smallest training time a part is worth starting for, s.
 MIN_PART_SECONDS = 30.0
+#: Largest share of the budget the mirrored final validations may cost. Hippocampus fold 0 (42 cases) takes ~6 min
+#: to validate with mirroring on this project's CPU, ~1.3 min without: in a 20-minute budget the difference is 40%
+#: more training, while mirroring adds well under a point of Dice to the validation score.
+MIRROR_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -92,12 +96,15 @@ class ConfigurationSpeed:
         One iteration of the cheapest plan the budget ladder has for it, s (``None``: the plan cannot get cheaper,
         e.g. plans already trained).
     validation_seconds_per_case
-        Sliding-window validation of one median case (mirroring included), s.
+        Sliding-window validation of one median case with mirroring (nnU-Net's), s.
+    unmirrored_validation_seconds_per_case
+        The same without mirroring, s (``None``: as with mirroring).
     """
 
     seconds_per_iteration: float
     cheapest_seconds_per_iteration: float | None = None
     validation_seconds_per_case: float = 0.0
+    unmirrored_validation_seconds_per_case: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,10 @@ class RunRule:
         Model selection's cost per case and candidate, s.
     full_iterations
         No fold trains longer than this (nnU-Net's 1000 epochs x 250 iterations).
+    mirror_share
+        The final validations mirror (nnU-Net's test-time augmentation) while all of them together cost at most
+        this share of the budget; beyond it they run without mirroring (2^dimensions fewer network passes) and
+        the time goes to training.
     """
 
     target_iterations: int = MIN_ITERATIONS
@@ -132,6 +143,7 @@ class RunRule:
     part_overhead_seconds: float = PART_OVERHEAD_SECONDS
     selection_seconds_per_case: float = SELECTION_SECONDS_PER_CASE
     full_iterations: int = NNUNET_ITERATIONS
+    mirror_share: float = MIRROR_SHARE
 
 
 @dataclass(frozen=True)
@@ -226,6 +238,9 @@ def allocate(budget_seconds: float, speeds: Mapping[str, ConfigurationSpeed], nu
              preferred: str | None = None) -> Allocation:
     """Spend ``budget_seconds`` of wall clock on the parts of a training run (module docstring).
 
+    The final validations mirror as nnU-Net's do while they cost at most ``rule.mirror_share`` of the budget;
+    otherwise the parts are allocated again with validations without mirroring (``RunPart.mirror`` false).
+
     Parameters
     ----------
     budget_seconds
@@ -258,6 +273,24 @@ def allocate(budget_seconds: float, speeds: Mapping[str, ConfigurationSpeed], nu
     >>> allocate(10 ** 8, speeds, 260).strategy  # a large budget: nnU-Net's AutoML
     'nnU-Net AutoML'
     """
+    alloc = _allocate(budget_seconds, speeds, num_cases, num_folds, previous_stage, rule, preferred)
+    mirrored = sum(p.validation_minutes for p in alloc.parts) * 60
+    if mirrored <= rule.mirror_share * budget_seconds:
+        return alloc
+    plain = {c: dataclasses.replace(s, validation_seconds_per_case=s.unmirrored_validation_seconds_per_case
+                                    if s.unmirrored_validation_seconds_per_case is not None
+                                    else s.validation_seconds_per_case) for c, s in speeds.items()}
+    alloc = _allocate(budget_seconds, plain, num_cases, num_folds, previous_stage, rule, preferred)
+    why = (f"; validation without mirroring: mirrored, the validations would take {_fmt_minutes(mirrored)}, more "
+           f"than {rule.mirror_share:.0%} of the budget")
+    parts = tuple(dataclasses.replace(p, mirror=False, reason=p.reason + why) if p.validate else p
+                  for p in alloc.parts)
+    return dataclasses.replace(alloc, parts=parts)
+
+
+def _allocate(budget_seconds: float, speeds: Mapping[str, ConfigurationSpeed], num_cases: int, num_folds: int,
+              previous_stage: Mapping[str, str] | None, rule: RunRule, preferred: str | None) -> Allocation:
+    """:func:`allocate` at the given validation speeds."""
     previous_stage = dict(previous_stage or {})
     names = list(speeds)
     if not names:
@@ -420,7 +453,8 @@ def allocate(budget_seconds: float, speeds: Mapping[str, ConfigurationSpeed], nu
                       tuple(notes))
 
 
-def validation_seconds_per_case(plans: Plans, configuration: str, seconds_per_mac: float) -> float:
+def validation_seconds_per_case(plans: Plans, configuration: str, seconds_per_mac: float,
+                                mirror: bool = True) -> float:
     """Expected sliding-window validation time of one median case, s: tiles at :data:`VALIDATION_STEP` x mirrors
     (every axis, as the validation does) x one forward pass of a patch, priced at the device's training
     seconds per multiply-accumulate, plus :data:`VALIDATION_CASE_SECONDS`.
@@ -435,7 +469,8 @@ def validation_seconds_per_case(plans: Plans, configuration: str, seconds_per_ma
     if len(plan.patch_size) == 2:  # a 2D configuration predicts every slice
         tiles *= max(1, round(_slices(plans)))
     macs = forward_macs(plan.architecture, plan.patch_size, plans.input_channels(configuration), plans.num_outputs)
-    return tiles * 2 ** len(plan.patch_size) * macs * seconds_per_mac + VALIDATION_CASE_SECONDS
+    mirrors = 2 ** len(plan.patch_size) if mirror else 1
+    return tiles * mirrors * macs * seconds_per_mac + VALIDATION_CASE_SECONDS
 
 
 def _slices(plans: Plans) -> float:
@@ -458,7 +493,8 @@ def configuration_speeds(plans: Plans, seconds_per_mac: float, cheapest: Plans |
             k = cheapest.configurations[name]
             low = plan_seconds_per_iteration(k.architecture, k.patch_size, k.batch_size,
                                              cheapest.input_channels(name), cheapest.num_outputs, seconds_per_mac)
-        out[name] = ConfigurationSpeed(s, low, validation_seconds_per_case(plans, name, seconds_per_mac))
+        out[name] = ConfigurationSpeed(s, low, validation_seconds_per_case(plans, name, seconds_per_mac),
+                                       validation_seconds_per_case(plans, name, seconds_per_mac, mirror=False))
     return out
 
 
@@ -472,7 +508,8 @@ def _record(alloc: Allocation, plans: Plans, budget_minutes: float, device: str,
         names = [p.configuration] if p.configuration else list(p.candidates)
         if names and all(n in fitted for n in names):
             s = max(fitted[n].seconds_per_iteration for n in names)
-            v = max(fitted[n].validation_seconds_per_case for n in names) * n_val
+            v = max(fitted[n].validation_seconds_per_case if p.mirror else
+                    fitted[n].unmirrored_validation_seconds_per_case for n in names) * n_val
             p = dataclasses.replace(p, seconds_per_iteration=round(s, 3), iterations=int(p.minutes * 60 / s),
                                     validation_minutes=_minutes(v * len(p.folds)) if p.validate else 0.0)
         parts.append(p)
@@ -507,18 +544,31 @@ def fit_run_plan(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: flo
                           TimeBudget(1e-9, device, seconds_per_mac, rule.target_iterations))
     speeds = configuration_speeds(base, seconds_per_mac, cheapest)
     num_cases = len(fingerprint.cases)
-    plans = base
-    for _ in range(2):
-        previous = {n: c.previous_stage for n, c in plans.configurations.items() if c.previous_stage}
-        alloc = allocate(budget_minutes * 60.0, {n: speeds[n] for n in plans.configurations}, num_cases, num_folds,
-                         previous, rule)
-        plans = make_plans(fingerprint, preset, memory_gb,
-                           TimeBudget(max(alloc.fold_minutes, 1e-6), device, seconds_per_mac,
-                                      rule.target_iterations))
+    plans, names = base, list(base.configurations)
+    for _ in range(4):
+        # a plan the budget made cheaper has a smaller patch, so more tiles to validate: the parts are allocated
+        # again with the validation times of the plans they train until the fold's time settles
+        previous = {n: c.previous_stage for n, c in base.configurations.items() if c.previous_stage and n in names}
+        alloc = allocate(budget_minutes * 60.0, {n: speeds[n] for n in names}, num_cases, num_folds, previous, rule)
+        fitted = make_plans(fingerprint, preset, memory_gb,
+                            TimeBudget(max(alloc.fold_minutes, 1e-6), device, seconds_per_mac,
+                                       rule.target_iterations))
         used = {p.configuration for p in alloc.parts if p.configuration} | {c for p in alloc.parts
                                                                          for c in p.candidates}
-        if used <= set(plans.configurations):
+        settled = plans is not base and plans.configurations.keys() == fitted.configurations.keys() and all(
+            abs(a.budget.minutes - b.budget.minutes) <= 0.01 * b.budget.minutes
+            for a, b in zip(plans.configurations.values(), fitted.configurations.values()))
+        plans = fitted
+        if not used <= set(plans.configurations):
+            names = [n for n in names if n in plans.configurations]  # e.g. 3d_lowres dropped by the fit
+            continue
+        if settled:
             break
+        new = configuration_speeds(plans, seconds_per_mac)
+        speeds = {n: dataclasses.replace(speeds[n], validation_seconds_per_case=new[n].validation_seconds_per_case,
+                                         unmirrored_validation_seconds_per_case=(
+                                             new[n].unmirrored_validation_seconds_per_case))
+                  if n in new else speeds[n] for n in speeds}
     run = _record(alloc, plans, budget_minutes, device, seconds_per_mac, rule.target_iterations, speeds, num_cases,
                   num_folds)
     _check_trainable(run)

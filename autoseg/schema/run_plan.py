@@ -47,6 +47,9 @@ class RunPart:
         model in ``best.json``).
     validation_minutes
         Expected time of those validations, all folds together (0 without).
+    mirror
+        The validations mirror (nnU-Net's test-time augmentation); false when mirrored validations would cost
+        too large a share of a small budget (the fold's ``validation_mirroring``).
     reason
         Why the rule chose this part, for the printed table and the record.
     candidates
@@ -69,6 +72,7 @@ class RunPart:
     reason: str
     candidates: tuple[str, ...] = ()
     start_minutes: float = 0.0
+    mirror: bool = True
     epochs: int | None = field(default=None, metadata=OMIT_IF_NONE)
 
     @property

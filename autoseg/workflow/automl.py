@@ -324,6 +324,8 @@ def follow_run_plan(ctx: DatasetContext, run: BudgetRunPlan, device: str = "auto
                                   else dict(overrides, budget_minutes=part.minutes))
             else:
                 fold_overrides = dict(overrides, budget_minutes=part.minutes)
+            if not part.mirror and overrides.get("validation_mirroring") is None:
+                fold_overrides["validation_mirroring"] = False  # the run plan's choice for a small budget
             results.append(run_fold(ctx, part.configuration, fold, fold_overrides, device=device, resume=True,
                                     validate=check, progress=progress))
             if validate and select:

@@ -15,10 +15,11 @@ from autoseg.schema.base import load_json, save_json
 from autoseg.schema.run_plan import STRATEGIES, RunPlan
 
 #: A 2-core CPU on Hippocampus (measured: ~2.4 s per 3d_fullres iteration at the fitted plan, ~9 s to validate a
-#: case; nnU-Net's memory-only 2d plan has batch 292 and is far slower per iteration).
-CPU = {"2d": ConfigurationSpeed(8.0, 0.5, 6.0), "3d_fullres": ConfigurationSpeed(2.4, 0.6, 9.0)}
+#: case with mirroring, about 5x less without; nnU-Net's memory-only 2d plan has batch 292 and is far slower per
+#: iteration).
+CPU = {"2d": ConfigurationSpeed(8.0, 0.5, 6.0, 1.5), "3d_fullres": ConfigurationSpeed(2.4, 0.6, 9.0, 1.8)}
 #: A GPU: the same configurations ~50x faster.
-GPU = {"2d": ConfigurationSpeed(0.16, 0.01, 0.12), "3d_fullres": ConfigurationSpeed(0.048, 0.012, 0.18)}
+GPU = {"2d": ConfigurationSpeed(0.16, 0.01, 0.12, 0.03), "3d_fullres": ConfigurationSpeed(0.048, 0.012, 0.18, 0.04)}
 #: A dataset with a cascade, on a GPU.
 CASCADE = {"2d": ConfigurationSpeed(0.05, 0.01, 0.3), "3d_lowres": ConfigurationSpeed(0.08, 0.02, 1.0),
            "3d_fullres": ConfigurationSpeed(0.1, 0.02, 1.5), "3d_cascade_fullres": ConfigurationSpeed(0.1, 0.02, 1.6)}
@@ -168,10 +169,10 @@ def test_probe_parts_are_short_and_equal():
 
 def test_the_iteration_target_is_a_parameter():
     """The ladder's target (what the plans are made cheaper to reach) is the rule's parameter: with 12 CPU minutes
-    (~4.6 of them training after fold 0's validation) the default target makes the plan cheaper to ~460
+    (~4.6 of them training after fold 0's mirrored validation) the default target makes the plan cheaper to ~460
     iterations, a target of 100 keeps nnU-Net's plan at ~110 and warns that it will learn little."""
-    default = allocate(12 * 60, CPU, 208)
-    low = allocate(12 * 60, CPU, 208, rule=RunRule(target_iterations=100))
+    default = allocate(12 * 60, CPU, 208, rule=RunRule(mirror_share=1.0))
+    low = allocate(12 * 60, CPU, 208, rule=RunRule(target_iterations=100, mirror_share=1.0))
     assert 400 < default.parts[0].iterations < 500 and "short of the 500" in default.notes[0]
     assert 100 <= low.parts[0].iterations < 130 and "learn little" in low.notes[0]
 
@@ -254,3 +255,14 @@ def test_extending_keeps_trained_folds_and_continues_them(tiny_fingerprint):
     # the same budget again: the fold is kept as it is
     same = extend_run_plan(plans, 2, "cpu", 60e-12, {("3d_fullres", "0"): fold0.minutes}, 8)
     assert [p.kind for p in same.parts] == ["train"] and same.parts[0].reason.startswith("trained already")
+
+
+def test_validation_mirrors_only_where_it_costs_little():
+    """At 20 CPU minutes the mirrored validation of fold 0 (42 cases x 9 s) would take a third of the budget: it
+    runs without mirroring and the minutes go to training; with a large budget it mirrors as nnU-Net's does."""
+    small = allocate(20 * 60, CPU, 208)
+    mirrored = allocate(20 * 60, CPU, 208, rule=RunRule(mirror_share=1.0))
+    assert not small.parts[0].mirror and "without mirroring" in small.parts[0].reason
+    assert mirrored.parts[0].mirror
+    assert small.parts[0].minutes > mirrored.parts[0].minutes + 4
+    assert all(p.mirror for p in allocate(10 ** 8, CPU, 208).parts)
