@@ -154,17 +154,19 @@ def job_script(workspace: Path, dataset: str, fmt: str = "shell", configurations
 def train_on_cluster(workspace: Path, dataset: str, cluster: str, configurations: list[str] | None = None,
                      folds: list[str] | None = None, budget_minutes: float | None = None,
                      train_flags: list[str] = (), device: str = "auto", precision: str | None = None,
-                     progress: bool = True, report=print):
+                     progress: bool = True, report=print, job_timeout_minutes: float | None = None):
     """``autoseg train DATASET --cluster SPEC``: the run's fold jobs and ``find-best`` on a Dask cluster (see
-    :mod:`autoseg.workflow.cluster`). Returns the :class:`autoseg.schema.selection.BestChoice` it wrote, or
-    ``None`` when nothing was complete enough to select."""
-    from autoseg.workflow.cluster import parse_cluster_spec, run_graph
+    :mod:`autoseg.workflow.cluster`; a job whose log does not grow for ``job_timeout_minutes``, default
+    :data:`autoseg.workflow.cluster.JOB_TIMEOUT_MINUTES`, is killed and retried). Returns the
+    :class:`autoseg.schema.selection.BestChoice` it wrote, or ``None`` when nothing was complete enough to
+    select."""
+    from autoseg.workflow.cluster import JOB_TIMEOUT_MINUTES, parse_cluster_spec, run_graph
 
     spec = parse_cluster_spec(cluster)  # a bad SPEC is refused before anything is measured or started
     ctx, run, graph = _job_graph(workspace, dataset, configurations, folds, budget_minutes, train_flags, device,
                                  precision)
     report(run.summary())
-    run_graph(graph, spec, ctx.paths.root / "jobs", report, progress)
+    run_graph(graph, spec, ctx.paths.root / "jobs", report, progress, job_timeout_minutes or JOB_TIMEOUT_MINUTES)
     if not any(j.name == "find-best" for j in graph):
         return None
     from autoseg.schema.base import load_json

@@ -281,6 +281,10 @@ def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                    help="hand the fold jobs to a Dask cluster: local[:N] (N worker processes on this machine), a "
                         "scheduler address (tcp://HOST:PORT) or a job-queue file (.yaml: SLURM, PBS, LSF, SGE, "
                         "HTCondor; extra [cluster]). Default: train in this process")
+    t.add_argument("--job-timeout", type=parse_duration, default=None, metavar="DURATION",
+                   help="with --cluster: a job whose log has not grown for this long (no epoch line, no "
+                        "validation progress) is hung: it is killed and retried; 90 (minutes), 90m, 1.5h, 45s "
+                        "(default: 60 minutes)")
 
     jb = sub.add_parser("jobs", help="print the training run as commands with dependencies (shell or sbatch script)")
     jb.add_argument("dataset", metavar="DATASET")
@@ -523,12 +527,15 @@ def _cmd_train(args) -> int:
                      freeze_encoder_epochs=args.freeze_encoder_epochs, early_stop_patience=args.early_stop,
                      trackers=tuple(args.log) if args.log else None)
     single = args.config is not None and len(args.config) == 1 and args.fold is not None and len(args.fold) == 1
+    if args.job_timeout is not None and args.cluster is None:
+        raise AutosegError("--job-timeout applies to the jobs of a --cluster run")
     if args.cluster is not None:
         if args.overwrite:
             raise AutosegError("--overwrite applies to one fold in this process, not to a cluster run")
         best = api.train_on_cluster(args.workspace, args.dataset, args.cluster, args.config, args.fold,
                                     budget_minutes=args.budget, train_flags=_forwarded_training_flags(args),
-                                    device=args.device, precision=args.precision)
+                                    device=args.device, precision=args.precision,
+                                    job_timeout_minutes=args.job_timeout)
         if best is not None:
             from autoseg.evaluation.selection import selection_table
 
@@ -568,7 +575,7 @@ def _cmd_train(args) -> int:
 #: Options of a run that are not passed on to its fold jobs: they choose the jobs or apply to one fold in-process.
 _NOT_FORWARDED = {"command", "dataset", "workspace", "config", "fold", "budget", "resume", "overwrite", "cluster",
                   "allocation",
-                  "format", "sbatch", "help"}
+                  "job_timeout", "format", "sbatch", "help"}
 
 
 def _forwarded_training_flags(args) -> list[str]:

@@ -107,3 +107,115 @@ def test_scripts_of_the_graph(tmp_path):
     low0 = next(line for line in slurm if line.startswith("job_train_low_fold0="))
     assert "--dependency" not in low0
     assert slurm.index(cas0) > slurm.index(low0)
+
+
+# a job's subprocess under watch (no cluster): hung, alive, cancelled --------------------------------------------
+
+def _start(tmp_path, script):
+    import subprocess
+    import sys
+
+    log = tmp_path / "job.log"
+    f = open(log, "a")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=f, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    f.close()
+    return proc, log
+
+
+def test_a_job_whose_log_stops_growing_is_killed(tmp_path):
+    import time
+
+    from autoseg.workflow.cluster import supervise
+
+    proc, log = _start(tmp_path, "import time\nprint('epoch 1', flush=True)\ntime.sleep(60)\n")
+    t0 = time.monotonic()
+    assert supervise(proc, log, timeout_s=1.0, cancelled=lambda: False, poll_s=0.1) == (-9, "hung")
+    assert time.monotonic() - t0 < 10
+
+
+def test_a_job_that_keeps_printing_is_left_alone(tmp_path):
+    from autoseg.workflow.cluster import supervise
+
+    proc, log = _start(tmp_path, "import time\nfor i in range(8):\n    print(i, flush=True)\n    time.sleep(0.3)\n")
+    assert supervise(proc, log, timeout_s=1.0, cancelled=lambda: False, poll_s=0.1) == (0, None)
+    assert log.read_text().split() == [str(i) for i in range(8)]
+
+
+@pytest.mark.parametrize("ignores_interrupt", [False, True])
+def test_a_cancelled_job_is_interrupted_then_killed_with_its_children(tmp_path, ignores_interrupt):
+    import os
+    import time
+
+    from autoseg.workflow.cluster import supervise
+
+    ignore = "signal.signal(signal.SIGINT, signal.SIG_IGN)\n" if ignores_interrupt else ""
+    script = (f"import signal, subprocess, sys, time\n{ignore}"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              "print(child.pid, flush=True)\n"
+              "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('saved', flush=True)\n    sys.exit(130)\n")
+    proc, log = _start(tmp_path, script)
+    while not log.read_text().strip():
+        time.sleep(0.05)
+    child = int(log.read_text().split()[0])
+    rc, why = supervise(proc, log, timeout_s=None, cancelled=lambda: True, poll_s=0.1, grace_s=1.0)
+    assert why == "cancelled" and rc == (-9 if ignores_interrupt else 130)
+    assert ("saved" in log.read_text()) is not ignores_interrupt
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the grandchild got SIGKILL; wait for it to be reaped by init
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the job's child {child} survived")
+
+
+def test_a_lost_interrupt_is_sent_again(tmp_path):
+    from autoseg.workflow.cluster import supervise
+
+    # the first SIGINT is lost (as when it lands in a finaliser: Python says so) and the job prints on; the second
+    # stops it
+    script = ("import signal, sys, time\nlost = []\n"
+              "def first(*_):\n    lost.append(1)\n    signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "    print('Exception ignored in: <function remove>', file=sys.stderr, flush=True)\n"
+              "signal.signal(signal.SIGINT, first)\nprint('started', flush=True)\n"
+              "try:\n    for i in range(600):\n        time.sleep(0.1)\n        if lost:\n            print(i, flush=True)\n"
+              "except KeyboardInterrupt:\n    print('saved', flush=True)\n    sys.exit(130)\n")
+    proc, log = _start(tmp_path, script)
+    while "started" not in log.read_text():
+        pass
+    assert supervise(proc, log, timeout_s=None, cancelled=lambda: True, poll_s=0.2, grace_s=30) == (130, "cancelled")
+    assert log.read_text().split()[-1] == "saved"
+
+
+@pytest.mark.parametrize("worker, device, gpus, expected", [
+    (0, "auto", ["GPU-a", "GPU-b"], "GPU-a"),
+    (1, "auto", ["GPU-a", "GPU-b"], "GPU-b"),
+    (2, "cuda", ["GPU-a", "GPU-b"], "GPU-a"),   # more workers than GPUs: round-robin
+    (3, "auto", ["GPU-a", "GPU-b", "GPU-c", "GPU-d"], "GPU-d"),
+    (1, "auto", ["GPU-a"], None),                # one GPU: nothing to share out
+    (1, "auto", [], None),                       # none
+    (1, "cpu", ["GPU-a", "GPU-b"], None),
+    (1, "cuda:1", ["GPU-a", "GPU-b"], None),     # the job chose its GPU itself
+])
+def test_each_local_worker_gets_its_own_gpu(worker, device, gpus, expected):
+    from autoseg.workflow.cluster import assigned_gpu
+
+    assert assigned_gpu(worker, device, gpus) == expected
+
+
+def test_the_device_of_a_job_command():
+    from autoseg.workflow.cluster import job_device
+
+    assert job_device(("autoseg", "train", "D", "-c", "3d_fullres")) == "auto"
+    assert job_device(("autoseg", "train", "D", "--device", "cuda:1", "--epochs", "2")) == "cuda:1"
+    assert job_device(("autoseg", "train", "D", "--device=cpu")) == "cpu"
+
+
+def test_job_timeout_is_a_cluster_option(capsys):
+    from autoseg.cli import main
+
+    assert main(["train", "Nothing", "--job-timeout", "45s"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["error: --job-timeout applies to the jobs of a --cluster run"]
