@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -117,7 +118,7 @@ def run_arm(arm: str, raw: Path, budget: float, test: Path, roi: Path | None, ou
                           text=True).stdout.strip()
     log(f"# benchmarks/time_to_accuracy.py {raw} --budget {budget:g} --arm {arm} on "
         f"{datetime.date.today().isoformat()} ({platform.processor() or platform.machine()}, "
-        f"{len(__import__('os').sched_getaffinity(0))} cores), commit {head}")
+        f"{len(os.sched_getaffinity(0))} cores), commit {head}")
     log(f"# dataset {dataset}; test images {test}" + (f"; regions of interest {roi}" if roi else ""))
     times = {}
     t_all = time.perf_counter()
@@ -154,8 +155,6 @@ def run_arm(arm: str, raw: Path, budget: float, test: Path, roi: Path | None, ou
         log("\n## selection (best.json)" + (f": scored on the {best.basis}" if best.basis
                                             else ": cross-validation of every case"))
         log(selection_table(best, pp))
-    table = [line for line in output if line.startswith(("run plan for", "part ", "---", "kept:", "predict will",
-                                                         "note:")) or line[:2].strip().isdigit()]
     if (paths / "run_plan.json").is_file():
         from autoseg.planning.run_plan import run_plan_table
         from autoseg.schema.base import load_json
@@ -163,9 +162,11 @@ def run_arm(arm: str, raw: Path, budget: float, test: Path, roi: Path | None, ou
 
         log("\n## run plan (as it ended: probes' winner filled in)")
         log(run_plan_table(load_json(RunPlan, paths / "run_plan.json")))
-    elif table:
-        log("\n## training plan")
-        log("\n".join(line for line in output if "fold" in line and "minutes" in line)[:4000])
+    elif any(line.startswith("training plan for") for line in output):
+        log("\n## training plan (budget split evenly)")
+        start = next(i for i, line in enumerate(output) if line.startswith("training plan for"))
+        end = next((i for i in range(start, len(output)) if not output[i].strip()), len(output))
+        log("\n".join(output[start:end]))
     n_pred = len(list((out / "predictions").glob("*"))) if (out / "predictions").is_dir() else 0
     log(f"\n## test predictions: {n_pred} file(s) in {out / 'predictions'}")
     for name in ("plans.json", "run_plan.json", "best.json", "postprocessing.json"):

@@ -142,12 +142,22 @@ def budget_mismatch(plans: Plans, jobs: Sequence[Job], raw_dir: str, tolerance: 
         if minutes and not fitted and any(j.step_seconds and j.minutes * 60 / j.step_seconds < MIN_USEFUL_ITERATIONS
                                           for j in jobs):
             return (f"the plans are nnU-Net's (memory only); `autoseg plan {raw_dir} --budget {minutes[0]:.0f}` "
-                    f"fits them to this run's {minutes[0]:.0f} minutes per fold")
+                    f"fits them to a training run of {minutes[0]:.0f} minutes" + _whole_run(jobs))
         return None
     if all(abs(f - m) <= tolerance * m for f in fitted for m in minutes):
         return None
     return (f"the plans were fitted to {', '.join(f'{f:g}' for f in fitted)} minutes per fold, this run gives "
-            f"{minutes[0]:.0f}: `autoseg plan {raw_dir} --budget {minutes[0]:.0f}` fits them to it")
+            f"{minutes[0]:.0f}: `autoseg plan {raw_dir} --budget {minutes[0]:.0f}` fits them to a training run of "
+            f"that length" + _whole_run(jobs))
+
+
+def _whole_run(jobs: Sequence[Job]) -> str:
+    """For a run of several folds: how to give its whole time to a run plan instead of splitting it evenly."""
+    if len(jobs) < 2:
+        return ""
+    total = sum(j.minutes for j in jobs if j.minutes)
+    return (f" (or let a run plan spend the whole {total:.0f} minutes where accuracy comes from: `autoseg train "
+            f"DATASET --budget {total:.0f}` without -c, -f and --allocation uniform)")
 
 
 def finished_folds(paths: DatasetPaths, configurations: Sequence[str], folds: Sequence[str]) -> set[tuple[str, str]]:

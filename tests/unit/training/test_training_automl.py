@@ -59,3 +59,28 @@ def test_budget_mismatch(plans, minutes, step, expected):
         assert got is None
     else:
         assert expected in got and "autoseg plan /data/raw --budget" in got
+
+
+def test_stop_after_ends_a_probe_at_its_time_with_the_longer_runs_schedule():
+    from types import SimpleNamespace
+
+    from autoseg.training.automl import StopAfter
+    from autoseg.training.trainer import TrainState
+
+    state = TrainState(40, 10, 2)  # the longer run: 40 epochs planned
+    trainer = SimpleNamespace(state=state)
+    stop = StopAfter(60.0)
+    state.epoch, state.train_seconds = 5, 59.0
+    stop.on_epoch_end(trainer, None)
+    assert state.total_epochs == 40 and state.stop_reason is None  # not yet
+    state.epoch, state.train_seconds = 6, 61.0
+    stop.on_epoch_end(trainer, None)
+    assert state.total_epochs == 6 and state.stop_reason.startswith("probe: stopped after epoch 6")
+
+
+def test_whole_run_hint_for_an_even_split():
+    from autoseg.training.automl import Job, budget_mismatch
+
+    jobs = [Job("3d_fullres", str(k), 12.0, 30.0) for k in range(5)]
+    got = budget_mismatch(PLANS, jobs, "/data/raw")
+    assert "autoseg train DATASET --budget 60" in got and "--allocation uniform" in got
