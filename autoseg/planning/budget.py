@@ -1,5 +1,9 @@
 """Fitting a configuration to a time budget as well as to memory (``autoseg plan --budget``).
 
+The budget here is the training time of one fold; the run plan (:mod:`autoseg.planning.run_plan`) decides it from
+the wall-clock budget of the whole training run, and its target of iterations (``min_iterations``) is the run
+rule's ``target_iterations``, a parameter so that measurements can change it.
+
 nnU-Net plans the largest patch that fits the accelerator's memory and trains it 250,000 iterations. On a CPU or a
 small GPU the same plan may get a few hundred iterations in the time a user has, too few to learn. The rule here
 keeps nnU-Net's plan whenever it reaches ``min_iterations`` in the budget (so with a large budget the plans stay
