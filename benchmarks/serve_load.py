@@ -76,7 +76,7 @@ def main() -> None:
                     i = todo.pop(0)
                 image = images[i % len(images)]
                 data = image.read_bytes()
-                start, busy, status, wrong, ticket = time.perf_counter(), 0, None, False, {}
+                start, busy, early, status, wrong, ticket = time.perf_counter(), 0, 0, None, False, {}
                 for _ in range(21):
                     try:
                         r = http.post(f"{url}/v1/segment/{args.dataset}", files={"file": (image.name, data)},
@@ -88,6 +88,7 @@ def main() -> None:
                     if status != 503:
                         break
                     busy += 1
+                    early += bool(ticket)  # turned away again after waiting the Retry-After it was given
                     ticket = {TICKET_HEADER: r.headers[TICKET_HEADER]} if TICKET_HEADER in r.headers else {}
                     retry = float(r.headers.get("retry-after", "1"))
                     with lock:
@@ -99,7 +100,7 @@ def main() -> None:
                     wrong = not np.array_equal(read_label(out)[0], reference[image.name])
                     out.unlink()
                 with lock:
-                    results.append({"status": status, "busy": busy, "wrong": wrong,
+                    results.append({"status": status, "busy": busy, "early": early, "wrong": wrong,
                                     "seconds": time.perf_counter() - start})
 
     t0 = time.perf_counter()
@@ -120,7 +121,8 @@ def main() -> None:
           f"given up after 20 retries: {sum(1 for r in results if r['status'] == 503)}; most 503s before one "
           f"request's 200: {max((r['busy'] for r in ok), default=0)}")
     if retries:
-        print(f"  Retry-After received: {len(retries)}, mean {np.mean(retries):.1f} s, max {max(retries):.0f} s")
+        print(f"  Retry-After received: {len(retries)}, mean {np.mean(retries):.1f} s, max {max(retries):.0f} s; "
+              f"503 again after waiting it (ticket sent back): {sum(r['early'] for r in results)}")
     print(f"  lost (no answer or other status): {sum(1 for r in results if r['status'] not in (200, 503))}; "
           f"wrong label maps: {sum(r['wrong'] for r in results)}; requests accounted for: {len(results)}")
     print(f"  latency of 200 answers (from first send): p50 {np.percentile(lat, 50):.2f} s, "
