@@ -330,8 +330,9 @@ def budget_advice(name: str, seconds_per_iteration: float | None, min_iterations
     """
     if seconds_per_iteration is None:
         return (f"on a CPU nnU-Net's {NNUNET_ITERATIONS:,} {name} iterations per fold take hours to days. Re-plan "
-                f"with --budget MINUTES (training time per fold) to fit the plans to the time you have (it measures "
-                f"this machine's speed once, a few seconds; then this note prices the plan).")
+                f"with --budget DURATION (the wall-clock time of the whole training run) to fit a run plan and the "
+                f"plans to the time you have (it measures this machine's speed once, a few seconds; then this note "
+                f"prices the plan).")
     days = seconds_per_iteration * NNUNET_ITERATIONS / 86400
     keep = math.ceil(seconds_per_iteration * min_iterations / 60)
     took = seconds_per_iteration * min_iterations
