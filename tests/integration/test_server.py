@@ -30,8 +30,6 @@ from autoseg.io.image import read_image, read_label, write_image
 httpx = pytest.importorskip("httpx", reason="the [test] extra (httpx) is not installed")
 pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 
-TRAIN = ["-c", "3d_fullres", "-f", "0", "--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations",
-         "1", "-j", "0"]
 #: the boundary MONAI Label's client uses, unquoted, with a ``$`` in it
 MONAI_BOUNDARY = "----------lImIt_of_THE_fIle_eW_$"
 
@@ -78,12 +76,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    raw, ws, ref = root / "raw", root / "ws", root / "predicted"
-    assert main(["demo", "--make-data", str(raw), "--kind", "tiny"]) == 0
-    assert main(["plan", str(raw), "-w", str(ws), "-j", "1"]) == 0
-    assert main(["train", "Tiny", "-w", str(ws), *TRAIN]) == 0
+def model(tiny_model, tmp_path_factory):
+    raw, ws = tiny_model  # this module's copy of the session's tiny trained workspace
+    ref = tmp_path_factory.mktemp("serve") / "predicted"
     assert main(["predict", "Tiny", "-w", str(ws), "-i", str(raw / "imagesTs"), "-o", str(ref)]) == 0
     return raw, ws, ref
 
