@@ -266,3 +266,17 @@ def test_validation_mirrors_only_where_it_costs_little():
     assert mirrored.parts[0].mirror
     assert small.parts[0].minutes > mirrored.parts[0].minutes + 4
     assert all(p.mirror for p in allocate(10 ** 8, CPU, 208).parts)
+
+
+def test_the_same_rule_from_a_gpus_measured_throughput(tiny_fingerprint):
+    """A fake GPU (0.5 s per 10^12 multiply-accumulates) with the same 3 minutes: nnU-Net's plans fit, the run plan
+    is priced at its speed and records the device."""
+    from autoseg.planning.presets import load_preset
+
+    fingerprint, plain = tiny_fingerprint
+    plans, run = fit_run_plan(fingerprint, load_preset("default"), 8.0, 3, "cuda:0", 0.5e-12)
+    slow_plans, slow = _fit(fingerprint, 3, seconds_per_tmac=3000.0)
+    assert run.device == "cuda:0" and run.seconds_per_tmac == 0.5
+    assert all(c.budget.trade_offs == () for c in plans.configurations.values())
+    assert any(c.budget.trade_offs for c in slow_plans.configurations.values())
+    assert max(p.iterations for p in run.parts) > 10 * max(p.iterations for p in slow.parts)
