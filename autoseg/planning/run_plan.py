@@ -544,31 +544,48 @@ def fit_run_plan(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: flo
                           TimeBudget(1e-9, device, seconds_per_mac, rule.target_iterations))
     speeds = configuration_speeds(base, seconds_per_mac, cheapest)
     num_cases = len(fingerprint.cases)
-    plans, names = base, list(base.configurations)
-    for _ in range(4):
-        # a plan the budget made cheaper has a smaller patch, so more tiles to validate: the parts are allocated
-        # again with the validation times of the plans they train until the fold's time settles
+    names = list(base.configurations)
+
+    def allocated(names: list[str], speeds: Mapping[str, ConfigurationSpeed]) -> Allocation:
         previous = {n: c.previous_stage for n, c in base.configurations.items() if c.previous_stage and n in names}
-        alloc = allocate(budget_minutes * 60.0, {n: speeds[n] for n in names}, num_cases, num_folds, previous, rule)
-        fitted = make_plans(fingerprint, preset, memory_gb,
-                            TimeBudget(max(alloc.fold_minutes, 1e-6), device, seconds_per_mac,
-                                       rule.target_iterations))
+        return allocate(budget_minutes * 60.0, {n: speeds[n] for n in names}, num_cases, num_folds, previous, rule)
+
+    def fit(minutes: float) -> Plans:
+        return make_plans(fingerprint, preset, memory_gb,
+                          TimeBudget(max(minutes, 1e-6), device, seconds_per_mac, rule.target_iterations))
+
+    # A plan the budget makes cheaper has a smaller patch, so more tiles to validate, so less time to train, so a
+    # cheaper plan again: on a slow device that spiral does not settle by itself (measured: at 201 s per 10^12
+    # MACs on Hippocampus, 4 plain rounds left 8 of 20 minutes unplanned). So the parts are always allocated with
+    # the validation times of the plans just fitted (the run plan and the plans agree, and the whole budget is
+    # planned), and the time the plans are fitted to moves halfway to the allocation's each round until they meet.
+    # The first allocation, at the memory-only and cheapest plans' speeds, chooses the configurations; later rounds
+    # only price them (choosing again at each round's validation times flips between strategies, e.g. with and
+    # without probes, and never settles).
+    alloc = allocated(names, speeds)
+    fit_minutes = alloc.fold_minutes
+    for round_ in range(8):
+        plans = fit(fit_minutes)
         used = {p.configuration for p in alloc.parts if p.configuration} | {c for p in alloc.parts
                                                                          for c in p.candidates}
-        settled = plans is not base and plans.configurations.keys() == fitted.configurations.keys() and all(
-            abs(a.budget.minutes - b.budget.minutes) <= 0.01 * b.budget.minutes
-            for a, b in zip(plans.configurations.values(), fitted.configurations.values()))
-        plans = fitted
+        if round_ == 0:
+            chosen = [n for n in names if n in used or any(n == base.configurations[u].previous_stage
+                                                           for u in used if u in base.configurations)]
+            names = chosen or names
         if not used <= set(plans.configurations):
             names = [n for n in names if n in plans.configurations]  # e.g. 3d_lowres dropped by the fit
-            continue
-        if settled:
-            break
         new = configuration_speeds(plans, seconds_per_mac)
         speeds = {n: dataclasses.replace(speeds[n], validation_seconds_per_case=new[n].validation_seconds_per_case,
                                          unmirrored_validation_seconds_per_case=(
                                              new[n].unmirrored_validation_seconds_per_case))
                   if n in new else speeds[n] for n in speeds}
+        alloc = allocated(names, speeds)
+        if abs(alloc.fold_minutes - fit_minutes) <= 0.01 * max(alloc.fold_minutes, 1e-6):
+            plans = fit(alloc.fold_minutes)  # settled within 1%: the plans name the part's own time
+            break
+        fit_minutes = alloc.fold_minutes if round_ == 0 else (fit_minutes + alloc.fold_minutes) / 2
+    # unsettled (the ladder is not monotonic: a longer fold can keep the width and shrink the patch, and validate
+    # far longer): the parts stay priced with the last plans fitted, so the run still fills, and keeps, its budget
     run = _record(alloc, plans, budget_minutes, device, seconds_per_mac, rule.target_iterations, speeds, num_cases,
                   num_folds)
     _check_trainable(run)

@@ -168,7 +168,7 @@ def test_plan_without_budget_never_runs_the_throughput_probe(tiny_raw, tmp_path,
     assert main(["plan", str(tiny_raw), "-w", str(ws), "-j", "2", "--no-preprocess", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "nnU-Net's 250,000 3d_fullres iterations per fold take hours to days" in out
-    assert "Re-plan with --budget MINUTES" in out and "takes ~" not in out
+    assert "Re-plan with --budget DURATION" in out and "takes ~" not in out
     assert not (ws / "calibration.json").exists()
     assert api.cpu_budget_advice(load_json(Plans, ws / "Tiny" / "plans.json"), ws, "cpu").startswith("on a CPU")
 

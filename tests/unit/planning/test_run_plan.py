@@ -9,8 +9,9 @@ import dataclasses
 import pytest
 
 from autoseg.errors import AutosegError
-from autoseg.planning.run_plan import (ConfigurationSpeed, RunRule, allocate, expected_iterations, extend_run_plan,
-                                       fit_run_plan, preferred_configuration, run_plan_table)
+from autoseg.planning.run_plan import (ConfigurationSpeed, RunRule, allocate, configuration_speeds,
+                                       expected_iterations, extend_run_plan, fit_run_plan, preferred_configuration,
+                                       run_plan_table)
 from autoseg.schema.base import load_json, save_json
 from autoseg.schema.run_plan import STRATEGIES, RunPlan
 
@@ -208,6 +209,32 @@ def _fit(fingerprint, minutes, seconds_per_tmac=60.0, **rule):
 
     return fit_run_plan(fingerprint, load_preset("default"), 8.0, minutes, "cpu", seconds_per_tmac * 1e-12,
                         RunRule(**rule))
+
+
+def _hippocampus_like(fingerprint, n=208, shape=(36, 50, 35)):
+    """The tiny fingerprint with Hippocampus' case count and median shape (1 mm isotropic)."""
+    import dataclasses
+
+    case = dataclasses.replace(fingerprint.cases[0], spacing=(1.0, 1.0, 1.0), shape_before_crop=shape,
+                               shape_after_crop=shape)
+    return dataclasses.replace(fingerprint, cases=tuple(dataclasses.replace(case, case_id=f"c{i:03d}")
+                                                        for i in range(n)))
+
+
+@pytest.mark.parametrize("seconds_per_tmac", [27.7, 100.0, 201.0, 600.0])
+def test_fit_run_plan_plans_the_whole_budget_on_slow_devices(tiny_fingerprint, seconds_per_tmac):
+    """A cheaper plan has more tiles to validate, so less time to train, so a cheaper plan again: whatever the
+    device's speed, the run plan's parts are priced with the plans they train and fill the budget (at 201 s per
+    10^12 MACs, a loaded 2-core CPU, Hippocampus at 20 minutes once left 8 minutes unplanned)."""
+    fingerprint, _ = tiny_fingerprint
+    plans, run = _fit(_hippocampus_like(fingerprint), 20, seconds_per_tmac)
+    assert run.planned_minutes == pytest.approx(20, rel=0.02)
+    # and each part is priced at the plan it trains
+    speeds = configuration_speeds(plans, seconds_per_tmac * 1e-12)
+    for part in run.parts:
+        if part.kind == "train" and part.configuration:
+            assert part.seconds_per_iteration == pytest.approx(speeds[part.configuration].seconds_per_iteration,
+                                                               rel=0.01)
 
 
 def test_fit_run_plan_small_budget_fits_the_plans_to_the_fold(tiny_fingerprint, tmp_path):
