@@ -554,38 +554,51 @@ def fit_run_plan(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: flo
         return make_plans(fingerprint, preset, memory_gb,
                           TimeBudget(max(minutes, 1e-6), device, seconds_per_mac, rule.target_iterations))
 
-    # A plan the budget makes cheaper has a smaller patch, so more tiles to validate, so less time to train, so a
-    # cheaper plan again: on a slow device that spiral does not settle by itself (measured: at 201 s per 10^12
-    # MACs on Hippocampus, 4 plain rounds left 8 of 20 minutes unplanned). So the parts are always allocated with
-    # the validation times of the plans just fitted (the run plan and the plans agree, and the whole budget is
-    # planned), and the time the plans are fitted to moves halfway to the allocation's each round until they meet.
-    # The first allocation, at the memory-only and cheapest plans' speeds, chooses the configurations; later rounds
-    # only price them (choosing again at each round's validation times flips between strategies, e.g. with and
-    # without probes, and never settles).
-    alloc = allocated(names, speeds)
-    fit_minutes = alloc.fold_minutes
-    for round_ in range(8):
-        plans = fit(fit_minutes)
-        used = {p.configuration for p in alloc.parts if p.configuration} | {c for p in alloc.parts
-                                                                         for c in p.candidates}
-        if round_ == 0:
-            chosen = [n for n in names if n in used or any(n == base.configurations[u].previous_stage
-                                                           for u in used if u in base.configurations)]
-            names = chosen or names
-        if not used <= set(plans.configurations):
-            names = [n for n in names if n in plans.configurations]  # e.g. 3d_lowres dropped by the fit
+    # A plan the budget makes cheaper has a smaller patch, so more tiles to validate and less time to train; and
+    # the ladder is not monotonic (a longer fold may keep the width and shrink the patch, and validate far longer:
+    # Hippocampus at 201 s per 10^12 MACs). So the parts are always priced with the validation times of the plans
+    # they train, and the plans are those of the longest fold time m whose run plan still gives a fold at least m
+    # (the largest model that reaches its iterations): from the first allocation's fold time down until that
+    # holds, then up while it keeps holding. The first allocation, at the memory-only and cheapest plans' speeds,
+    # chooses the configurations; later ones only price them (choosing again at each step flips between
+    # strategies, e.g. with and without probes).
+    first = allocated(names, speeds)
+    used = {p.configuration for p in first.parts if p.configuration} | {c for p in first.parts
+                                                                     for c in p.candidates}
+    names = [n for n in names if n in used or any(n == base.configurations[u].previous_stage
+                                                  for u in used if u in base.configurations)] or names
+    base_speeds = speeds
+
+    def evaluate(minutes: float) -> tuple[Plans, Allocation, dict[str, ConfigurationSpeed], list[str]]:
+        plans = fit(minutes)
+        pool = [n for n in names if n in plans.configurations]  # e.g. 3d_lowres dropped by the fit
         new = configuration_speeds(plans, seconds_per_mac)
-        speeds = {n: dataclasses.replace(speeds[n], validation_seconds_per_case=new[n].validation_seconds_per_case,
+        priced = {n: dataclasses.replace(s, validation_seconds_per_case=new[n].validation_seconds_per_case,
                                          unmirrored_validation_seconds_per_case=(
                                              new[n].unmirrored_validation_seconds_per_case))
-                  if n in new else speeds[n] for n in speeds}
-        alloc = allocated(names, speeds)
-        if abs(alloc.fold_minutes - fit_minutes) <= 0.01 * max(alloc.fold_minutes, 1e-6):
-            plans = fit(alloc.fold_minutes)  # settled within 1%: the plans name the part's own time
+                  if n in new else s for n, s in base_speeds.items()}
+        return plans, allocated(pool, priced), priced, pool
+
+    def holds(alloc: Allocation, minutes: float) -> bool:
+        return alloc.fold_minutes >= 0.99 * minutes
+
+    minutes = first.fold_minutes
+    plans, alloc, speeds, pool = evaluate(minutes)
+    for _ in range(40):
+        if holds(alloc, minutes) or minutes < 0.01:
             break
-        fit_minutes = alloc.fold_minutes if round_ == 0 else (fit_minutes + alloc.fold_minutes) / 2
-    # unsettled (the ladder is not monotonic: a longer fold can keep the width and shrink the patch, and validate
-    # far longer): the parts stay priced with the last plans fitted, so the run still fills, and keeps, its budget
+        minutes *= 0.93
+        plans, alloc, speeds, pool = evaluate(minutes)
+    for _ in range(6):
+        if abs(alloc.fold_minutes - minutes) <= 0.01 * max(minutes, 1e-6):
+            break
+        step = evaluate(alloc.fold_minutes)
+        if not holds(step[1], alloc.fold_minutes):
+            break  # a longer fold's plan would not get its time: keep the last one that does
+        minutes = alloc.fold_minutes
+        plans, alloc, speeds, pool = step
+    if minutes != alloc.fold_minutes and abs(alloc.fold_minutes - minutes) <= 0.01 * minutes:
+        plans = fit(alloc.fold_minutes)  # settled within 1%: the plans name the part's own time
     run = _record(alloc, plans, budget_minutes, device, seconds_per_mac, rule.target_iterations, speeds, num_cases,
                   num_folds)
     _check_trainable(run)
