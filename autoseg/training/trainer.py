@@ -196,6 +196,8 @@ class Trainer:
     regions: tuple[tuple[int, ...], ...] | None = None
     history: list[EpochLog] = field(default_factory=list)
     replica_sha256: str | None = None
+    #: when the last epoch's steps ended: its callbacks' time (checkpoints, plot, log) counts against a budget too
+    _previous_epoch_end: float | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -283,6 +285,9 @@ class Trainer:
         lr = self._set_learning_rate()
         self.model.train()
         start = time.perf_counter()
+        # the previous epoch's callbacks ran since it ended: with short epochs (2 s on Hippocampus) a checkpoint and
+        # a plot an epoch took more time than the steps, and a budget counting only the steps overran by half
+        between = 0.0 if self._previous_epoch_end is None else start - self._previous_epoch_end
         wait, losses, step_times, shown = 0.0, [], [], float("nan")
         # on a terminal a bar per epoch; in a log file only the line printed per epoch
         bar = progress_bar(st.iterations_per_epoch, f"epoch {st.epoch + 1}/{st.total_epochs}", "it", self.progress,
@@ -333,8 +338,10 @@ class Trainer:
         m = cfg.ema_momentum
         st.ema_pseudo_dice = mean_dice if st.ema_pseudo_dice is None else m * st.ema_pseudo_dice + (1 - m) * mean_dice
 
-        epoch_seconds = time.perf_counter() - start
-        st.train_seconds += self._mean_over_ranks(epoch_seconds)
+        end = time.perf_counter()
+        epoch_seconds = end - start
+        st.train_seconds += self._mean_over_ranks(epoch_seconds + between)
+        self._previous_epoch_end = end
         st.epoch += 1
         if cfg.budget_minutes is not None:
             st.total_epochs = max(st.epoch, epochs_that_fit(st.epoch, st.train_seconds, cfg.budget_minutes * 60.0))

@@ -140,6 +140,21 @@ def test_budget_sets_the_number_of_epochs(tmp_path):
     assert st.train_seconds < 1.2 * 3
 
 
+def test_a_budget_counts_the_time_of_the_callbacks_too(tmp_path):
+    """Short epochs with a slow checkpoint/plot in between: the run still ends near its budget (it overran by half
+    on Hippocampus when only the steps were counted)."""
+    import time
+
+    class Slow(Callback):
+        def on_epoch_end(self, trainer, log):
+            time.sleep(0.3)
+
+    t = make_trainer(tmp_path, epochs=1000, budget=0.05, callbacks=False, extra_callbacks=[Slow()])  # 3 s
+    start = time.perf_counter()
+    t.fit()
+    assert time.perf_counter() - start < 3.0 + 2 * 0.3 + 1.0  # the budget, the last epoch's callback, slack
+
+
 @pytest.mark.parametrize("epoch, total, expected", [(0, 10, 0.01), (10, 10, 0.0), (5, 10, 0.01 * 0.5 ** 0.9)])
 def test_poly_lr(epoch, total, expected):
     assert poly_lr(0.01, epoch, total) == pytest.approx(expected)
