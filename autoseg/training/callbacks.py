@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -96,13 +97,31 @@ class JsonlLogCallback(Callback):
 
 
 class ProgressPlotCallback(Callback):
-    """Redraws ``progress.png`` (losses, pseudo-Dice, learning rate, epoch time) after every epoch."""
+    """Redraws ``progress.png`` (losses, pseudo-Dice, learning rate, epoch time) after an epoch, and at the end.
 
-    def __init__(self, path: Path):
+    A redraw takes about a second (matplotlib); with epochs of a few seconds, as short budgeted runs have, drawing
+    after every one took a third of the training time. So it redraws only once ``share`` of the time since the
+    last drawing would pay for it (at most ~10% of the run by default), and always at the end.
+    """
+
+    def __init__(self, path: Path, share: float = 0.1):
         self.path = Path(path)
+        self.share = share
+        self._last_end: float | None = None
+        self._last_cost = 0.0
+
+    def _draw(self, trainer: Trainer) -> None:
+        start = time.perf_counter()
+        plot_progress(trainer.history, self.path)
+        self._last_end = time.perf_counter()
+        self._last_cost = self._last_end - start
 
     def on_epoch_end(self, trainer: Trainer, log: EpochLog) -> None:
-        plot_progress(trainer.history, self.path)
+        if self._last_end is None or (time.perf_counter() - self._last_end) * self.share >= self._last_cost:
+            self._draw(trainer)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self._draw(trainer)
 
 
 def plot_progress(history: list[EpochLog], path: Path) -> None:

@@ -185,3 +185,29 @@ def test_training_plan_warns_when_folds_get_too_few_iterations():
     assert len(jobs) == 4 and all(abs(j.minutes - 10.0 * 0.85 / 4) < 1e-9 for j in jobs)
     assert "warning" in jobs_table(jobs, [])
     assert "warning" not in jobs_table(plan_jobs(["2d"], ["0"], 60.0, {"2d": 2.0}), [])
+
+
+def test_the_progress_plot_costs_at_most_its_share_of_short_epochs(tmp_path, monkeypatch):
+    """A redraw takes ~1 s; after 2-s epochs it took a third of a budgeted run. It is drawn once its share of the
+    time since the last drawing pays for it, and always at the end."""
+    import time
+    import types
+
+    from autoseg.training import callbacks
+
+    drawn = []
+
+    def slow_plot(history, path):
+        time.sleep(0.05)
+        drawn.append(len(history))
+
+    monkeypatch.setattr(callbacks, "plot_progress", slow_plot)
+    cb = ProgressPlotCallback(tmp_path / "progress.png", share=0.1)
+    trainer = types.SimpleNamespace(history=[])
+    for epoch in range(40):
+        time.sleep(0.01)  # a 10-ms epoch
+        trainer.history.append(epoch)
+        cb.on_epoch_end(trainer, None)
+    cb.on_train_end(trainer)
+    assert drawn[0] == 1 and drawn[-1] == 40  # the first epoch, and the end
+    assert len(drawn) <= 6  # 40 epochs of 10 ms = 0.4 s: about one drawing (50 ms) per 0.5 s at a share of 10%
