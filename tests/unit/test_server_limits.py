@@ -40,20 +40,7 @@ class SlowModel:
 @pytest.fixture
 def served():
     model = SlowModel()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app([model], ServeOptions(queue=2, max_upload_mb=1)),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{url}/healthz")
-            break
-        except httpx.TransportError:
-            time.sleep(0.05)
+    server, thread, url = _serve(model, ServeOptions(queue=2, max_upload_mb=1))
     yield model, url
     model.release.set()
     server.should_exit = True
