@@ -189,23 +189,24 @@ def test_training_plan_warns_when_folds_get_too_few_iterations():
 
 def test_the_progress_plot_costs_at_most_its_share_of_short_epochs(tmp_path, monkeypatch):
     """A redraw takes ~1 s; after 2-s epochs it took a third of a budgeted run. It is drawn once its share of the
-    time since the last drawing pays for it, and always at the end."""
-    import time
+    time since the last drawing pays for it, and always at the end (a fake clock: no dependence on the machine)."""
     import types
 
     from autoseg.training import callbacks
 
+    now = [0.0]
     drawn = []
 
     def slow_plot(history, path):
-        time.sleep(0.05)
+        now[0] += 0.05  # a 50-ms drawing
         drawn.append(len(history))
 
     monkeypatch.setattr(callbacks, "plot_progress", slow_plot)
+    monkeypatch.setattr(callbacks, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     cb = ProgressPlotCallback(tmp_path / "progress.png", share=0.1)
     trainer = types.SimpleNamespace(history=[])
     for epoch in range(40):
-        time.sleep(0.01)  # a 10-ms epoch
+        now[0] += 0.01  # a 10-ms epoch
         trainer.history.append(epoch)
         cb.on_epoch_end(trainer, None)
     cb.on_train_end(trainer)
