@@ -19,12 +19,12 @@ identical to nnU-Net's), and otherwise walks down a fixed ladder of cheaper plan
    voxels across, with the patch fitted to the memory target scaled by the voxel ratio, so the patch keeps
    nnU-Net's field of view in mm: the network keeps its context and loses resolution (predictions are resampled
    to full resolution anyway);
-4. the patch, at the coarsest spacing, by fitting it to smaller memory targets with the memory planner itself
+4. the width, at the coarsest spacing's patch: base features halved (down to :data:`MIN_BASE_FEATURES`):
+   capacity is lost, which a network trained a few hundred iterations does not yet use;
+5. the patch, at the narrowest width, by fitting it to smaller memory targets with the memory planner itself
    (:func:`autoseg.planning.configuration.fit_configuration`: the axis largest relative to the median case shrinks
    first, and the topology follows the patch), down to :data:`MIN_PATCH_FRACTION` of that rung's patch volume:
-   context is lost;
-5. the width: base features halved (down to :data:`MIN_BASE_FEATURES`), with the patch rung walked again from its
-   largest patch: capacity is lost.
+   context is lost, the last thing to give up.
 
 Step times come from the compute model (:mod:`autoseg.planning.compute`) and the device's measured seconds per
 multiply-accumulate, so the rule is pure and works with any device's throughput.
@@ -269,21 +269,26 @@ def fit_to_budget(spacing: Sequence[float], median_shape: Sequence[float], datas
             sp, med, dataset_voxels * math.prod(med) / math.prod(median0), num_classes, preset,
             kept * float(np.prod(np.asarray(spacing0) / np.asarray(sp))),
             MIN_PATCH_FRACTION * math.prod(start.patch_size), start.batch_size, start.patch_size)]
-        # the patch rung at full width, then again at each narrower width (a narrower network affords a larger
-        # patch than the smallest)
-        width = preset.base_features
-        while True:
-            for p in patches[1:] if width == preset.base_features else patches:
-                arch = p.architecture
-                feats = tuple(max(width, f * width // preset.base_features) for f in arch.features_per_stage)
-                yield (dataclasses.replace(p, architecture=dataclasses.replace(arch, features_per_stage=feats)),
-                       sp, med, offs + ([f"patch {_shape(start.patch_size)} -> {_shape(p.patch_size)}"]
-                                        if p is not start else [])
-                       + ([f"features {arch.features_per_stage[0]} -> {feats[0]}"]
-                          if width != preset.base_features else []))
-            if width <= MIN_BASE_FEATURES:
-                break
-            width //= 2
+        widths = [preset.base_features]
+        while widths[-1] // 2 >= MIN_BASE_FEATURES:
+            widths.append(widths[-1] // 2)
+
+        def narrowed(p: ConfigurationChoice, width: int) -> ConfigurationChoice:
+            arch = p.architecture
+            feats = tuple(max(width, f * width // preset.base_features) for f in arch.features_per_stage)
+            return dataclasses.replace(p, architecture=dataclasses.replace(arch, features_per_stage=feats))
+
+        # the width rung at the whole field of view, then the patch rung at the narrowest width: a network that
+        # gets a few hundred iterations is far from what its capacity could learn, while a patch that no longer
+        # holds the structure's context cannot learn it at all (LA2018, 20 min: 24x40x48 at width 32 gave Dice
+        # 0.58-0.61, V-Nets of width 16 reach 0.86+ on it)
+        for width in widths[1:]:
+            yield (narrowed(start, width), sp, med, offs + [f"features {preset.base_features} -> {width}"])
+        width = widths[-1]
+        for p in patches[1:]:
+            yield (narrowed(p, width), sp, med,
+                   offs + ([f"features {preset.base_features} -> {width}"] if width != preset.base_features else [])
+                   + [f"patch {_shape(start.patch_size)} -> {_shape(p.patch_size)}"])
 
     rung = None
     for rung in ladder():

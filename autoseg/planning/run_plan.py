@@ -411,7 +411,7 @@ def _allocate(budget_seconds: float, speeds: Mapping[str, ConfigurationSpeed], n
                            + f"one model{probe_note}: the whole budget on fold 0, whose validation (1/{num_folds} "
                              f"of the cases) chooses postprocessing and scores the model{ladder}. Two models "
                              f"(fold 0 + all cases) need about {_fmt_minutes(fold0_all_needs)}, each "
-                             f"{rule.ensemble_iterations} iterations",
+                             f"{rule.ensemble_iterations} iterations at nnU-Net's plan",
                            candidates=probes))
         predict = {c_name: ("0",)} if c_name else {}
         selection_kind = "validation"

@@ -314,8 +314,8 @@ def _interrupt(proc: subprocess.Popen, log: Path, poll_s: float, grace_s: float)
     again. After ``grace_s`` seconds, the job's process group is killed.
     """
     deadline = time.monotonic() + grace_s
+    seen = max(0, _size(log))  # before the signal: a job quick to say it lost the interrupt must not say it unread
     proc.send_signal(signal.SIGINT)
-    seen = _size(log)
     while True:
         try:
             return proc.wait(timeout=max(0.01, min(poll_s, deadline - time.monotonic())))

@@ -1,5 +1,5 @@
-"""The budget rule: nnU-Net's plan when it fits the time, else batch, trimmed patch, coarser spacing, smaller
-patch, then width, in that order; and the plans it writes."""
+"""The budget rule: nnU-Net's plan when it fits the time, else batch, trimmed patch, coarser spacing, width, then
+smaller patch, in that order; and the plans it writes."""
 
 import json
 import math
@@ -52,12 +52,13 @@ def test_enough_time_keeps_nnunets_plan(case, minutes, device):
 @pytest.mark.parametrize("case, minutes, rungs", [
     (HIPPOCAMPUS, 60, ["batch"]),
     (HIPPOCAMPUS, 30, ["batch", "patch"]),                        # trimmed: still larger than the median case
-    (HIPPOCAMPUS, 5, ["batch", "patch", "spacing", "patch"]),
+    (HIPPOCAMPUS, 5, ["batch", "patch", "spacing", "features"]),
+    (HIPPOCAMPUS, 1, ["batch", "patch", "spacing", "features", "patch"]),
     (LA2018, 600, ["patch", "spacing"]),                          # batch is 2 already
-    (LA2018, 60, ["patch", "spacing", "patch"]),
-    (LA2018, 5, ["patch", "spacing", "patch", "features"]),
-    (PROSTATE, 60, ["spacing", "patch"]),                         # 20 slices: only in-plane axes coarsen
-    (PROSTATE, 30, ["spacing", "patch", "features"]),
+    (LA2018, 60, ["patch", "spacing", "features"]),               # the width goes before the field of view
+    (LA2018, 5, ["patch", "spacing", "features", "patch"]),
+    (PROSTATE, 60, ["spacing", "features"]),                      # 20 slices: only in-plane axes coarsen
+    (PROSTATE, 30, ["spacing", "features", "patch"]),
 ])
 def test_short_budgets_give_up_in_the_documented_order(case, minutes, rungs):
     got = fit(case, minutes, CPU)
@@ -82,7 +83,7 @@ def test_thin_structures_keep_their_resolution(structure_mm, coarsened):
     rungs = [t.split()[0] for t in got.trade_offs]
     assert ("spacing" in rungs) == coarsened
     if not coarsened:
-        assert got.spacing == spacing and rungs[:2] == ["patch", "patch"]
+        assert got.spacing == spacing and rungs[:2] == ["patch", "features"]
 
 
 def test_trim_keeps_most_of_the_median_case_and_the_spacing_rung_keeps_the_field_of_view():
@@ -102,18 +103,22 @@ def test_cheaper_rungs_for_shorter_budgets_and_an_honest_shortfall():
     costs = [fit(LA2018, minutes, CPU).seconds_per_iteration for minutes in (100_000, 600, 120, 60, 20)]
     assert costs == sorted(costs, reverse=True)
     tiny = fit(LA2018, 1, CPU)
-    assert not tiny.enough and tiny.trade_offs[-1].startswith("features") and tiny.iterations < 500
+    assert not tiny.enough and tiny.trade_offs[-1].startswith("patch") and tiny.iterations < 500
     assert tiny.choice.architecture.features_per_stage[0] == 16
-    start = [int(v) for v in tiny.trade_offs[2].split()[1].split("x")]  # "patch 40x64x96 -> ..."
+    start = [int(v) for v in tiny.trade_offs[3].split()[1].split("x")]  # "patch 40x64x96 -> ..."
     assert math.prod(tiny.choice.patch_size) >= MIN_PATCH_FRACTION * math.prod(start)
-    assert tiny.spacing == fit(LA2018, 60, CPU).spacing  # the width rung is at the coarsest spacing
+    assert tiny.spacing == fit(LA2018, 60, CPU).spacing  # the width and patch rungs are at the coarsest spacing
 
 
-def test_a_narrower_network_gets_a_larger_patch_than_the_smallest():
-    narrow = fit(PROSTATE, 30, CPU)
-    smallest = fit(PROSTATE, 5, CPU)
-    assert narrow.trade_offs[-1].startswith("features") and smallest.trade_offs[-1].startswith("features")
-    assert math.prod(narrow.choice.patch_size) > math.prod(smallest.choice.patch_size)
+def test_the_width_is_given_up_before_the_field_of_view():
+    """A budget that the coarsest spacing's patch misses at full width keeps that patch at half width; only a
+    shorter one shrinks the patch, and then at the narrowest width."""
+    narrow, smaller = fit(LA2018, 60, CPU), fit(LA2018, 20, CPU)
+    spacing = next(t for t in narrow.trade_offs if t.startswith("spacing"))  # "... (patch A -> B, same field ..."
+    assert "x".join(map(str, narrow.choice.patch_size)) == spacing.split(" -> ")[-1].split(",")[0]
+    assert narrow.choice.architecture.features_per_stage[0] == PRESET.base_features // 2
+    assert math.prod(smaller.choice.patch_size) < math.prod(narrow.choice.patch_size)
+    assert smaller.choice.architecture.features_per_stage == narrow.choice.architecture.features_per_stage
 
 
 @pytest.mark.parametrize("spacing, median, step, expected_last", [
