@@ -199,9 +199,9 @@ def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                     help="wall-clock time of the whole training run (training, validation, model selection): "
                          "fit a run plan to it (which configurations and folds, how long each; stored in "
                          "run_plan.json and followed by train DATASET) and every configuration's plan to one "
-                         "fold's time (smaller batch, then patch, spacing, width; trade-offs printed and stored in "
-                         "plans.json): 90 (minutes), 90m, 1.5h, 2h30m. Default: nnU-Net's plans, from memory "
-                         "alone, and nnU-Net's AutoML")
+                         "fold's time (smaller batch, then patch, spacing, width, patch; trade-offs printed and "
+                         "stored in plans.json): 90 (minutes), 90m, 1.5h, 2h30m. Default: nnU-Net's plans, from "
+                         "memory alone, and nnU-Net's AutoML")
     pl.add_argument("--min-iterations", type=_workers, default=None, metavar="N",
                     help="iterations per fold the plans are fitted to reach in the run plan's time (default 500)")
     pl.add_argument("--device", default="auto",

@@ -56,11 +56,11 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
-from torch.utils.data._utils import signal_handling
 
 from autoseg.data.augmentation import (TrainingAugmentation, ValidationTransforms, deep_supervision_scales,
                                        training_params_from_plan)
 from autoseg.data.sampling import CaseSource, SampleError, SamplingConfig, sample_batch
+from autoseg.data.torch_workers import WorkerPool
 
 BatchTransform = Callable[[dict, np.random.Generator], dict]
 
@@ -382,6 +382,7 @@ class BatchLoader:
         self._dataset = _Batches(source, self.case_ids, config, transforms)
         self._delivered = 0
         self._iter = None  # the DataLoader's iterator
+        self._pool: WorkerPool | None = None  # its workers (num_workers > 0)
         self._start = config.first_batch  # the batch index it started at
         self._pids: list[int] = []
         self._closed = False
@@ -408,18 +409,17 @@ class BatchLoader:
                             collate_fn=_identity, generator=torch.Generator(), **workers)
         self._iter = iter(loader)  # starts the workers; draws its (unused) base seed from the private generator
         if cfg.num_workers > 0:
-            self._pids = [w.pid for w in self._iter._workers]
+            self._pool = WorkerPool(self._iter)
+            self._pids = [w.pid for w in self._pool.processes]
             # stops, joins, and terminates the workers that do not exit in time
-            self._finalizer = weakref.finalize(self, self._iter._shutdown_workers)
-            if self._iter._worker_pids_set:  # no RuntimeError from its SIGCHLD handler in arbitrary code:
-                signal_handling._remove_worker_pids(id(self._iter))  # deaths are noticed in next()
-                self._iter._worker_pids_set = False
+            self._finalizer = weakref.finalize(self, self._pool.shutdown)
+            self._pool.release_sigchld()
         return self
 
     def close(self) -> None:
         """Stop and join every worker. Idempotent; a closed loader cannot be restarted."""
         self._closed = True
-        self._iter = None
+        self._iter = self._pool = None
         if self._finalizer is not None:
             self._finalizer()
 
@@ -464,9 +464,9 @@ class BatchLoader:
         return batch
 
     def _receive(self, index: int) -> dict:
-        cfg, it = self.config, self._iter
+        cfg, it, pool = self.config, self._iter, self._pool
         deadline = time.monotonic() + cfg.timeout
-        died = self._died(it)  # also when the others keep the batches coming
+        died = self._died(pool)  # also when the others keep the batches coming
         if died is not None:
             self._fail(False)
             raise died
@@ -480,7 +480,7 @@ class BatchLoader:
                 timed_out = isinstance(e, RuntimeError) and "timed out" in str(e)
                 # else give a dying worker a moment to be seen dead (e.g. it was gone before its batch's
                 # shared memory could be handed over: ConnectionResetError)
-                died = self._died(it, 0.0 if timed_out else 1.0)
+                died = self._died(pool, 0.0 if timed_out else 1.0)
                 if died is None and timed_out:
                     if time.monotonic() < deadline:
                         continue
@@ -500,20 +500,20 @@ class BatchLoader:
                                     item.case_id, item.traceback)
         return _unpack(item)
 
-    def _died(self, it, wait: float = 0.0) -> LoaderWorkerError | None:
+    def _died(self, pool: WorkerPool, wait: float = 0.0) -> LoaderWorkerError | None:
         """The error to raise for a worker that has died without reporting, if one has (within ``wait`` s)."""
         deadline = time.monotonic() + wait
-        while all(p.is_alive() for p in it._workers):
+        while all(p.is_alive() for p in pool.processes):
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)
-        for w, p in enumerate(it._workers):
+        for w, p in enumerate(pool.processes):
             if p.is_alive():
                 continue
             code = p.exitcode
             how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-            pending = [t for t, info in it._task_info.items() if info == (w,)]  # its batches not yet received
-            index = self._start + min(pending) if pending else None
+            pending = pool.owed_by(w)  # its batches not yet received
+            index = self._start + pending[0] if pending else None
             during = f" while producing batch {index}" if index is not None else ""
             return LoaderWorkerError(f"loader worker {w} (pid {p.pid}) {how}{during}, without reporting an error "
                                      f"(out of memory? a crash in native code?)", w, index)
@@ -521,8 +521,8 @@ class BatchLoader:
 
     def _fail(self, terminate: bool) -> None:
         """Close the loader after an error; ``terminate``: kill the workers first (they hang)."""
-        if terminate:
-            for w in self._iter._workers:
+        if terminate and self._pool is not None:
+            for w in self._pool.processes:
                 if w.is_alive():
                     w.terminate()
         self.close()

@@ -13,7 +13,9 @@ the workspace's ``calibration.json``), so a second ``plan --budget`` costs nothi
 from __future__ import annotations
 
 import datetime
+import os
 import platform
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -33,6 +35,10 @@ from autoseg.training.losses import DeepSupervisionLoss, DiceCELoss
 
 #: Probe: patch (voxels, 1 mm), batch, input channels, classes.
 PROBE = ((32, 32, 32), 2, 1, 2)
+#: CPU cores that other processes may keep busy during the probe before its measurement counts as taken on a busy
+#: machine. On this project's 2-core CPU one niced process beside the probe made it measure 191-201 s per 10^12
+#: MACs instead of 19.5 (the plans then shrank tenfold).
+BUSY_CORES = 0.3
 
 
 @dataclass(frozen=True)
@@ -49,12 +55,20 @@ class Throughput:
         Time per 10^12 multiply-accumulates of a training step, s.
     measured
         When (ISO 8601, UTC).
+    others_cores
+        CPU cores that other processes kept busy while the probe ran (a CPU probe on Linux; ``None``: not known).
+        Above :data:`BUSY_CORES` the measurement is of a busy machine and is not cached.
     """
 
     key: str
     device: str
     seconds_per_tmac: float
     measured: str
+    others_cores: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.others_cores is not None and self.others_cores > BUSY_CORES
 
     @property
     def seconds_per_mac(self) -> float:
@@ -82,6 +96,28 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cores_busy_seconds() -> float | None:
+    """CPU seconds the cores this process may run on have been busy since boot, whoever kept them busy
+    (``/proc/stat``); ``None`` where that is not known."""
+    try:
+        cores = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+        with open("/proc/stat") as f:
+            rows = [line.split() for line in f if line.startswith("cpu")]
+    except (OSError, AttributeError):
+        return None
+    busy = 0
+    for row in rows:
+        if row[0] in cores:
+            ticks = [int(v) for v in row[1:9]]  # user nice system idle iowait irq softirq steal
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK") if busy else None
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def device_key(device: torch.device, precision: str) -> str:
     """What a measurement holds for: host, processor or GPU name, precision, threads, torch version."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()
@@ -106,15 +142,20 @@ def measure_throughput(device: str = "auto", precision: str = "auto", iterations
         torch.manual_seed(0)
         net = build_network(arch, channels, classes)
     loss = DeepSupervisionLoss(DiceCELoss(batch_dice=False))
+    # what the cores did besides this process while it measured: a busy machine measures a slower one
+    cores0, own0, wall0 = _cores_busy_seconds(), _own_cpu_seconds(), time.perf_counter()
     while True:
         seconds = benchmark_step(net, loss, (batch, channels, *patch), dev, prec,
                                  resolve_channels_last(None, dev, prec), iterations=iterations, warmup=1)
         if seconds >= min_seconds or batch * 2 > max_batch:
             break
         batch *= 2
+    cores1, own1, wall1 = _cores_busy_seconds(), _own_cpu_seconds(), time.perf_counter()
+    others = (None if dev.type != "cpu" or cores0 is None or cores1 is None else
+              round(max(0.0, (cores1 - cores0) - (own1 - own0)) / max(wall1 - wall0, 1e-9), 2))
     macs = training_macs(arch, patch, batch, channels, classes)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return Throughput(device_key(dev, prec), str(dev), round(seconds / macs * 1e12, 3), now)
+    return Throughput(device_key(dev, prec), str(dev), round(seconds / macs * 1e12, 3), now, others)
 
 
 def _entries(cache: Path | None) -> dict[str, Throughput]:
@@ -133,7 +174,8 @@ def known_throughput(cache: Path | None, device: str = "auto", precision: str = 
 
 
 def cached_throughput(cache: Path | None, device: str = "auto", precision: str = "auto") -> tuple[Throughput, bool]:
-    """The device's throughput from ``cache`` when measured there before, else measured now (and added to it).
+    """The device's throughput from ``cache`` when measured there before, else measured now (and added to it,
+    unless measured on a busy machine: :attr:`Throughput.busy`).
 
     Returns
     -------
@@ -146,6 +188,6 @@ def cached_throughput(cache: Path | None, device: str = "auto", precision: str =
     if key in entries:
         return entries[key], True
     got = measure_throughput(str(dev), precision)
-    if cache is not None:
+    if cache is not None and not got.busy:
         save_json(CalibrationCache({**entries, key: got}), Path(cache))
     return got, False

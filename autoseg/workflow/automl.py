@@ -164,7 +164,7 @@ def resolve_run_plan(ctx: DatasetContext, budget_minutes: float | None, device: 
         return ctx, run
     if budget_minutes <= 0:
         raise AutosegError(f"{option('budget_minutes')} {budget_minutes:g}: must be a positive number of minutes")
-    from autoseg.workflow.plan import _replace_plans, device_throughput, preprocess_planned
+    from autoseg.workflow.plan import _replace_plans, device_throughput, preprocess_planned, with_busy_note
 
     speed = device_throughput(ctx.workspace.root, device)
     target = run.target_iterations if run is not None else MIN_ITERATIONS
@@ -172,6 +172,7 @@ def resolve_run_plan(ctx: DatasetContext, budget_minutes: float | None, device: 
     if _started(ctx):
         run = extend_run_plan(ctx.plans, budget_minutes, speed.device, speed.seconds_per_mac, _trained_minutes(ctx),
                               len(ctx.spec.training), len(ctx.folds), rule, _main_configuration(run, ctx))
+        run = with_busy_note(run, speed)
         save_json(run, ctx.paths.run_plan)
         report(f"run plan extended to {budget_minutes:g} minutes; the plans and every trained fold are kept")
         return ctx, run
@@ -181,6 +182,7 @@ def resolve_run_plan(ctx: DatasetContext, budget_minutes: float | None, device: 
     fingerprint = load_json(Fingerprint, ctx.paths.fingerprint)
     plans, run = fit_run_plan(fingerprint, load_preset(ctx.plans.preset), ctx.plans.memory_target_gb,
                               budget_minutes, speed.device, speed.seconds_per_mac, rule, len(ctx.folds))
+    run = with_busy_note(run, speed)
     changed = sha256_of(plans) != ctx.plans_sha256
     _replace_plans(ctx.paths, plans)
     save_json(run, ctx.paths.run_plan)

@@ -6,6 +6,7 @@ a step have passed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,7 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
     else:
         plans, run = fit_run_plan(fingerprint, planner_preset, target_gb, budget_minutes, speed.device,
                                   speed.seconds_per_mac, RunRule(target_iterations=min_iterations))
+        run = with_busy_note(run, speed)
 
     save_json(spec, paths.dataset_spec)
     if not reused:
@@ -200,6 +202,18 @@ def device_throughput(workspace: Path, device: str = "auto") -> "Throughput":
     from autoseg.training.calibration import cached_throughput  # torch: only when a budget needs it
 
     return cached_throughput(Workspace(Path(workspace)).calibration, device)[0]
+
+
+def with_busy_note(run: RunPlan, speed: "Throughput") -> RunPlan:
+    """``run`` with a note when its device's speed was measured while other processes kept the CPU busy (the plans
+    are then fitted to a slower machine than a quiet one; the measurement was not cached, a new plan measures
+    again)."""
+    if not speed.busy:
+        return run
+    return dataclasses.replace(run, notes=run.notes + (
+        f"other processes kept {speed.others_cores:.1f} CPU cores busy while this machine's speed was measured "
+        f"({speed.seconds_per_tmac:g} s per 10^12 multiply-accumulates): the plans are fitted to a slower machine "
+        f"than this one is when quiet; plan again when it is (the measurement was not kept)",))
 
 
 def cpu_budget_advice(plans: Plans, workspace: Path, device: str = "auto",

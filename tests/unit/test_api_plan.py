@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -178,6 +179,7 @@ def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
     from autoseg.training.calibration import CalibrationCache, cached_throughput
 
     monkeypatch.setattr(calibration, "PROBE", ((16, 16, 16), 1, 1, 2))  # the real probe takes seconds
+    monkeypatch.setattr(calibration, "_cores_busy_seconds", lambda: None)  # whatever else runs: not known
 
     cache = tmp_path / "calibration.json"
     first, cached = cached_throughput(cache, "cpu")
@@ -210,3 +212,45 @@ def test_a_fast_device_is_measured_at_a_larger_batch(monkeypatch):
     assert got.seconds_per_tmac == round(0.32 / calibration.training_macs(arch, (16,) * 3, 32, 1, 2) * 1e12, 3)
     assert calibration.measure_throughput("cpu", min_seconds=10, max_batch=4).seconds_per_tmac > 0
     assert seen[-3:] == [1, 2, 4]
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="the cores' busy time is read from Linux's /proc/stat")
+def test_a_probe_beside_a_busy_process_is_flagged_and_not_kept(tmp_path, monkeypatch):
+    """Another process spinning on one of this process's cores while the probe runs: the measurement says so and
+    is not cached (a later plan measures again)."""
+    import time
+
+    from autoseg.training import calibration
+
+    def idle_step(*_args, **_kwargs):  # the probe's own step, idle: whatever the cores do is the others'
+        time.sleep(1.0)
+        return 1.0
+
+    monkeypatch.setattr(calibration, "PROBE", ((16, 16, 16), 1, 1, 2))
+    monkeypatch.setattr(calibration, "benchmark_step", idle_step)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        got, cached = calibration.cached_throughput(tmp_path / "calibration.json", "cpu")
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert got.busy and 0.5 < got.others_cores < 1.5 and not cached
+    assert not (tmp_path / "calibration.json").exists()
+
+
+
+def test_a_plan_fitted_to_a_busy_measurement_says_so(tiny_raw, tmp_path, capsys, monkeypatch):
+    from autoseg.training import calibration
+
+    busy = calibration.Throughput("k", "cpu", 200.0, "2026-12-03T12:00:00+00:00", others_cores=1.0)
+    monkeypatch.setattr(calibration, "measure_throughput", lambda *_args, **_kwargs: busy)
+    ws = tmp_path / "ws"
+    assert main(["plan", str(tiny_raw), "-w", str(ws), "-j", "2", "--no-preprocess", "--device", "cpu",
+                 "--budget", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "note: other processes kept 1.0 CPU cores busy while this machine's speed was measured" in out
+    assert "plan again when it is" in out and not (ws / "calibration.json").exists()
+    assert any("CPU cores busy" in n for n in json.loads((ws / "Tiny" / "run_plan.json").read_text())["notes"])
+    quiet = calibration.Throughput("k", "cpu", 20.0, "2026-12-03T12:00:00+00:00", others_cores=0.1)
+    assert not quiet.busy and not calibration.Throughput("k", "cpu", 20.0, "now").busy

@@ -111,12 +111,12 @@ class Clock:
 
 
 def test_retry_after_is_the_measured_inference_time_times_the_inferences_ahead():
-    from autoseg.server import _Turns
+    from autoseg.server.admission import Turns
 
     clock = Clock()
-    turns = _Turns(capacity=2, clock=clock)  # one running + one waiting
+    turns = Turns(capacity=2, clock=clock)  # one running + one waiting
     assert turns.admit(0, None) == (True, 0, None)
-    assert turns.retry_after(1) == _Turns.UNMEASURED  # nothing measured yet
+    assert turns.retry_after(1) == Turns.UNMEASURED  # nothing measured yet
     turns.start()
     clock.now += 4.0
     turns.finish()
@@ -124,7 +124,7 @@ def test_retry_after_is_the_measured_inference_time_times_the_inferences_ahead()
     turns.start()
     clock.now += 2.0
     turns.finish()
-    assert turns.mean_seconds == pytest.approx(4.0 + _Turns.ALPHA * (2.0 - 4.0))  # moving average
+    assert turns.mean_seconds == pytest.approx(4.0 + Turns.ALPHA * (2.0 - 4.0))  # moving average
     turns.mean_seconds = 4.0
     turns.start()  # one inference running for 1 s, one waiting: the line is full
     clock.now += 1.0
@@ -137,10 +137,10 @@ def test_retry_after_is_the_measured_inference_time_times_the_inferences_ahead()
 
 
 def test_a_ticket_keeps_its_place_in_line_and_lapses_when_its_holder_stays_away():
-    from autoseg.server import _Turns
+    from autoseg.server.admission import Turns
 
     clock = Clock()
-    turns = _Turns(capacity=2, clock=clock, max_tickets=3)
+    turns = Turns(capacity=2, clock=clock, max_tickets=3)
     turns.mean_seconds = 1.0
     turns.start()
     _, r1, t1 = turns.admit(2, None)
