@@ -24,7 +24,8 @@ identical to nnU-Net's), and otherwise walks down a fixed ladder of cheaper plan
 5. the patch, at the narrowest width, by fitting it to smaller memory targets with the memory planner itself
    (:func:`autoseg.planning.configuration.fit_configuration`: the axis largest relative to the median case shrinks
    first, and the topology follows the patch), down to :data:`MIN_PATCH_FRACTION` of that rung's patch volume:
-   context is lost, the last thing to give up.
+   context is lost, the last thing to give up, and only as far as :data:`CONTEXT_FLOOR` of ``min_iterations``
+   needs (the whole field of view is taken at that lower target first).
 
 Step times come from the compute model (:mod:`autoseg.planning.compute`) and the device's measured seconds per
 multiply-accumulate, so the rule is pure and works with any device's throughput.
@@ -71,6 +72,17 @@ TRAINING_OVERHEAD = 1.1
 #: Iterations a fold should reach by default. On Hippocampus ~600 iterations reached Dice 0.86 and ~40 gave 0
 #: (nnU-Net trains 250,000); fewer than this and a network is still learning the basics when the time is up.
 MIN_ITERATIONS = 500
+#: The patch rung (context) is given up only to reach this fraction of ``min_iterations``: on LA2018 in 20 minutes,
+#: the whole 40x64x96 field of view at width 16 reached validation Dice 0.876 in 396 iterations where 500
+#: iterations of a 24x40x48 patch (a third of the atrium's context) reached 0.58-0.61.
+CONTEXT_FLOOR = 0.6
+#: Base width of the throughput probe's network (the default preset's 3D U-Net): its seconds per MAC are the
+#: device's. Narrower networks use a CPU less well per MAC: half the width measured 1.33x the seconds per MAC
+#: (46.6 vs 35.0 s per 10^12, Hippocampus, compute_model.txt) and a LA2018 fold at width 16 trained 396
+#: iterations where its MACs priced 592. A network of base width ``w`` is priced ``(PROBE_WIDTH / w) **
+#: NARROW_EXPONENT`` times its MACs' (never less than its MACs').
+PROBE_WIDTH = 32
+NARROW_EXPONENT = 0.415
 
 
 @dataclass(frozen=True)
@@ -114,7 +126,8 @@ class BudgetChoice:
     trade_offs
         What was given up relative to nnU-Net's plan, in order (empty: nnU-Net's plan).
     enough
-        ``iterations >= min_iterations`` (``False``: even the cheapest rung is short of it).
+        ``iterations >= min_iterations``, or, for a plan that gave up context (the patch rung), ``>=``
+        :data:`CONTEXT_FLOOR` of it (``False``: even the cheapest rung is short of that).
     """
 
     choice: ConfigurationChoice
@@ -185,7 +198,8 @@ def fit_to_budget(spacing: Sequence[float], median_shape: Sequence[float], datas
                   num_classes: int, in_channels: int, preset: PlannerPreset, memory_gb: float,
                   budget_seconds: float, seconds_per_mac: float, min_iterations: int = MIN_ITERATIONS,
                   structure_mm: float | None = None) -> BudgetChoice:
-    """The first plan of the ladder (module docstring) that reaches ``min_iterations`` in ``budget_seconds``.
+    """The first plan of the ladder (module docstring) that reaches ``min_iterations`` in ``budget_seconds`` (on
+    the patch rung: :data:`CONTEXT_FLOOR` of it).
 
     Parameters
     ----------
@@ -226,21 +240,25 @@ def fit_to_budget(spacing: Sequence[float], median_shape: Sequence[float], datas
     median0 = tuple(float(m) for m in median_shape)
     base = fit_configuration(spacing0, median0, dataset_voxels, num_classes, preset, memory_gb)
 
-    def result(rung: tuple[ConfigurationChoice, tuple, tuple, list[str]]) -> BudgetChoice:
+    floor = math.ceil(CONTEXT_FLOOR * min_iterations)
+
+    def result(rung: tuple[ConfigurationChoice, tuple, tuple, list[str]], needed: int = min_iterations
+               ) -> BudgetChoice:
         choice, sp, med, offs = rung
         seconds = plan_seconds_per_iteration(choice.architecture, choice.patch_size, choice.batch_size, in_channels,
                                              num_classes, seconds_per_mac)
         its = int(budget_seconds // seconds)
-        return BudgetChoice(choice, sp, med, seconds, its, tuple(offs), its >= min_iterations)
+        return BudgetChoice(choice, sp, med, seconds, its, tuple(offs), its >= needed)
 
-    # each rung: (choice, spacing, median shape, trade-offs so far); evaluated lazily, cheapest last
+    # each rung: ((choice, spacing, median shape, trade-offs so far), iterations it must reach); evaluated lazily,
+    # cheapest last
     def ladder():
-        yield base, spacing0, median0, []
+        yield (base, spacing0, median0, []), min_iterations
         batch, offs = base.batch_size, []
         while batch > MIN_BATCH:
             batch = max(MIN_BATCH, batch // 2)
             offs = [f"batch {base.batch_size} -> {batch}"]
-            yield dataclasses.replace(base, batch_size=batch), spacing0, median0, offs
+            yield (dataclasses.replace(base, batch_size=batch), spacing0, median0, offs), min_iterations
         batch = min(batch, base.batch_size)
         last = (base if batch == base.batch_size else dataclasses.replace(base, batch_size=batch),
                 spacing0, median0, offs)
@@ -252,7 +270,7 @@ def fit_to_budget(spacing: Sequence[float], median_shape: Sequence[float], datas
                 f"patch {_shape(base.patch_size)} -> {_shape(trimmed.patch_size)} (still "
                 f"{math.prod(trimmed.patch_size) / median_voxels:.0%} of the median case)"])
             kept = target
-            yield last
+            yield last, min_iterations
         offs, fov = last[3], last[0].patch_size
         for sp in coarser_spacings(spacing0, median0, preset.lowres_spacing_step, structure_mm):
             ratio = float(np.prod(np.asarray(spacing0) / sp))
@@ -263,7 +281,7 @@ def fit_to_budget(spacing: Sequence[float], median_shape: Sequence[float], datas
             last = (coarse, sp_t, med, offs + [
                 f"spacing {'x'.join(f'{s:.3g}' for s in spacing0)} -> {'x'.join(f'{s:.3g}' for s in sp_t)} mm "
                 f"(patch {_shape(fov)} -> {_shape(coarse.patch_size)}, same field of view)"])
-            yield last
+            yield last, min_iterations
         start, sp, med, offs = last
         patches = [start] + [p for p, _ in _smaller_patches(
             sp, med, dataset_voxels * math.prod(med) / math.prod(median0), num_classes, preset,
@@ -283,19 +301,23 @@ def fit_to_budget(spacing: Sequence[float], median_shape: Sequence[float], datas
         # holds the structure's context cannot learn it at all (LA2018, 20 min: 24x40x48 at width 32 gave Dice
         # 0.58-0.61, V-Nets of width 16 reach 0.86+ on it)
         for width in widths[1:]:
-            yield (narrowed(start, width), sp, med, offs + [f"features {preset.base_features} -> {width}"])
+            yield (narrowed(start, width), sp, med, offs + [f"features {preset.base_features} -> {width}"]), \
+                min_iterations
         width = widths[-1]
+        narrow = offs + ([f"features {preset.base_features} -> {width}"] if width != preset.base_features else [])
+        # the patch rung: context is given up only to reach CONTEXT_FLOOR of the iterations, so the whole field of
+        # view is taken first at that lower target
+        yield (narrowed(start, width), sp, med, narrow), floor
         for p in patches[1:]:
             yield (narrowed(p, width), sp, med,
-                   offs + ([f"features {preset.base_features} -> {width}"] if width != preset.base_features else [])
-                   + [f"patch {_shape(start.patch_size)} -> {_shape(p.patch_size)}"])
+                   narrow + [f"patch {_shape(start.patch_size)} -> {_shape(p.patch_size)}"]), floor
 
-    rung = None
-    for rung in ladder():
-        got = result(rung)
+    rung = needed = None
+    for rung, needed in ladder():
+        got = result(rung, needed)
         if got.enough:
             return got
-    return result(rung)
+    return result(rung, needed)
 
 
 #: Iterations of one nnU-Net fold (1000 epochs of 250).
@@ -304,7 +326,8 @@ NNUNET_ITERATIONS = 250_000
 
 def plan_seconds_per_iteration(arch, patch_size: Sequence[int], batch_size: int, in_channels: int, num_classes: int,
                                seconds_per_mac: float) -> float:
-    """Expected wall time of one training iteration of a plan, s (the compute model x :data:`TRAINING_OVERHEAD`).
+    """Expected wall time of one training iteration of a plan, s (the compute model x :data:`TRAINING_OVERHEAD`,
+    and a narrow network's lower efficiency per MAC: :data:`NARROW_EXPONENT`).
 
     Examples
     --------
@@ -313,8 +336,9 @@ def plan_seconds_per_iteration(arch, patch_size: Sequence[int], batch_size: int,
     >>> round(plan_seconds_per_iteration(arch, (32, 32, 32), 2, 1, 2, 30e-12), 3)
     0.871
     """
-    return TRAINING_OVERHEAD * step_seconds(training_macs(arch, patch_size, batch_size, in_channels, num_classes),
-                                            1.0 / seconds_per_mac)
+    narrow = max(1.0, PROBE_WIDTH / arch.features_per_stage[0]) ** NARROW_EXPONENT
+    return narrow * TRAINING_OVERHEAD * step_seconds(
+        training_macs(arch, patch_size, batch_size, in_channels, num_classes), 1.0 / seconds_per_mac)
 
 
 def budget_advice(name: str, seconds_per_iteration: float | None, min_iterations: int = MIN_ITERATIONS) -> str:

@@ -235,7 +235,7 @@ def test_a_probe_beside_a_busy_process_is_flagged_and_not_kept(tmp_path, monkeyp
     finally:
         spinner.kill()
         spinner.wait()
-    assert got.busy and 0.5 < got.others_cores < 1.5 and not cached
+    assert got.busy and got.others_cores > 0.5 and not cached  # the spinner's core, and whatever else runs
     assert not (tmp_path / "calibration.json").exists()
 
 

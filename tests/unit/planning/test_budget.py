@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg.planning.budget import (MAX_COARSENING, MIN_BATCH, MIN_COARSE_EDGE, MIN_PATCH_FRACTION,
+from autoseg.planning.budget import (CONTEXT_FLOOR, MAX_COARSENING, MIN_BATCH, MIN_COARSE_EDGE, MIN_PATCH_FRACTION,
                                      MIN_TRIM_COVERAGE, TimeBudget, budget_advice, coarser_spacings, fit_to_budget,
                                      plan_seconds_per_iteration)
 from autoseg.planning.configuration import fit_configuration
@@ -63,7 +63,8 @@ def test_enough_time_keeps_nnunets_plan(case, minutes, device):
 def test_short_budgets_give_up_in_the_documented_order(case, minutes, rungs):
     got = fit(case, minutes, CPU)
     assert [t.split()[0] for t in got.trade_offs] == rungs
-    assert got.enough and got.iterations >= 500
+    # the full target until the width goes; context is given up only for CONTEXT_FLOOR of it
+    assert got.enough and got.iterations >= (500 if "features" not in rungs else math.ceil(CONTEXT_FLOOR * 500))
     assert got.choice.batch_size >= MIN_BATCH
     assert got.seconds_per_iteration == pytest.approx(plan_seconds_per_iteration(
         got.choice.architecture, got.choice.patch_size, got.choice.batch_size, 1, case[3], CPU))
@@ -71,6 +72,18 @@ def test_short_budgets_give_up_in_the_documented_order(case, minutes, rungs):
     ratio = np.asarray(got.spacing) / np.asarray(case[0])
     assert (ratio >= 1).all() and (ratio <= MAX_COARSENING + 1e-6).all()
     assert np.allclose(np.asarray(got.median_shape) * ratio, case[1])
+
+
+def test_context_is_given_up_only_for_the_floor_of_the_iterations():
+    """At 20 minutes LA2018's whole field of view at width 16 falls short of 500 iterations but not of the floor:
+    it is kept (a smaller patch would reach 500); at 5 minutes the patch shrinks, as far as the floor needs."""
+    kept, shrunk = fit(LA2018, 20, CPU), fit(LA2018, 5, CPU)
+    floor = math.ceil(CONTEXT_FLOOR * 500)
+    assert kept.trade_offs[-1].startswith("features") and floor <= kept.iterations < 500 and kept.enough
+    assert kept.choice.patch_size == fit(LA2018, 60, CPU).choice.patch_size
+    assert shrunk.trade_offs[-1].startswith("patch") and shrunk.enough and floor <= shrunk.iterations < 500
+    strict = fit(LA2018, 20, CPU, min_iterations=int(500 / CONTEXT_FLOOR) + 1)  # a floor above what 20 min give
+    assert strict.trade_offs[-1].startswith("patch") and strict.iterations >= 500
 
 
 @pytest.mark.parametrize("structure_mm, coarsened", [(None, True), (5.6, True), (1.6, False), (1.8, False)])
@@ -113,12 +126,12 @@ def test_cheaper_rungs_for_shorter_budgets_and_an_honest_shortfall():
 def test_the_width_is_given_up_before_the_field_of_view():
     """A budget that the coarsest spacing's patch misses at full width keeps that patch at half width; only a
     shorter one shrinks the patch, and then at the narrowest width."""
-    narrow, smaller = fit(LA2018, 60, CPU), fit(LA2018, 20, CPU)
+    narrow, smaller = fit(LA2018, 60, CPU), fit(LA2018, 5, CPU)
     spacing = next(t for t in narrow.trade_offs if t.startswith("spacing"))  # "... (patch A -> B, same field ..."
     assert "x".join(map(str, narrow.choice.patch_size)) == spacing.split(" -> ")[-1].split(",")[0]
     assert narrow.choice.architecture.features_per_stage[0] == PRESET.base_features // 2
     assert math.prod(smaller.choice.patch_size) < math.prod(narrow.choice.patch_size)
-    assert smaller.choice.architecture.features_per_stage == narrow.choice.architecture.features_per_stage
+    assert smaller.choice.architecture.features_per_stage[0] == narrow.choice.architecture.features_per_stage[0]
 
 
 @pytest.mark.parametrize("spacing, median, step, expected_last", [
