@@ -9,6 +9,7 @@ import argparse
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -85,7 +86,7 @@ def parse_duration(value: str) -> float:
     return minutes
 
 
-class _HelpFormatter(argparse.HelpFormatter):
+class HelpFormatter(argparse.HelpFormatter):
     """Every option's help ends with its default, unless the help says it already."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
@@ -113,65 +114,117 @@ def _default_workspace() -> str:
     return os.environ.get("AUTOSEG_WORKSPACE", "autoseg_workspace")
 
 
-def _add_training_options(t: argparse.ArgumentParser) -> None:
-    """The options of ``train`` that every fold job of a run gets (``train`` and ``jobs`` share them)."""
-    t.add_argument("--epochs", type=_workers, default=None,
-                   help="epochs to train (default: from --budget; nnU-Net's 1000 on a GPU without one)")
-    t.add_argument("--iterations-per-epoch", type=_workers, default=None,
-                   help="training iterations per epoch (default 250, nnU-Net's; a budget sets its own)")
-    t.add_argument("--validation-iterations", type=_workers, default=None,
-                   help="patch-validation iterations per epoch (default: a fifth of the training iterations, 50 "
-                        "for 250)")
-    t.add_argument("--budget", type=parse_duration, default=None, metavar="DURATION",
-                   help="wall-clock time of the whole training run, as for plan --budget: train DATASET fits the "
-                        "run plan to it (or extends it, keeping what is trained); with one -c and one -f, that "
-                        "fold's training time; with --cluster and in autoseg jobs, split evenly over the jobs; 90 "
-                        "(minutes), 90m, 1.5h, 2h30m (default: the run plan's; without one, on a CPU without "
-                        "--epochs 60 minutes per fold, on a GPU nnU-Net's 1000 epochs)")
-    t.add_argument("--batch-size", type=_workers, default=None, help="patches per iteration (default: the plan's)")
-    t.add_argument("--learning-rate", type=_positive_float, default=None,
-                   help="initial learning rate of SGD (default: 0.01, nnU-Net's; 0.1 with the short-run recipe)")
-    t.add_argument("--schedule", choices=("auto", "nnunet", "short"), default=None,
-                   help="optimiser recipe: nnunet (momentum 0.99, lr 0.01, no warm-up), short (momentum 0.9, lr 0.1, "
-                        "10%% warm-up: converges faster in a few thousand iterations) or auto (default: short when "
-                        "the run is expected to be shorter than 5,000 iterations)")
-    t.add_argument("--warmup", type=float, default=None, metavar="FRACTION",
-                   help="linear learning-rate warm-up over this share of the epochs before the poly decay "
-                        "(default 0, nnU-Net's schedule)")
-    t.add_argument("--seed", type=int, default=None, help="seed of every random draw (default 12345)")
-    t.add_argument("--deterministic", action="store_true", default=None,
-                   help="bitwise reproducible batches and deterministic torch kernels (slower)")
-    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
-                   help="training arithmetic: auto (bf16 where the device has bf16 units: GPUs of compute "
-                        "capability 8.0 and later, CPUs with AVX512-BF16 or AMX; fp16 with loss scaling on older "
-                        "GPUs; else fp32), fp32, bf16, fp16 (CUDA)")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("-j", "--workers", type=int, default=None,
-                   help="data-loading processes (default: one per usable core but one, shared by the processes of "
-                        "a torchrun node; validation gets half as many; 0: in-process)")
-    t.add_argument("--checkpoint-every", type=_workers, default=None, metavar="EPOCHS",
-                   help="epochs between checkpoint_latest.pt writes (default 5)")
-    t.add_argument("--no-validation", action="store_true", help="skip the final sliding-window validation")
-    t.add_argument("--no-validation-tta", dest="validation_mirroring", action="store_false",
-                   help="final validation without mirroring (about 8x faster in 3D; Dice a little lower than with "
-                        "the TTA that predict uses)")
-    t.add_argument("--pretrained", default=None, metavar="MODEL.ZIP[:CONFIG]",
-                   help="fine-tune: initialise a fresh run from an exported model (configuration default: -c)")
-    t.add_argument("--pretrained-fold", default=None, metavar="FOLD",
-                   help="which exported fold initialises the network (default: 0)")
-    t.add_argument("--early-stop", type=_workers, default=None, metavar="PATIENCE",
-                   help="stop a fold when the smoothed validation pseudo-Dice has not improved for PATIENCE epochs "
-                        "(the final checkpoint is saved as usual and the reason recorded; works with --budget). "
-                        "Default: train the planned length")
-    t.add_argument("--log", nargs="+", choices=("tensorboard", "mlflow"), default=None, metavar="TRACKER",
-                   help="also record the run in TensorBoard (event files in the fold folder's tensorboard/; extra "
-                        "[tensorboard]) and/or MLflow (WORKSPACE/mlruns; extra [mlflow]). Default: log.jsonl and "
-                        "progress.png only")
-    t.add_argument("--freeze-encoder-epochs", type=int, default=None, metavar="EPOCHS",
-                   help="with --pretrained: first epochs in which the transferred encoder is not updated")
+@dataclass(frozen=True)
+class Option:
+    """One command-line option: its flags and :meth:`argparse.ArgumentParser.add_argument` keywords."""
+
+    flags: tuple[str, ...]
+    kwargs: dict
+    #: given to a cluster run's fold jobs when set (``False``: it chooses the jobs, as ``--budget`` does)
+    forwarded: bool = True
+
+    @property
+    def dest(self) -> str:
+        return self.kwargs.get("dest") or next(f for f in self.flags if f.startswith("--"))[2:].replace("-", "_")
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(*self.flags, **self.kwargs)
+
+    def spelled(self, value) -> list[str]:
+        """``value`` as a command line gives it (nothing when it is the default)."""
+        action = self.kwargs.get("action")
+        default = self.kwargs.get("default", {"store_true": False, "store_false": True}.get(action))
+        if value is None or value == default:
+            return []
+        flag = next((f for f in self.flags if f.startswith("--")), self.flags[0])
+        if action in ("store_true", "store_false"):
+            return [flag]
+        if isinstance(value, (list, tuple)):
+            return [flag, *map(str, value)]
+        return [flag, str(value)]
 
 
-def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
+def _option(*flags: str, forwarded: bool = True, **kwargs) -> Option:
+    return Option(tuple(flags), kwargs, forwarded)
+
+
+#: The options of ``train`` that every fold job of a run gets (``train`` and ``jobs`` share them), as data: the
+#: parsers are built from it, and a cluster run's jobs get them spelled back from it
+#: (:func:`_forwarded_training_flags`).
+TRAINING_OPTIONS: tuple[Option, ...] = (
+    _option("--epochs", type=_workers, default=None,
+            help="epochs to train (default: from --budget; nnU-Net's 1000 on a GPU without one)"),
+    _option("--iterations-per-epoch", type=_workers, default=None,
+            help="training iterations per epoch (default 250, nnU-Net's; a budget sets its own)"),
+    _option("--validation-iterations", type=_workers, default=None,
+            help="patch-validation iterations per epoch (default: a fifth of the training iterations, 50 "
+                 "for 250)"),
+    _option("--budget", forwarded=False, type=parse_duration, default=None, metavar="DURATION",
+            help="wall-clock time of the whole training run, as for plan --budget: train DATASET fits the "
+                 "run plan to it (or extends it, keeping what is trained); with one -c and one -f, that "
+                 "fold's training time; with --cluster and in autoseg jobs, split evenly over the jobs; 90 "
+                 "(minutes), 90m, 1.5h, 2h30m (default: the run plan's; without one, on a CPU without "
+                 "--epochs 60 minutes per fold, on a GPU nnU-Net's 1000 epochs)"),
+    _option("--batch-size", type=_workers, default=None, help="patches per iteration (default: the plan's)"),
+    _option("--learning-rate", type=_positive_float, default=None,
+            help="initial learning rate of SGD (default: 0.01, nnU-Net's; 0.1 with the short-run recipe)"),
+    _option("--schedule", choices=("auto", "nnunet", "short"), default=None,
+            help="optimiser recipe: nnunet (momentum 0.99, lr 0.01, no warm-up), short (momentum 0.9, lr 0.1, "
+                 "10%% warm-up: converges faster in a few thousand iterations) or auto (default: short when "
+                 "the run is expected to be shorter than 5,000 iterations)"),
+    _option("--warmup", type=float, default=None, metavar="FRACTION",
+            help="linear learning-rate warm-up over this share of the epochs before the poly decay "
+                 "(default 0, nnU-Net's schedule)"),
+    _option("--seed", type=int, default=None, help="seed of every random draw (default 12345)"),
+    _option("--deterministic", action="store_true", default=None,
+            help="bitwise reproducible batches and deterministic torch kernels (slower)"),
+    _option("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+            help="training arithmetic: auto (bf16 where the device has bf16 units: GPUs of compute "
+                 "capability 8.0 and later, CPUs with AVX512-BF16 or AMX; fp16 with loss scaling on older "
+                 "GPUs; else fp32), fp32, bf16, fp16 (CUDA)"),
+    _option("--device", default="auto", help="auto, cpu, cuda or cuda:N"),
+    _option("-j", "--workers", type=int, default=None,
+            help="data-loading processes (default: one per usable core but one, shared by the processes of "
+                 "a torchrun node; validation gets half as many; 0: in-process)"),
+    _option("--checkpoint-every", type=_workers, default=None, metavar="EPOCHS",
+            help="epochs between checkpoint_latest.pt writes (default 5)"),
+    _option("--no-validation", action="store_true", help="skip the final sliding-window validation"),
+    _option("--no-validation-tta", dest="validation_mirroring", action="store_false",
+            help="final validation without mirroring (about 8x faster in 3D; Dice a little lower than with "
+                 "the TTA that predict uses)"),
+    _option("--pretrained", default=None, metavar="MODEL.ZIP[:CONFIG]",
+            help="fine-tune: initialise a fresh run from an exported model (configuration default: -c)"),
+    _option("--pretrained-fold", default=None, metavar="FOLD",
+            help="which exported fold initialises the network (default: 0)"),
+    _option("--early-stop", type=_workers, default=None, metavar="PATIENCE",
+            help="stop a fold when the smoothed validation pseudo-Dice has not improved for PATIENCE epochs "
+                 "(the final checkpoint is saved as usual and the reason recorded; works with --budget). "
+                 "Default: train the planned length"),
+    _option("--log", nargs="+", choices=("tensorboard", "mlflow"), default=None, metavar="TRACKER",
+            help="also record the run in TensorBoard (event files in the fold folder's tensorboard/; extra "
+                 "[tensorboard]) and/or MLflow (WORKSPACE/mlruns; extra [mlflow]). Default: log.jsonl and "
+                 "progress.png only"),
+    _option("--freeze-encoder-epochs", type=int, default=None, metavar="EPOCHS",
+            help="with --pretrained: first epochs in which the transferred encoder is not updated"),
+)
+
+
+def _add_run_selection(parser: argparse.ArgumentParser, default_ws: str) -> None:
+    """What a training run is of (``train`` and ``jobs``): the dataset, its workspace, configurations and folds."""
+    parser.add_argument("dataset", metavar="DATASET")
+    parser.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    parser.add_argument("-c", "--config", nargs="+", default=None,
+                        help="configuration(s) (default: every planned one, then model selection)")
+    parser.add_argument("-f", "--fold", nargs="+", default=None,
+                        help="0-4 or all (default: the five cross-validation folds)")
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    for option in TRAINING_OPTIONS:
+        option.add_to(parser)
+
+
+def build_parser(default_ws: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; ``default_ws``: the workspace default (``None``: from the environment, see
     :func:`_default_workspace`)."""
     default_ws = default_ws or _default_workspace()
@@ -179,7 +232,7 @@ def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"autoseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_parser = sub.add_parser
-    sub.add_parser = lambda *a, **k: _add_parser(*a, formatter_class=_HelpFormatter, **k)  # defaults in every help
+    sub.add_parser = lambda *a, **k: _add_parser(*a, formatter_class=HelpFormatter, **k)  # defaults in every help
 
     v = sub.add_parser("verify", help="check a raw dataset folder (MSD or nnU-Net v2 layout); writes nothing")
     v.add_argument("raw_dir", type=Path, metavar="RAW_DIR")
@@ -262,12 +315,7 @@ def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                          "'tumour core=1,3,4' 'enhancing tumour=4'")
 
     t = sub.add_parser("train", help="train a configuration's fold (resumable, extendable, time-budgeted)")
-    t.add_argument("dataset", metavar="DATASET")
-    t.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
-    t.add_argument("-c", "--config", nargs="+", default=None,
-                   help="configuration(s) (default: every planned one, then model selection)")
-    t.add_argument("-f", "--fold", nargs="+", default=None,
-                   help="0-4 or all (default: the five cross-validation folds)")
+    _add_run_selection(t, default_ws)
     _add_training_options(t)
     t.add_argument("--resume", action="store_true",
                    help="continue a killed run from its latest checkpoint (train DATASET always continues its run "
@@ -287,11 +335,7 @@ def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                         "(default: 60 minutes)")
 
     jb = sub.add_parser("jobs", help="print the training run as commands with dependencies (shell or sbatch script)")
-    jb.add_argument("dataset", metavar="DATASET")
-    jb.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
-    jb.add_argument("-c", "--config", nargs="+", default=None,
-                    help="configuration(s) (default: every planned one, then model selection)")
-    jb.add_argument("-f", "--fold", nargs="+", default=None, help="folds (default: the five cross-validation folds)")
+    _add_run_selection(jb, default_ws)
     jb.add_argument("--format", choices=("shell", "slurm"), default="shell",
                     help="shell: the commands in dependency waves; slurm: sbatch submissions chained with "
                          "--dependency=afterok")
@@ -400,50 +444,6 @@ def _parser(default_ws: str | None = None) -> argparse.ArgumentParser:
             if action.help is None:
                 action.help = COMMON_HELP.get(action.dest)
     return p
-
-
-#: README's generated parts sit between these markers (``python tools/readme_reference.py`` rewrites them).
-README_MARKERS = {"synopsis": ("<!-- synopsis: generated from the parsers -->", "<!-- /synopsis -->"),
-                  "reference": ("<!-- reference: generated from the parsers -->", "<!-- /reference -->")}
-_WIDTH = 118
-
-
-def readme_synopsis() -> str:
-    """Every command's usage line, as README's "Using it" shows them."""
-    parts = []
-    for sp in _subparsers(_parser("autoseg_workspace")).values():
-        f = _HelpFormatter(sp.prog, width=_WIDTH)
-        f.add_usage(sp.usage, sp._actions, sp._mutually_exclusive_groups, prefix="")
-        parts.append(f.format_help().strip())
-    return "```\n" + "\n".join(parts) + "\n```"
-
-
-def readme_reference() -> str:
-    """README's command reference: per command its description and every option with its help and default."""
-    out = []
-    for name, sp in _subparsers(_parser("autoseg_workspace")).items():  # not this shell's $AUTOSEG_WORKSPACE
-        f = _HelpFormatter(sp.prog, width=_WIDTH)
-        out.append(f"#### `autoseg {name}`\n\n{sp.description or _command_help(name)}\n")
-        out.append("| option | meaning |\n| --- | --- |")
-        for action in sp._actions:
-            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
-                continue
-            flags = ", ".join(action.option_strings) or action.metavar or action.dest.upper()
-            if action.option_strings and action.nargs != 0:
-                flags += " " + f._format_args(action, f._get_default_metavar_for_optional(action))
-            text = " ".join(f._expand_help(action).split()).replace("|", "\\|")
-            out.append(f"| `{flags}` | {text} |")
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
-
-
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-
-
-def _command_help(name: str) -> str:
-    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return next(c.help for c in sub._choices_actions if c.dest == name)
 
 
 def _cmd_verify(args) -> int:
@@ -572,28 +572,10 @@ def _cmd_train(args) -> int:
     return 0
 
 
-#: Options of a run that are not passed on to its fold jobs: they choose the jobs or apply to one fold in-process.
-_NOT_FORWARDED = {"command", "dataset", "workspace", "config", "fold", "budget", "resume", "overwrite", "cluster",
-                  "allocation",
-                  "job_timeout", "format", "sbatch", "help"}
-
-
 def _forwarded_training_flags(args) -> list[str]:
     """The training options given on this command line, spelled for ``autoseg train`` (every fold job gets them)."""
-    train = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
-    flags: list[str] = []
-    for action in train._actions:
-        value = getattr(args, action.dest, None)
-        if action.dest in _NOT_FORWARDED or not action.option_strings or value is None or value == action.default:
-            continue
-        flag = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreConstAction)):
-            flags.append(flag)
-        elif isinstance(value, (list, tuple)):
-            flags += [flag, *map(str, value)]
-        else:
-            flags += [flag, str(value)]
-    return flags
+    return [word for option in TRAINING_OPTIONS if option.forwarded
+            for word in option.spelled(getattr(args, option.dest, None))]
 
 
 def _cmd_jobs(args) -> int:
@@ -763,7 +745,7 @@ _COMMANDS = {"predict": _cmd_predict, "train": _cmd_train, "verify": _cmd_verify
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 the machine refused a read or write: disk full, permission
     denied ..., 2 bad input, 3 ``predict --skip-bad`` refused some inputs, 130 interrupted)."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
     except AutosegError as e:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autoseg.cli import _parser, main, parse_duration
+from autoseg.cli import build_parser, main, parse_duration
 
 sys.path.insert(0, str(Path(__file__).parent / "evaluation"))
 from _selection_fakes import DATASET, GEOMETRY, make_workspace, reference  # noqa: E402
@@ -38,7 +38,7 @@ def test_bad_budget_on_the_command_line(capsys):
 
 
 def _subparsers():
-    p = _parser()
+    p = build_parser()
     return [a for a in p._actions if isinstance(a, argparse._SubParsersAction)][0].choices
 
 
@@ -62,7 +62,7 @@ def test_one_vocabulary_and_old_spellings_kept():
     precisions = {name: next(a.choices for a in sub[name]._actions if a.dest == "precision")
                   for name in ("train", "predict")}
     assert set(precisions["train"]) == set(precisions["predict"])
-    p = _parser()
+    p = build_parser()
     old = p.parse_args(["predict", "D", "-i", "in", "-o", "out", "--folds", "0", "1"])
     new = p.parse_args(["predict", "D", "-i", "in", "-o", "out", "-f", "0", "1"])
     assert old.fold == new.fold == ["0", "1"]
@@ -95,3 +95,22 @@ def test_demo_kinds_are_the_synthetic_presets():
     from autoseg.synthetic import PRESETS
 
     assert SYNTHETIC_KINDS == tuple(PRESETS)
+
+
+@pytest.mark.parametrize("argv, forwarded", [
+    ([], []),
+    (["--epochs", "3", "--deterministic", "--no-validation-tta", "-j", "0", "--device", "cpu"],
+     ["--epochs", "3", "--deterministic", "--device", "cpu", "--workers", "0", "--no-validation-tta"]),
+    (["--budget", "20", "--log", "tensorboard", "mlflow", "--seed", "7"],  # the budget chooses the jobs
+     ["--seed", "7", "--log", "tensorboard", "mlflow"]),
+])
+def test_a_cluster_runs_jobs_get_the_training_options_given(argv, forwarded):
+    from autoseg.cli import TRAINING_OPTIONS, _forwarded_training_flags
+
+    args = build_parser().parse_args(["train", "D", "-c", "2d", "-f", "0", "--cluster", "local", *argv])
+    assert _forwarded_training_flags(args) == forwarded
+    # spelled back, they mean the same to the fold job's parser
+    again = build_parser().parse_args(["train", "D", *forwarded])
+    for option in TRAINING_OPTIONS:
+        if option.forwarded:
+            assert getattr(again, option.dest) == getattr(args, option.dest), option.flags

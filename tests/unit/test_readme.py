@@ -1,10 +1,13 @@
 """README and ``--help`` agree: the synopsis and the command reference in README are the parsers' own output."""
 
+import importlib.util
 from pathlib import Path
 
-from autoseg.cli import README_MARKERS, readme_reference, readme_synopsis
-
 README = Path(__file__).resolve().parents[2] / "README.md"
+_spec = importlib.util.spec_from_file_location("readme_tool", README.parent / "tools" / "readme_reference.py")
+_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_tool)
+README_MARKERS, readme_reference, readme_synopsis = _tool.README_MARKERS, _tool.readme_reference, _tool.readme_synopsis
 
 
 def _section(text: str, key: str) -> str:
