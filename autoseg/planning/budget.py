@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -238,86 +238,133 @@ def fit_to_budget(spacing: Sequence[float], median_shape: Sequence[float], datas
     """
     spacing0 = tuple(float(s) for s in spacing)
     median0 = tuple(float(m) for m in median_shape)
-    base = fit_configuration(spacing0, median0, dataset_voxels, num_classes, preset, memory_gb)
-
-    floor = math.ceil(CONTEXT_FLOOR * min_iterations)
-
-    def result(rung: tuple[ConfigurationChoice, tuple, tuple, list[str]], needed: int = min_iterations
-               ) -> BudgetChoice:
-        choice, sp, med, offs = rung
-        seconds = plan_seconds_per_iteration(choice.architecture, choice.patch_size, choice.batch_size, in_channels,
-                                             num_classes, seconds_per_mac)
+    data = _Dataset(spacing0, median0, dataset_voxels, num_classes, preset, memory_gb)
+    got = None
+    for rung, needed in _ladder(data, structure_mm, min_iterations):
+        seconds = plan_seconds_per_iteration(rung.choice.architecture, rung.choice.patch_size, rung.choice.batch_size,
+                                             in_channels, num_classes, seconds_per_mac)
         its = int(budget_seconds // seconds)
-        return BudgetChoice(choice, sp, med, seconds, its, tuple(offs), its >= needed)
-
-    # each rung: ((choice, spacing, median shape, trade-offs so far), iterations it must reach); evaluated lazily,
-    # cheapest last
-    def ladder():
-        yield (base, spacing0, median0, []), min_iterations
-        batch, offs = base.batch_size, []
-        while batch > MIN_BATCH:
-            batch = max(MIN_BATCH, batch // 2)
-            offs = [f"batch {base.batch_size} -> {batch}"]
-            yield (dataclasses.replace(base, batch_size=batch), spacing0, median0, offs), min_iterations
-        batch = min(batch, base.batch_size)
-        last = (base if batch == base.batch_size else dataclasses.replace(base, batch_size=batch),
-                spacing0, median0, offs)
-        median_voxels = math.prod(median0)
-        kept = memory_gb  # memory target of the last rung: the next rungs keep its field of view
-        for trimmed, target in _smaller_patches(spacing0, median0, dataset_voxels, num_classes, preset, memory_gb,
-                                                MIN_TRIM_COVERAGE * median_voxels, batch, base.patch_size):
-            last = (trimmed, spacing0, median0, offs + [
-                f"patch {_shape(base.patch_size)} -> {_shape(trimmed.patch_size)} (still "
-                f"{math.prod(trimmed.patch_size) / median_voxels:.0%} of the median case)"])
-            kept = target
-            yield last, min_iterations
-        offs, fov = last[3], last[0].patch_size
-        for sp in coarser_spacings(spacing0, median0, preset.lowres_spacing_step, structure_mm):
-            ratio = float(np.prod(np.asarray(spacing0) / sp))
-            med = tuple(float(m) * s0 / s for m, s0, s in zip(median0, spacing0, sp))
-            coarse = fit_configuration(sp, med, dataset_voxels * ratio, num_classes, preset, kept * ratio)
-            coarse = dataclasses.replace(coarse, batch_size=min(coarse.batch_size, batch))
-            sp_t = tuple(round(float(s), 6) for s in sp)
-            last = (coarse, sp_t, med, offs + [
-                f"spacing {'x'.join(f'{s:.3g}' for s in spacing0)} -> {'x'.join(f'{s:.3g}' for s in sp_t)} mm "
-                f"(patch {_shape(fov)} -> {_shape(coarse.patch_size)}, same field of view)"])
-            yield last, min_iterations
-        start, sp, med, offs = last
-        patches = [start] + [p for p, _ in _smaller_patches(
-            sp, med, dataset_voxels * math.prod(med) / math.prod(median0), num_classes, preset,
-            kept * float(np.prod(np.asarray(spacing0) / np.asarray(sp))),
-            MIN_PATCH_FRACTION * math.prod(start.patch_size), start.batch_size, start.patch_size)]
-        widths = [preset.base_features]
-        while widths[-1] // 2 >= MIN_BASE_FEATURES:
-            widths.append(widths[-1] // 2)
-
-        def narrowed(p: ConfigurationChoice, width: int) -> ConfigurationChoice:
-            arch = p.architecture
-            feats = tuple(max(width, f * width // preset.base_features) for f in arch.features_per_stage)
-            return dataclasses.replace(p, architecture=dataclasses.replace(arch, features_per_stage=feats))
-
-        # the width rung at the whole field of view, then the patch rung at the narrowest width: a network that
-        # gets a few hundred iterations is far from what its capacity could learn, while a patch that no longer
-        # holds the structure's context cannot learn it at all (LA2018, 20 min: 24x40x48 at width 32 gave Dice
-        # 0.58-0.61, V-Nets of width 16 reach 0.86+ on it)
-        for width in widths[1:]:
-            yield (narrowed(start, width), sp, med, offs + [f"features {preset.base_features} -> {width}"]), \
-                min_iterations
-        width = widths[-1]
-        narrow = offs + ([f"features {preset.base_features} -> {width}"] if width != preset.base_features else [])
-        # the patch rung: context is given up only to reach CONTEXT_FLOOR of the iterations, so the whole field of
-        # view is taken first at that lower target
-        yield (narrowed(start, width), sp, med, narrow), floor
-        for p in patches[1:]:
-            yield (narrowed(p, width), sp, med,
-                   narrow + [f"patch {_shape(start.patch_size)} -> {_shape(p.patch_size)}"]), floor
-
-    rung = needed = None
-    for rung, needed in ladder():
-        got = result(rung, needed)
+        got = BudgetChoice(rung.choice, rung.spacing, rung.median_shape, seconds, its, rung.trade_offs, its >= needed)
         if got.enough:
             return got
-    return result(rung, needed)
+    return got
+
+
+class _Dataset(NamedTuple):
+    """What the memory planner needs of a dataset at its planned spacing (as :func:`fit_to_budget` gets it)."""
+
+    spacing: tuple[float, ...]
+    median_shape: tuple[float, ...]
+    voxels: float
+    num_classes: int
+    preset: PlannerPreset
+    memory_gb: float
+
+    def median_at(self, spacing) -> tuple[float, ...]:
+        """The median case's shape at a coarser ``spacing``, voxels."""
+        return tuple(float(m) * s0 / s for m, s0, s in zip(self.median_shape, self.spacing, spacing))
+
+
+class _Rung(NamedTuple):
+    """One plan of the ladder and what was given up for it."""
+
+    choice: ConfigurationChoice
+    spacing: tuple[float, ...]
+    median_shape: tuple[float, ...]
+    trade_offs: tuple[str, ...]
+
+
+def _ladder(data: _Dataset, structure_mm: float | None, min_iterations: int):
+    """Every rung of the ladder (module docstring), cheaper and cheaper, each with the iterations it must reach;
+    evaluated lazily."""
+    base = fit_configuration(data.spacing, data.median_shape, data.voxels, data.num_classes, data.preset,
+                             data.memory_gb)
+    nnunet = _Rung(base, data.spacing, data.median_shape, ())
+    yield nnunet, min_iterations
+    last = yield from _batch_rungs(nnunet, min_iterations)
+    batch = last.choice.batch_size
+    last, kept = yield from _trim_rungs(data, last, min_iterations)
+    last = yield from _spacing_rungs(data, last, kept, batch, structure_mm, min_iterations)
+    yield from _width_then_patch_rungs(data, last, kept, min_iterations)
+
+
+def _batch_rungs(start: _Rung, min_iterations: int):
+    """1. The batch halved down to :data:`MIN_BATCH`; returns the last rung."""
+    base, last = start.choice, start
+    batch = base.batch_size
+    while batch > MIN_BATCH:
+        batch = max(MIN_BATCH, batch // 2)
+        last = start._replace(choice=dataclasses.replace(base, batch_size=batch),
+                              trade_offs=(f"batch {base.batch_size} -> {batch}",))
+        yield last, min_iterations
+    return last
+
+
+def _trim_rungs(data: _Dataset, start: _Rung, min_iterations: int):
+    """2. The patch trimmed at the planned spacing while it holds :data:`MIN_TRIM_COVERAGE` of the median case;
+    returns the last rung and its memory target (the next rungs keep its field of view)."""
+    base, last, kept = start.choice, start, data.memory_gb
+    median_voxels = math.prod(data.median_shape)
+    for trimmed, target in _smaller_patches(data.spacing, data.median_shape, data.voxels, data.num_classes,
+                                            data.preset, data.memory_gb, MIN_TRIM_COVERAGE * median_voxels,
+                                            base.batch_size, base.patch_size):
+        last, kept = start._replace(choice=trimmed, trade_offs=start.trade_offs + (
+            f"patch {_shape(base.patch_size)} -> {_shape(trimmed.patch_size)} (still "
+            f"{math.prod(trimmed.patch_size) / median_voxels:.0%} of the median case)",)), target
+        yield last, min_iterations
+    return last, kept
+
+
+def _spacing_rungs(data: _Dataset, start: _Rung, kept: float, batch: int, structure_mm: float | None,
+                   min_iterations: int):
+    """3. Coarser target spacings, each with the patch of the same field of view (batch at most ``batch``);
+    returns the last rung."""
+    last, fov = start, start.choice.patch_size
+    for sp in coarser_spacings(data.spacing, data.median_shape, data.preset.lowres_spacing_step, structure_mm):
+        ratio = float(np.prod(np.asarray(data.spacing) / sp))
+        med = data.median_at(sp)
+        coarse = fit_configuration(sp, med, data.voxels * ratio, data.num_classes, data.preset, kept * ratio)
+        coarse = dataclasses.replace(coarse, batch_size=min(coarse.batch_size, batch))
+        sp_t = tuple(round(float(s), 6) for s in sp)
+        last = _Rung(coarse, sp_t, med, start.trade_offs + (
+            f"spacing {'x'.join(f'{s:.3g}' for s in data.spacing)} -> {'x'.join(f'{s:.3g}' for s in sp_t)} mm "
+            f"(patch {_shape(fov)} -> {_shape(coarse.patch_size)}, same field of view)",))
+        yield last, min_iterations
+    return last
+
+
+def _width_then_patch_rungs(data: _Dataset, start: _Rung, kept: float, min_iterations: int):
+    """4. The width at the whole field of view; 5. the patch at the narrowest width, to :data:`CONTEXT_FLOOR` of
+    the iterations (the whole field of view first at that lower target).
+
+    A network that gets a few hundred iterations is far from what its capacity could learn, while a patch that no
+    longer holds the structure's context cannot learn it at all (LA2018, 20 min: 24x40x48 at width 32 gave Dice
+    0.58-0.61, the whole 40x64x96 at width 16 0.876).
+    """
+    preset = data.preset
+    widths = [preset.base_features]
+    while widths[-1] // 2 >= MIN_BASE_FEATURES:
+        widths.append(widths[-1] // 2)
+
+    def narrowed(p: ConfigurationChoice, width: int) -> ConfigurationChoice:
+        arch = p.architecture
+        feats = tuple(max(width, f * width // preset.base_features) for f in arch.features_per_stage)
+        return dataclasses.replace(p, architecture=dataclasses.replace(arch, features_per_stage=feats))
+
+    for width in widths[1:]:
+        yield start._replace(choice=narrowed(start.choice, width),
+                             trade_offs=start.trade_offs + (f"features {preset.base_features} -> {width}",)), \
+            min_iterations
+    width, floor = widths[-1], math.ceil(CONTEXT_FLOOR * min_iterations)
+    narrow = start.trade_offs + ((f"features {preset.base_features} -> {width}",) if len(widths) > 1 else ())
+    yield start._replace(choice=narrowed(start.choice, width), trade_offs=narrow), floor
+    voxels = data.voxels * math.prod(start.median_shape) / math.prod(data.median_shape)
+    ratio = float(np.prod(np.asarray(data.spacing) / np.asarray(start.spacing)))
+    for p, _ in _smaller_patches(start.spacing, start.median_shape, voxels, data.num_classes, preset, kept * ratio,
+                                 MIN_PATCH_FRACTION * math.prod(start.choice.patch_size), start.choice.batch_size,
+                                 start.choice.patch_size):
+        yield start._replace(choice=narrowed(p, width), trade_offs=narrow + (
+            f"patch {_shape(start.choice.patch_size)} -> {_shape(p.patch_size)}",)), floor
 
 
 #: Iterations of one nnU-Net fold (1000 epochs of 250).

@@ -445,7 +445,8 @@ def _allocate(budget_seconds: float, speeds: Mapping[str, ConfigurationSpeed], n
                      f"raise --budget")
     elif 0 < main.iterations < rule.target_iterations:
         notes.append(f"the budget gives each model ~{main.iterations} iterations, short of the "
-                     f"{rule.target_iterations} the plans aim for even at their cheapest: a longer budget trains better")
+                     f"{rule.target_iterations} the plans aim for (they keep their context rather than shrink the "
+                     f"patch further, or are at their cheapest): a longer budget trains better")
     if probes:  # the winner's fold 0 was trained for the probe's time before it continues
         parts[len(probes)] = dataclasses.replace(parts[len(probes)], start_minutes=_minutes(probe_seconds))
     overhead = over * sum(len(p.folds) for p in parts)
