@@ -275,12 +275,37 @@ def convert(source: Path, out_dir: Path, spec: ConvertSpec, progress: bool = Tru
         Every problem found (one line each); nothing is written then.
     """
     source, out_dir = Path(source), Path(out_dir)
+    _check_arguments(source, out_dir, spec)
+    train, test, ending = _matched_cases(source, spec)
+    num_labels, names, channels = _checked_contents(train, test, spec, progress)
+    # built in a hidden sibling folder and renamed: a killed convert leaves no half dataset, and the next one
+    # removes what it left (:func:`autoseg.schema.base.locked_temporary`)
+    with locked_temporary(out_dir, ".converting", folder=True) as tmp:
+        try:
+            _write_cases(tmp, train, test, spec, ending, num_labels, progress)
+            meta = _dataset_json(source, out_dir, spec, channels, names, len(train), natural.output_ending(ending))
+            (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+            if out_dir.exists():
+                out_dir.rmdir()  # empty (checked above)
+            os.replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out_dir
+
+
+def _check_arguments(source: Path, out_dir: Path, spec: ConvertSpec) -> None:
     if not source.is_dir():
         raise AutosegError(f"{source}: source folder not found")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise AutosegError(f"{out_dir}: exists and is not empty; choose a new output folder")
     if not spec.images:
         raise AutosegError("no image pattern given (e.g. --images 'images/{case}.png')")
+
+
+def _matched_cases(source: Path, spec: ConvertSpec) -> tuple[list, list, str]:
+    """The training and test cases the patterns match, and their images' one file ending; every file under
+    ``source`` that a pattern's folder holds but no case claims is a problem."""
     problems: list[str] = []
     claimed: dict[Path, str] = {}
     patterns: list[_Pattern] = []
@@ -302,12 +327,15 @@ def convert(source: Path, out_dir: Path, spec: ConvertSpec, progress: bool = Tru
         problems.append(f"{source}: images of several formats ({', '.join(sorted(endings))}); a dataset has one")
     if problems:
         raise AutosegError(*problems)
+    return train, test, endings.pop()
 
-    ending = endings.pop()
-    out_ending = natural.output_ending(ending)
-    is_2d = natural.has_natural_ending(ending)
+
+def _checked_contents(train: list, test: list, spec: ConvertSpec, progress: bool
+                      ) -> tuple[int, tuple[str, ...], list[str]]:
+    """``(number of labels, label names, channel names)`` after reading every label map and mask once: label
+    values the map does not cover, empty regions of interest and missing names are problems."""
+    problems: list[str] = []
     num_labels = len(spec.label_names) if spec.label_names else None
-    # read every label once: values, sizes; the mapped arrays are written afterwards
     # every label and mask is read once to check it, and once more when it is written: memory stays at one case
     values_of: dict[str, set[int]] = {}
     for c in wrap(train, len(train), "check labels", "case", progress):
@@ -335,53 +363,56 @@ def convert(source: Path, out_dir: Path, spec: ConvertSpec, progress: bool = Tru
         problems.append("label names: need the background and at least one foreground label")
     if problems:
         raise AutosegError(*problems)
+    return num_labels, tuple(names), channels
 
-    # built in a hidden sibling folder and renamed: a killed convert leaves no half dataset, and the next one
-    # removes what it left (:func:`autoseg.schema.base.locked_temporary`)
-    with locked_temporary(out_dir, ".converting", folder=True) as tmp:
-        try:
-            for sub in ("imagesTr", "labelsTr") + (("roiTr",) if spec.roi else ()) + \
-                       (("imagesTs",) if test else ()) + (("roiTs",) if spec.test_roi else ()):
-                (tmp / sub).mkdir()
-            jobs = [(c, "Tr") for c in train] + [(c, "Ts") for c in test]
-            for c, tr in wrap(jobs, len(jobs), "convert", "case", progress):
-                for ch, f in enumerate(c.images):
-                    dst = tmp / f"images{tr}" / f"{c.case_id}_{ch:04d}{out_ending}"
-                    if out_ending == ending:
-                        link_or_copy(f, dst)
-                    else:  # JPEG -> PNG, from the decoded pixels (lossless from here on)
-                        arr, _ = natural.read_natural(f)
-                        natural.write_natural(arr if arr.shape[0] == 3 else arr[0], dst)
-                if tr == "Tr":
-                    mapped = _mapped(read_label(c.label)[0], spec.label_map, num_labels)
-                    _write_mask(mapped, c.label, is_2d, tmp / "labelsTr" / f"{c.case_id}{out_ending}")
-                if c.roi is not None:
-                    roi = (read_label(c.roi)[0] != 0).astype(np.uint8)
-                    _write_mask(roi, c.roi, is_2d, tmp / f"roi{tr}" / f"{c.case_id}{out_ending}")
-            meta: dict[str, Any] = {
-                "name": spec.name or out_dir.name,
-                "description": f"converted by autoseg convert from {source.resolve()}",
-                "channel_names": {str(i): n for i, n in enumerate(channels)},
-                "labels": {n: i for i, n in enumerate(names)},
-                "numTraining": len(train),
-                "file_ending": out_ending,
-            }
-            inverse = {d: s for s, d in spec.label_map.items()}
-            source_values = [inverse.get(i, i) for i in range(len(names))]
-            if source_values != list(range(len(names))):
-                meta["source_label_values"] = {n: v for n, v in zip(names, source_values)}
-            meta["autoseg_convert"] = {
-                "source": str(source.resolve()), "images": list(spec.images), "labels": spec.labels, "roi": spec.roi,
-                "test_images": list(spec.test_images), "test_roi": spec.test_roi,
-                "label_map": {str(k): v for k, v in spec.label_map.items()}}
-            (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-            if out_dir.exists():
-                out_dir.rmdir()  # empty (checked above)
-            os.replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return out_dir
+
+def _write_cases(tmp: Path, train: list, test: list, spec: ConvertSpec, ending: str, num_labels: int,
+                 progress: bool) -> None:
+    """Every case's images (linked, or decoded and written losslessly), mapped label map and region of interest
+    into the raw layout under ``tmp``."""
+    out_ending = natural.output_ending(ending)
+    is_2d = natural.has_natural_ending(ending)
+    for sub in ("imagesTr", "labelsTr") + (("roiTr",) if spec.roi else ()) + \
+               (("imagesTs",) if test else ()) + (("roiTs",) if spec.test_roi else ()):
+        (tmp / sub).mkdir()
+    jobs = [(c, "Tr") for c in train] + [(c, "Ts") for c in test]
+    for c, tr in wrap(jobs, len(jobs), "convert", "case", progress):
+        for ch, f in enumerate(c.images):
+            dst = tmp / f"images{tr}" / f"{c.case_id}_{ch:04d}{out_ending}"
+            if out_ending == ending:
+                link_or_copy(f, dst)
+            else:  # JPEG -> PNG, from the decoded pixels (lossless from here on)
+                arr, _ = natural.read_natural(f)
+                natural.write_natural(arr if arr.shape[0] == 3 else arr[0], dst)
+        if tr == "Tr":
+            mapped = _mapped(read_label(c.label)[0], spec.label_map, num_labels)
+            _write_mask(mapped, c.label, is_2d, tmp / "labelsTr" / f"{c.case_id}{out_ending}")
+        if c.roi is not None:
+            roi = (read_label(c.roi)[0] != 0).astype(np.uint8)
+            _write_mask(roi, c.roi, is_2d, tmp / f"roi{tr}" / f"{c.case_id}{out_ending}")
+
+
+def _dataset_json(source: Path, out_dir: Path, spec: ConvertSpec, channels: list[str], names: tuple[str, ...],
+                  num_training: int, out_ending: str) -> dict[str, Any]:
+    """The converted dataset's ``dataset.json``: nnU-Net v2 keys, the source files' label values when the map
+    changed them, and how it was converted."""
+    meta: dict[str, Any] = {
+        "name": spec.name or out_dir.name,
+        "description": f"converted by autoseg convert from {source.resolve()}",
+        "channel_names": {str(i): n for i, n in enumerate(channels)},
+        "labels": {n: i for i, n in enumerate(names)},
+        "numTraining": num_training,
+        "file_ending": out_ending,
+    }
+    inverse = {d: s for s, d in spec.label_map.items()}
+    source_values = [inverse.get(i, i) for i in range(len(names))]
+    if source_values != list(range(len(names))):
+        meta["source_label_values"] = {n: v for n, v in zip(names, source_values)}
+    meta["autoseg_convert"] = {
+        "source": str(source.resolve()), "images": list(spec.images), "labels": spec.labels, "roi": spec.roi,
+        "test_images": list(spec.test_images), "test_roi": spec.test_roi,
+        "label_map": {str(k): v for k, v in spec.label_map.items()}}
+    return meta
 
 
 def _write_mask(arr: np.ndarray, src: Path, is_2d: bool, dst: Path) -> None:
