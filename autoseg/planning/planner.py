@@ -106,35 +106,8 @@ def make_plans(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: float
 
     configs: dict[str, ConfigurationPlan] = {}
     if median_t[0] != 1:
-        full = fit_configuration(fullres_t, median_t, dataset_voxels, num_classes, preset, memory_gb)
-        median_voxels = float(np.prod(median_t, dtype=np.float64))
-        patch_voxels = float(np.prod(full.patch_size, dtype=np.float64))
-        low, low_spacing, low_median = None, fullres_t.copy(), median_t
-        while patch_voxels / median_voxels < preset.lowres_threshold:
-            coarsest = low_spacing.max()
-            fine_axes = coarsest / low_spacing > 2
-            # catch up the fine axes first so the low-res data becomes more isotropic, then grow all of them
-            if fine_axes.any():
-                low_spacing[fine_axes] *= preset.lowres_spacing_step
-            else:
-                low_spacing *= preset.lowres_spacing_step
-            low_median_f = fullres_t / low_spacing * median_t
-            median_voxels = float(np.prod(low_median_f, dtype=np.float64))
-            low_median = np.array([round(float(m)) for m in low_median_f], dtype=np.float64)
-            low = fit_configuration(low_spacing, low_median, median_voxels * num_cases, num_classes, preset,
-                                    memory_gb)
-            patch_voxels = float(np.prod(low.patch_size, dtype=np.float64))
-        if low is not None and float(np.prod(median_t, dtype=np.float64)) / median_voxels < 2:
-            low = None  # too little gained over full resolution to be worth a second stage
-        if low is not None:
-            configs["3d_lowres"] = replace(
-                _config("3d_lowres", low_spacing, low_median, low, normalization, False, aniso),
-                next_stage="3d_cascade_fullres")
-        configs["3d_fullres"] = _config("3d_fullres", fullres_t, median_t, full, normalization, low is not None,
-                                        aniso)
-        if low is not None:
-            configs["3d_cascade_fullres"] = replace(configs["3d_fullres"], name="3d_cascade_fullres",
-                                                    previous_stage="3d_lowres")
+        configs = _volume_configurations(fullres_t, median_t, num_cases, num_classes, preset, memory_gb,
+                                         normalization)
     two_d = fit_configuration(fullres_t[1:], median_t[1:], dataset_voxels, num_classes, preset, memory_gb)
     configs = {"2d": _config("2d", fullres_t[1:], median_t[1:], two_d, normalization, True, aniso), **configs}
     if budget is not None:
@@ -160,3 +133,49 @@ def make_plans(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: float
         regions=fingerprint.regions,
         regions_class_order=fingerprint.regions_class_order,
     )
+
+
+def _volume_configurations(fullres_t: np.ndarray, median_t: np.ndarray, num_cases: int, num_classes: int,
+                           preset: PlannerPreset, memory_gb: float, normalization) -> dict[str, ConfigurationPlan]:
+    """``3d_fullres``, and ``3d_lowres`` + ``3d_cascade_fullres`` when the full-resolution patch covers too little
+    of the median case (:func:`make_plans`); spacing and shape in the planned axis order."""
+    aniso = preset.anisotropy_threshold
+    full = fit_configuration(fullres_t, median_t, float(np.prod(median_t, dtype=np.float64) * num_cases),
+                             num_classes, preset, memory_gb)
+    low, low_spacing, low_median = _lowres_stage(fullres_t, median_t, full, num_cases, num_classes, preset,
+                                                 memory_gb)
+    configs: dict[str, ConfigurationPlan] = {}
+    if low is not None:
+        configs["3d_lowres"] = replace(
+            _config("3d_lowres", low_spacing, low_median, low, normalization, False, aniso),
+            next_stage="3d_cascade_fullres")
+    configs["3d_fullres"] = _config("3d_fullres", fullres_t, median_t, full, normalization, low is not None, aniso)
+    if low is not None:
+        configs["3d_cascade_fullres"] = replace(configs["3d_fullres"], name="3d_cascade_fullres",
+                                                previous_stage="3d_lowres")
+    return configs
+
+
+def _lowres_stage(fullres_t: np.ndarray, median_t: np.ndarray, full, num_cases: int, num_classes: int,
+                  preset: PlannerPreset, memory_gb: float):
+    """``(choice, spacing, median shape)`` of the low-resolution stage, or ``(None, ...)`` when the full-resolution
+    patch covers enough of the median case or coarsening gains less than 2x."""
+    median_voxels = float(np.prod(median_t, dtype=np.float64))
+    patch_voxels = float(np.prod(full.patch_size, dtype=np.float64))
+    low, low_spacing, low_median = None, fullres_t.copy(), median_t
+    while patch_voxels / median_voxels < preset.lowres_threshold:
+        coarsest = low_spacing.max()
+        fine_axes = coarsest / low_spacing > 2
+        # catch up the fine axes first so the low-res data becomes more isotropic, then grow all of them
+        if fine_axes.any():
+            low_spacing[fine_axes] *= preset.lowres_spacing_step
+        else:
+            low_spacing *= preset.lowres_spacing_step
+        low_median_f = fullres_t / low_spacing * median_t
+        median_voxels = float(np.prod(low_median_f, dtype=np.float64))
+        low_median = np.array([round(float(m)) for m in low_median_f], dtype=np.float64)
+        low = fit_configuration(low_spacing, low_median, median_voxels * num_cases, num_classes, preset, memory_gb)
+        patch_voxels = float(np.prod(low.patch_size, dtype=np.float64))
+    if low is not None and float(np.prod(median_t, dtype=np.float64)) / median_voxels < 2:
+        low = None  # too little gained over full resolution to be worth a second stage
+    return low, low_spacing, low_median
