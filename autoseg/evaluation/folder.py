@@ -83,15 +83,7 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if nsd_tolerance_mm < 0:
         raise AutosegError(f"NSD tolerance {nsd_tolerance_mm} mm must not be negative")
-    if regions is not None:
-        if labels is not None:
-            raise AutosegError("give labels or regions to evaluate, not both")
-        regions = tuple(regions)
-        if not regions:
-            raise AutosegError("no region to evaluate")
-        values, label_names = tuple(range(1, len(regions) + 1)), ("background", *(r.name for r in regions))
-    else:
-        values = None if labels is None else resolve_labels(labels, label_names)
+    values, label_names, regions = _what_to_score(labels, label_names, regions, ignore_label)
     if predicted_only and case_ids is None:
         case_ids = sorted(f.name[: -len(file_ending)] for f in pred_dir.glob(f"*{file_ending}")
                           if not f.name.startswith(".")) if pred_dir.is_dir() else None
@@ -99,8 +91,6 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
     _check_geometry(cases)
     masks = masks_by_case(roi, [c[0] for c in cases], file_ending)
 
-    if values is not None and ignore_label is not None and ignore_label in values:
-        raise AutosegError(f"label {ignore_label}: the ignore label is not scored")
     jobs = [(cid, p, r, values, nsd_tolerance_mm, masks.get(cid), ignore_label, regions) for cid, p, r in cases]
     results = map_cases(_evaluate_case, jobs, [c[0] for c in cases], num_workers, "evaluate", progress)
     problems = [r.problem for r in results if r.problem]
@@ -116,6 +106,22 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Sequence[int | str] | 
         summary = replace(summary, regions={str(i): r.labels for i, r in enumerate(regions, 1)})
     save_json(summary, Path(output) if output is not None else summary_file(pred_dir))
     return summary
+
+
+def _what_to_score(labels, label_names, regions, ignore_label):
+    """``(label values or None: every one found, label names, regions)``: the region numbers 1..R named by the
+    regions, or the labels asked for (never the ignore label)."""
+    if regions is not None:
+        if labels is not None:
+            raise AutosegError("give labels or regions to evaluate, not both")
+        regions = tuple(regions)
+        if not regions:
+            raise AutosegError("no region to evaluate")
+        return tuple(range(1, len(regions) + 1)), ("background", *(r.name for r in regions)), regions
+    values = None if labels is None else resolve_labels(labels, label_names)
+    if values is not None and ignore_label is not None and ignore_label in values:
+        raise AutosegError(f"label {ignore_label}: the ignore label is not scored")
+    return values, label_names, None
 
 
 def parse_regions(items: Sequence[str]) -> tuple[Region, ...]:
