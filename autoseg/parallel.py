@@ -193,31 +193,39 @@ def map_cases(fn: Callable[..., Any], jobs: Sequence[tuple], case_ids: Sequence[
             for i, job in enumerate(jobs):
                 finished(i, fn(*job))
             return results
-        ctx = get_context("fork")
-        state = ctx.RawArray("b", len(jobs))
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
-                                 initargs=(state, initializer)) as pool:
-            pending: dict = {}
-            try:
-                for i, job in enumerate(jobs):  # a worker may die while jobs are still being submitted
-                    pending[pool.submit(_run_job, fn, i, job)] = i
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        i = pending.pop(fut)
-                        finished(i, fut.result())
-            except BrokenProcessPool:
-                running = [case_ids[i] for i in range(len(jobs)) if state[i] == _RUNNING]
-                if died_message is not None:
-                    raise AutosegError(died_message(running)) from None
-                # none marked running (the worker died before its first job): the next ones in line
-                named = sorted(running) or sorted(case_ids[i] for i in pending)[:workers]
-                raise AutosegError(f"{desc}: a worker process died (most likely out of memory) while working on one "
-                                   f"of {', '.join(named)}; retry with fewer workers "
-                                   f"({option('num_workers=1')})") from None
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)  # running jobs finish, no new ones start
-                raise
+        _run_in_pool(fn, jobs, case_ids, workers, initializer, finished, desc, died_message)
         return results
     finally:
         bar.close()
+
+
+def _run_in_pool(fn: Callable[..., Any], jobs: Sequence[tuple], case_ids: Sequence[str], workers: int,
+                 initializer: Callable[[], None] | None, finished: Callable[[int, Any], None], desc: str,
+                 died_message: Callable[[list[str]], str] | None) -> None:
+    """:func:`map_cases` with forked worker processes: each job's result to ``finished`` as it comes; a dead
+    worker raises naming the cases it may have been working on."""
+    ctx = get_context("fork")
+    state = ctx.RawArray("b", len(jobs))  # per job: started in a worker (to name the cases when one dies)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker,
+                             initargs=(state, initializer)) as pool:
+        pending: dict = {}
+        try:
+            for i, job in enumerate(jobs):  # a worker may die while jobs are still being submitted
+                pending[pool.submit(_run_job, fn, i, job)] = i
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = pending.pop(fut)
+                    finished(i, fut.result())
+        except BrokenProcessPool:
+            running = [case_ids[i] for i in range(len(jobs)) if state[i] == _RUNNING]
+            if died_message is not None:
+                raise AutosegError(died_message(running)) from None
+            # none marked running (the worker died before its first job): the next ones in line
+            named = sorted(running) or sorted(case_ids[i] for i in pending)[:workers]
+            raise AutosegError(f"{desc}: a worker process died (most likely out of memory) while working on one "
+                               f"of {', '.join(named)}; retry with fewer workers "
+                               f"({option('num_workers=1')})") from None
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # running jobs finish, no new ones start
+            raise
