@@ -290,26 +290,80 @@ def allocate(budget_seconds: float, speeds: Mapping[str, ConfigurationSpeed], nu
 
 def _allocate(budget_seconds: float, speeds: Mapping[str, ConfigurationSpeed], num_cases: int, num_folds: int,
               previous_stage: Mapping[str, str] | None, rule: RunRule, preferred: str | None) -> Allocation:
-    """:func:`allocate` at the given validation speeds."""
+    """:func:`allocate` at the given validation speeds: nnU-Net's AutoML when every configuration x fold gets its
+    iterations, else one configuration's strategy, after probes of the candidates when they pay."""
     previous_stage = dict(previous_stage or {})
-    names = list(speeds)
-    if not names:
+    if not speeds:
         raise ValueError("no configuration to train")
-    folds = [str(k) for k in range(num_folds)]
-    n_val = num_cases / max(num_folds, 1)
-    over, per_case = rule.part_overhead_seconds, rule.selection_seconds_per_case
+    price = _Pricing(speeds, rule, num_cases, num_folds)
+    automl, automl_needs = _automl(price, budget_seconds, previous_stage, preferred)
+    if automl is not None:
+        return automl
+    candidates = [c for c in speeds if c not in previous_stage]
+    first = preferred if preferred is not None else preferred_configuration(candidates)
+    probes, probe_seconds, worst, (strategy, t, selection) = _probes(price, budget_seconds, candidates, first)
+    return _one_configuration(price, budget_seconds, strategy, t, selection, worst, first, probes, probe_seconds,
+                              automl_needs)
 
-    def val(c: str) -> float:
-        return speeds[c].validation_seconds_per_case * n_val
 
-    def its(c: str, seconds: float) -> int:
-        return expected_iterations(speeds[c], seconds, rule.target_iterations)
+@dataclass(frozen=True)
+class _Pricing:
+    """What the parts of a run cost: the configurations' speeds, the rule, the run's cases and folds."""
 
-    def cap(c: str, seconds: float) -> float:
+    speeds: Mapping[str, ConfigurationSpeed]
+    rule: RunRule
+    num_cases: int
+    num_folds: int
+
+    @property
+    def n_val(self) -> float:
+        """Validation cases of one fold."""
+        return self.num_cases / max(self.num_folds, 1)
+
+    def val(self, c: str) -> float:
+        """Seconds of one fold's validation of ``c``."""
+        return self.speeds[c].validation_seconds_per_case * self.n_val
+
+    def its(self, c: str, seconds: float) -> int:
+        return expected_iterations(self.speeds[c], seconds, self.rule.target_iterations)
+
+    def cap(self, c: str, seconds: float) -> float:
         """No fold trains longer than nnU-Net's own length."""
-        return min(seconds, rule.full_iterations * speeds[c].seconds_per_iteration)
+        return min(seconds, self.rule.full_iterations * self.speeds[c].seconds_per_iteration)
 
-    # 1. nnU-Net's AutoML: every configuration (a cascade with its low-resolution stage) x every fold
+    def slowest(self, pool: Sequence[str]) -> ConfigurationSpeed:
+        """The strategy after the probes must hold whichever wins: it is decided with the slowest numbers."""
+        speeds = [self.speeds[c] for c in pool]
+        return ConfigurationSpeed(max(s.seconds_per_iteration for s in speeds),
+                                  max((s.cheapest_seconds_per_iteration or s.seconds_per_iteration) for s in speeds),
+                                  max(s.validation_seconds_per_case for s in speeds))
+
+    def single(self, budget: float, worst: ConfigurationSpeed) -> tuple[str, float, float]:
+        """(strategy, training seconds per fold, selection seconds) for one configuration in ``budget``."""
+        rule, n_val, num_cases, num_folds = self.rule, self.n_val, self.num_cases, self.num_folds
+        over, per_case = rule.part_overhead_seconds, rule.selection_seconds_per_case
+        v = worst.validation_seconds_per_case * n_val
+        cv_sel = per_case * num_cases * 2 + per_case * n_val * num_folds
+        t = (budget - cv_sel - num_folds * (over + v)) / num_folds
+        if expected_iterations(worst, t, rule.target_iterations) >= rule.ensemble_iterations:
+            return "cross-validation", t, cv_sel
+        sel = per_case * n_val * 3
+        t = (budget - sel - 2 * over - v) / 2
+        if expected_iterations(worst, t, rule.target_iterations) >= rule.ensemble_iterations:
+            return "fold 0 + all", t, sel
+        sel = per_case * n_val * 2
+        return "one fold", budget - sel - over - v, sel
+
+
+
+def _automl(price: _Pricing, budget_seconds: float, previous_stage: dict[str, str], preferred: str | None
+            ) -> tuple[Allocation | None, float]:
+    """1. nnU-Net's AutoML, every configuration (a cascade with its low-resolution stage) x every fold, when each
+    gets :attr:`RunRule.ensemble_iterations`; and the seconds it would need (for the reasons of smaller plans)."""
+    speeds, rule, num_folds, num_cases, n_val = price.speeds, price.rule, price.num_folds, price.num_cases, price.n_val
+    names, folds = list(speeds), [str(k) for k in range(num_folds)]
+    over, per_case = rule.part_overhead_seconds, rule.selection_seconds_per_case
+    val, its, cap = price.val, price.its, price.cap
     every = [c for c in names if previous_stage.get(c) is None or previous_stage[c] in names]
     n = len(every)
     automl_selection = per_case * num_cases * (n + n * (n - 1) // 2 + 1) + per_case * n_val * n * num_folds
@@ -328,35 +382,19 @@ def _allocate(budget_seconds: float, speeds: Mapping[str, ConfigurationSpeed], n
                             + ("; nnU-Net's full length reached" if cap(c, automl_t) < automl_t else ""))
                       for c in order)
         return Allocation("nnU-Net AutoML", parts, _minutes(automl_t), automl_selection,
-                          over * n * num_folds, {}, "find-best")
+                          over * n * num_folds, {}, "find-best"), automl_needs
+    return None, automl_needs
 
-    candidates = [c for c in names if c not in previous_stage]
-    first = preferred if preferred is not None else preferred_configuration(candidates)
 
-    def slowest(pool: Sequence[str]) -> ConfigurationSpeed:
-        """The strategy after the probes must hold whichever wins: it is decided with the slowest numbers."""
-        return ConfigurationSpeed(max(speeds[c].seconds_per_iteration for c in pool),
-                                  max((speeds[c].cheapest_seconds_per_iteration or speeds[c].seconds_per_iteration)
-                                      for c in pool),
-                                  max(speeds[c].validation_seconds_per_case for c in pool))
-
-    def single(budget: float, worst: ConfigurationSpeed) -> tuple[str, float, float]:
-        """(strategy, training seconds per fold, selection seconds) for one configuration in ``budget``."""
-        v = worst.validation_seconds_per_case * n_val
-        cv_sel = per_case * num_cases * 2 + per_case * n_val * num_folds
-        t = (budget - cv_sel - num_folds * (over + v)) / num_folds
-        if expected_iterations(worst, t, rule.target_iterations) >= rule.ensemble_iterations:
-            return "cross-validation", t, cv_sel
-        sel = per_case * n_val * 3
-        t = (budget - sel - 2 * over - v) / 2
-        if expected_iterations(worst, t, rule.target_iterations) >= rule.ensemble_iterations:
-            return "fold 0 + all", t, sel
-        sel = per_case * n_val * 2
-        return "one fold", budget - sel - over - v, sel
-
+def _probes(price: _Pricing, budget_seconds: float, candidates: list[str], first: str):
+    """2. Probes of the candidate configurations (successive halving) when they cost at most
+    :attr:`RunRule.probe_share` of the budget and leave the winner its iterations: ``(probes, seconds of each,
+    the speed the strategy is decided at, (strategy, training seconds per fold, selection seconds))``."""
+    rule, its, single, slowest = price.rule, price.its, price.single, price.slowest
+    over = rule.part_overhead_seconds
     probes: list[str] = []
     probe_seconds = 0.0
-    worst = speeds[first]
+    worst = price.speeds[first]
     strategy, t, selection = single(budget_seconds, worst)
     if len(candidates) > 1 and rule.probe_share > 0:
         pool_speed = slowest(candidates)
@@ -375,6 +413,17 @@ def _allocate(budget_seconds: float, speeds: Mapping[str, ConfigurationSpeed], n
                     >= rule.target_iterations:
                 probes = [first] + [c for c in candidates if c != first]
                 worst, (strategy, t, selection) = pool_speed, (s2, t2, sel2)
+    return probes, probe_seconds, worst, (strategy, t, selection)
+
+
+def _one_configuration(price: _Pricing, budget_seconds: float, strategy: str, t: float, selection: float,
+                       worst: ConfigurationSpeed, first: str, probes: list[str], probe_seconds: float,
+                       automl_needs: float) -> Allocation:
+    """3. The parts of one configuration's strategy (one fold, fold 0 + all, or cross-validation), after its
+    probes, with the reasons and warnings printed for them."""
+    rule, its, num_folds, num_cases, n_val = price.rule, price.its, price.num_folds, price.num_cases, price.n_val
+    folds = [str(k) for k in range(num_folds)]
+    over, per_case = rule.part_overhead_seconds, rule.selection_seconds_per_case
     pool = probes or [first]
     v = worst.validation_seconds_per_case * n_val
 
@@ -452,6 +501,8 @@ def _allocate(budget_seconds: float, speeds: Mapping[str, ConfigurationSpeed], n
     overhead = over * sum(len(p.folds) for p in parts)
     return Allocation(strategy, tuple(parts), _minutes(t), selection, overhead, predict, selection_kind,
                       tuple(notes))
+
+
 
 
 def validation_seconds_per_case(plans: Plans, configuration: str, seconds_per_mac: float,
