@@ -209,10 +209,15 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
 )
 
 
+def _add_workspace(parser: argparse.ArgumentParser, default_ws: str, help: str | None = None) -> None:
+    """``-w/--workspace``, as every command that reads or writes a workspace takes it."""
+    parser.add_argument("-w", "--workspace", type=Path, default=Path(default_ws), help=help)
+
+
 def _add_run_selection(parser: argparse.ArgumentParser, default_ws: str) -> None:
     """What a training run is of (``train`` and ``jobs``): the dataset, its workspace, configurations and folds."""
     parser.add_argument("dataset", metavar="DATASET")
-    parser.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    _add_workspace(parser, default_ws)
     parser.add_argument("-c", "--config", nargs="+", default=None,
                         help="configuration(s) (default: every planned one, then model selection)")
     parser.add_argument("-f", "--fold", nargs="+", default=None,
@@ -234,14 +239,37 @@ def build_parser(default_ws: str | None = None) -> argparse.ArgumentParser:
     _add_parser = sub.add_parser
     sub.add_parser = lambda *a, **k: _add_parser(*a, formatter_class=HelpFormatter, **k)  # defaults in every help
 
+    _add_verify_command(sub)
+    _add_plan_command(sub, default_ws)
+    _add_convert_command(sub)
+    _add_preprocess_command(sub, default_ws)
+    _add_evaluate_command(sub, default_ws)
+    _add_train_command(sub, default_ws)
+    _add_jobs_command(sub, default_ws)
+    _add_predict_command(sub, default_ws)
+    _add_find_best_command(sub, default_ws)
+    _add_export_command(sub, default_ws)
+    _add_import_command(sub, default_ws)
+    _add_serve_command(sub, default_ws)
+    _add_report_command(sub, default_ws)
+    _add_demo_command(sub)
+    for sp in sub.choices.values():  # the shared options' help, in one place
+        for action in sp._actions:
+            if action.help is None:
+                action.help = COMMON_HELP.get(action.dest)
+    return p
+
+
+def _add_verify_command(sub) -> None:
     v = sub.add_parser("verify", help="check a raw dataset folder (MSD or nnU-Net v2 layout); writes nothing")
     v.add_argument("raw_dir", type=Path, metavar="RAW_DIR")
     v.add_argument("-j", "--workers", type=_workers, default=None, help="parallel processes (default: auto)")
 
+
+def _add_plan_command(sub, default_ws: str) -> None:
     pl = sub.add_parser("plan", help="verify, fingerprint and plan a dataset")
     pl.add_argument("raw_dir", type=Path, metavar="RAW_DIR")
-    pl.add_argument("-w", "--workspace", type=Path, default=Path(default_ws),
-                    help="workspace folder (default: $AUTOSEG_WORKSPACE or ./autoseg_workspace)")
+    _add_workspace(pl, default_ws, help="workspace folder (default: $AUTOSEG_WORKSPACE or ./autoseg_workspace)")
     pl.add_argument("--preset", default="default", help="planner preset: default, resenc-m, resenc-l, resenc-xl")
     pl.add_argument("--gpu-memory", type=_positive_float, default=None, metavar="GB",
                     help="accelerator memory target (default: the preset's, else 8 as nnU-Net, or the CUDA "
@@ -260,6 +288,8 @@ def build_parser(default_ws: str | None = None) -> argparse.ArgumentParser:
     pl.add_argument("--device", default="auto",
                     help="device --budget is measured on: auto (CUDA when present), cpu, cuda, cuda:N")
 
+
+def _add_convert_command(sub) -> None:
     cv = sub.add_parser("convert", help="make a raw dataset from any folder of images and masks (file patterns)",
                         description="Describe where each case's files are with patterns relative to SOURCE, "
                                     "{case} standing for the case id in the file name; the result in OUT_DIR is "
@@ -284,15 +314,18 @@ def build_parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                     help="one per channel (default: R G B for colour files, else image)")
     cv.add_argument("--name", default=None, help="dataset name (default: OUT_DIR's name)")
 
+
+def _add_preprocess_command(sub, default_ws: str) -> None:
     pp = sub.add_parser("preprocess", help="preprocess a planned dataset (restartable; reuses unchanged data)")
     pp.add_argument("dataset", metavar="DATASET", help="dataset name (its folder in the workspace)")
-    pp.add_argument("-w", "--workspace", type=Path, default=Path(default_ws),
-                    help="workspace folder (default: $AUTOSEG_WORKSPACE or ./autoseg_workspace)")
+    _add_workspace(pp, default_ws, help="workspace folder (default: $AUTOSEG_WORKSPACE or ./autoseg_workspace)")
     pp.add_argument("-c", "--config", nargs="+", default=None, metavar="CONFIG",
                     help="configurations to preprocess (default: every planned one)")
     pp.add_argument("-j", "--workers", type=_workers, default=None,
                     help="parallel processes (default: from cores, free memory and the largest case)")
 
+
+def _add_evaluate_command(sub, default_ws: str) -> None:
     ev = sub.add_parser("evaluate", help="Dice, IoU, HD95 and NSD of predicted label maps against references")
     ev.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="predicted label maps <case><ending>")
     ev.add_argument("gt_dir", type=Path, metavar="GT_DIR", help="reference label maps, same names")
@@ -300,8 +333,7 @@ def build_parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                     help="label values or names (default: the dataset's foreground labels, else every nonzero "
                          "value in the references)")
     ev.add_argument("--dataset", default=None, metavar="NAME", help="planned dataset whose labels to use")
-    ev.add_argument("-w", "--workspace", type=Path, default=Path(default_ws),
-                    help="workspace of --dataset (default: $AUTOSEG_WORKSPACE or ./autoseg_workspace)")
+    _add_workspace(ev, default_ws, help="workspace of --dataset (default: $AUTOSEG_WORKSPACE or ./autoseg_workspace)")
     ev.add_argument("--predicted-only", action="store_true",
                     help="score only the reference cases that have a prediction (default: a missing one is an error)")
     ev.add_argument("-j", "--workers", type=_workers, default=None, help="parallel processes (default: one per core)")
@@ -314,6 +346,8 @@ def build_parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                     help="score regions (unions of labels) instead of labels, e.g. 'whole tumour=1,2,3,4' "
                          "'tumour core=1,3,4' 'enhancing tumour=4'")
 
+
+def _add_train_command(sub, default_ws: str) -> None:
     t = sub.add_parser("train", help="train a configuration's fold (resumable, extendable, time-budgeted)")
     _add_run_selection(t, default_ws)
     _add_training_options(t)
@@ -334,6 +368,8 @@ def build_parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                         "validation progress) is hung: it is killed and retried; 90 (minutes), 90m, 1.5h, 45s "
                         "(default: 60 minutes)")
 
+
+def _add_jobs_command(sub, default_ws: str) -> None:
     jb = sub.add_parser("jobs", help="print the training run as commands with dependencies (shell or sbatch script)")
     _add_run_selection(jb, default_ws)
     jb.add_argument("--format", choices=("shell", "slurm"), default="shell",
@@ -344,13 +380,15 @@ def build_parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                          "--sbatch=--gres=gpu:1 (repeatable)")
     _add_training_options(jb)
 
+
+def _add_predict_command(sub, default_ws: str) -> None:
     pr = sub.add_parser("predict", help="segment a folder of images with trained folds")
     pr.add_argument("dataset", metavar="DATASET")
     pr.add_argument("-i", "--input", type=Path, required=True, metavar="IMAGES_DIR",
                     help="folder of images (MSD naming, or nnU-Net's <case>_0000 per channel)")
     pr.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR",
                     help="folder the label maps are written to (<case> + the images' ending)")
-    pr.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    _add_workspace(pr, default_ws)
     pr.add_argument("-c", "--config", nargs="+", default=None, metavar="CONFIG",
                     help="configuration, several (their probabilities averaged), or best: best.json's choice with "
                          "its postprocessing (default: best once `autoseg find-best` ran, else 3d_fullres)")
@@ -375,18 +413,22 @@ def build_parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                     help="run the networks with torch (default), or as ONNX with onnxruntime on the CPU (extra "
                          "[onnx]; a fold's network.onnx is made from its checkpoint when missing)")
 
+
+def _add_find_best_command(sub, default_ws: str) -> None:
     fb = sub.add_parser("find-best", help="rank cross-validated configurations and pairs; choose postprocessing")
     fb.add_argument("dataset", metavar="DATASET")
-    fb.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    _add_workspace(fb, default_ws)
     fb.add_argument("-c", "--config", nargs="+", default=None, metavar="CONFIG",
                     help="configurations to consider (default: every planned one with all folds trained)")
     fb.add_argument("--configs", nargs="+", dest="config", help=argparse.SUPPRESS)  # old spelling, one release
     fb.add_argument("-j", "--workers", type=_workers, default=None, help="parallel processes (default: one per core)")
 
+
+def _add_export_command(sub, default_ws: str) -> None:
     ex = sub.add_parser("export", help="write trained models (plans, weights, summaries) to one zip")
     ex.add_argument("dataset", metavar="DATASET")
     ex.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.ZIP", help="zip to write")
-    ex.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    _add_workspace(ex, default_ws)
     ex.add_argument("-c", "--config", nargs="+", default=None, metavar="CONFIG",
                     help="configurations (default: best.json's choice, else every one with trained folds)")
     ex.add_argument("--checkpoint", choices=("final", "best"), default="final",
@@ -396,17 +438,21 @@ def build_parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                     help="onnx: also every fold's network as ONNX and inference.json, to run without autoseg "
                          "(extra [onnx]; default: checkpoint only)")
 
+
+def _add_import_command(sub, default_ws: str) -> None:
     im = sub.add_parser("import", help="unpack an exported model zip into a workspace (for autoseg predict)")
     im.add_argument("zip", type=Path, metavar="MODEL.ZIP", help="a zip written by autoseg export")
-    im.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    _add_workspace(im, default_ws)
     im.add_argument("--overwrite", action="store_true",
                     help="replace differing plans (kept as plans.<hash>.json) and fold folders")
 
+
+def _add_serve_command(sub, default_ws: str) -> None:
     sv = sub.add_parser("serve", help="serve trained models over HTTP (3D Slicer's MONAI Label extension, "
                                       "POST /v1/segment/DATASET); extra [serve]")
     sv.add_argument("datasets", nargs="*", metavar="DATASET",
                     help="datasets to serve (default: every one of the workspace with a trained or imported model)")
-    sv.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    _add_workspace(sv, default_ws)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     sv.add_argument("-c", "--config", default=None,
@@ -423,12 +469,16 @@ def build_parser(default_ws: str | None = None) -> argparse.ArgumentParser:
                     help="torch (default) or onnxruntime (extra [onnx])")
     sv.add_argument("--device", default="auto")
 
+
+def _add_report_command(sub, default_ws: str) -> None:
     rp = sub.add_parser("report", help="write a trained fold's report.md (metrics table, box plot, overlays)")
     rp.add_argument("dataset", metavar="DATASET")
-    rp.add_argument("-w", "--workspace", type=Path, default=Path(default_ws))
+    _add_workspace(rp, default_ws)
     rp.add_argument("-c", "--config", default="3d_fullres", help="configuration (default: 3d_fullres)")
     rp.add_argument("-f", "--fold", default="0", help="fold (default: 0)")
 
+
+def _add_demo_command(sub) -> None:
     d = sub.add_parser("demo", help="run the whole pipeline on a small synthetic dataset")
     d.add_argument("--make-data", type=Path, default=None, metavar="DIR",
                    help="only write a synthetic MSD dataset to DIR")
@@ -439,11 +489,6 @@ def build_parser(default_ws: str | None = None) -> argparse.ArgumentParser:
     d.add_argument("--budget", type=parse_duration, default=3.0, metavar="DURATION",
                    help="training time (default 3 minutes)")
     d.add_argument("--device", default="auto")
-    for sp in sub.choices.values():  # the shared options' help, in one place
-        for action in sp._actions:
-            if action.help is None:
-                action.help = COMMON_HELP.get(action.dest)
-    return p
 
 
 def _cmd_verify(args) -> int:
