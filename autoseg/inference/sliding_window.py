@@ -1,8 +1,10 @@
 """Sliding-window prediction of a whole image with Gaussian tile weighting and mirror test-time augmentation.
 
 Memory stays bounded by the image: one ``(num_classes, *spatial)`` float32 logit accumulator and one
-``spatial`` weight accumulator, on the accelerator when they fit there, else on the CPU; tiles are predicted
-``batch_size`` at a time and added in place, never all kept.
+``spatial`` weight accumulator, on the accelerator when they fit there, else on the CPU. The network sees tiles
+and their mirrorings together, as many per forward pass as :data:`PASS_VOXELS` allows (a small patch at batch 1
+leaves most of a CPU's or GPU's width idle; a large one already fills it), and each result is added in place, never
+all kept.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from autoseg.inference.tiling import gaussian_importance, num_tiles, padding_for
 
 PRECISIONS = ("fp32", "bf16")
 
+#: Input voxels (tiles x mirrorings x patch voxels) one forward pass takes at most, unless a single tile is larger.
+#: A 3D U-Net in inference holds about 0.5 kB of activations per input voxel at its widest (32 channels, float32,
+#: skip + upsampled + output), so 2**20 voxels is ~0.5 GB: Hippocampus's 40x56x40 patch with its 8 mirrorings goes
+#: in one pass, BraTS's 128^3 patch one mirroring at a time.
+PASS_VOXELS = 2 ** 20
+
 #: The accumulators go on the accelerator only when they take at most this fraction of its free memory; the rest
 #: is left for the network's activations.
 _DEVICE_MEMORY_FRACTION = 0.5
@@ -26,7 +34,7 @@ _DEVICE_MEMORY_FRACTION = 0.5
 
 def predict_logits(network: nn.Module, image: np.ndarray | torch.Tensor, patch_size: Sequence[int],
                    num_classes: int, *, step: float = 0.5, mirror_axes: Sequence[int] | None = None,
-                   device: str | torch.device = "cpu", precision: str = "fp32", batch_size: int = 1,
+                   device: str | torch.device = "cpu", precision: str = "fp32", batch_size: int | None = None,
                    gaussian: bool = True, progress: bool = False,
                    results_device: str | torch.device | None = None) -> torch.Tensor:
     """Logits of a whole image, predicted tile by tile.
@@ -57,7 +65,8 @@ def predict_logits(network: nn.Module, image: np.ndarray | torch.Tensor, patch_s
         ``"fp32"``, or ``"bf16"`` (autocast: faster on recent GPUs and CPUs with bf16 units; logits are
         accumulated in float32 either way).
     batch_size
-        Tiles per forward pass.
+        Network inputs per forward pass: tiles and their mirrorings, in that order (a tile's mirrorings may span
+        passes). ``None``: as many as :data:`PASS_VOXELS` allows, at least one.
     gaussian
         Weight each tile's logits with :func:`~autoseg.inference.tiling.gaussian_importance` (else uniformly).
     progress
@@ -85,7 +94,8 @@ def predict_logits(network: nn.Module, image: np.ndarray | torch.Tensor, patch_s
 
 def predict_logits_2d_slices(network: nn.Module, image: np.ndarray | torch.Tensor, patch_size: Sequence[int],
                              num_classes: int, *, step: float = 0.5, mirror_axes: Sequence[int] | None = None,
-                             device: str | torch.device = "cpu", precision: str = "fp32", batch_size: int = 1,
+                             device: str | torch.device = "cpu", precision: str = "fp32",
+                             batch_size: int | None = None,
                              gaussian: bool = True, progress: bool = False,
                              results_device: str | torch.device | None = None) -> torch.Tensor:
     """Logits of a 3D volume from a 2D network: every slice along axis ``z`` is tiled in-plane and predicted.
@@ -113,6 +123,8 @@ def _predict(network, image, patch, num_classes, slices, step, mirror_axes, devi
     device = torch.device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
+    if batch_size is None:
+        batch_size = max(1, PASS_VOXELS // int(np.prod(patch)))
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size} must be at least 1")
     axes = tuple(sorted(set(int(a) for a in (mirror_axes or ()))))
@@ -196,26 +208,29 @@ def _accumulate(network, image, patch, num_classes, slices, step, axes, device, 
     source = image.to(target) if target == device else image  # slicing tiles on the device avoids copies
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
+    flips = mirror_flips(axes)
     tiles, total = _tiles(spatial, patch, step, slices)
+    work = ((t, flip) for t in tiles for flip in flips)  # each tile's mirrorings, one network input each
+    share = weight / len(flips)  # a tile's mirrorings together add its weight once, as their mean would
     bar = None
     if progress:
         from autoseg.progress import bar as progress_bar
 
         bar = progress_bar(total, "sliding window", "tile")
     try:
-        for batch in _batched(tiles, batch_size):
-            x = torch.stack([source[(slice(None), *t)] for t in batch]).to(device)
+        for batch in _batched(work, batch_size):
+            x = torch.stack([_flip(source[(slice(None), *t)], flip, 1) for t, flip in batch]).to(device)
             with autocast:
-                pred = _mirrored_forward(network, x, axes)
+                pred = _forward(network, x)
             if pred.shape != (len(batch), num_classes, *patch):
                 raise ValueError(f"network output has shape {tuple(pred.shape)}, expected "
                                  f"{(len(batch), num_classes, *patch)} for input {tuple(x.shape)}")
-            pred = pred.to(target, torch.float32) * weight
-            for p, t in zip(pred, batch):
-                logits[(slice(None), *t)] += p
-                weights[t] += weight
+            pred = pred.to(target, torch.float32)
+            for p, (t, flip) in zip(pred, batch):
+                logits[(slice(None), *t)] += _flip(p, flip, 1) * share
+                weights[t] += share
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(sum(flip == () for _, flip in batch))
     finally:
         if bar is not None:
             bar.close()
@@ -223,23 +238,21 @@ def _accumulate(network, image, patch, num_classes, slices, step, axes, device, 
     return logits
 
 
+def mirror_flips(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every combination of flips of the spatial ``axes`` (0 = first spatial axis), the unflipped input first."""
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(tuple(axes), r)]
+
+
+def _flip(x: torch.Tensor, flip: tuple[int, ...], first_spatial: int) -> torch.Tensor:
+    """``x`` flipped along the spatial axes ``flip``, which start at axis ``first_spatial`` of ``x``."""
+    return torch.flip(x, [a + first_spatial for a in flip]) if flip else x
+
+
 def _forward(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = network(x)
     if isinstance(out, (list, tuple)):
         out = out[0]  # deep supervision: the full-resolution output comes first
     return out.float()
-
-
-def _mirrored_forward(network: nn.Module, x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
-    """Mean of the logits over every combination of flips of ``axes`` (spatial axes of the patch)."""
-    pred = _forward(network, x)
-    dims = [a + 2 for a in axes]  # skip batch and channel axes
-    combos = [c for r in range(1, len(dims) + 1) for c in itertools.combinations(dims, r)]
-    for flip in combos:
-        pred += torch.flip(_forward(network, torch.flip(x, flip)), flip)
-    if combos:
-        pred /= len(combos) + 1
-    return pred
 
 
 def _batched(items, n: int):

@@ -85,6 +85,15 @@ def test_mirroring_flips_back(axis):
     np.testing.assert_allclose(all_axes.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 64, None])
+def test_mirrorings_split_across_passes_change_nothing(batch_size):
+    """A tile's 8 mirrorings in one pass, split over several, or shared with other tiles: the same logits."""
+    net = _Ramp(1)
+    ref = predict_logits(net, IMAGE, PATCH, 2, mirror_axes=(0, 1, 2), batch_size=1, step=0.4)
+    out = predict_logits(net, IMAGE, PATCH, 2, mirror_axes=(0, 1, 2), batch_size=batch_size, step=0.4)
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("mirror_axes", [None, (0, 1)])
 def test_2d_network_on_3d_volume(mirror_axes):
     conv = _pointwise(2)
