@@ -282,12 +282,33 @@ def make_case(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, 
     if spec.anatomy == "fundus":
         image, label, geometry, _ = fundus_case(spec, index)
         return image, label, geometry
+    # every step draws from ``rng`` in turn: the order of the steps is part of the cases' bytes
     shape, geometry = _case_grid(spec, rng)
     half = (np.array(shape, float) - 1) / 2
     grid = [(np.arange(n, dtype=np.float32) - h) / h for n, h in zip(shape, half)]  # [-1, 1] per axis
+    body_c, body_r, inside, rim = _body(spec, rng, grid)
+    label = _placed_structures(spec, rng, shape, half, body_c, body_r, inside & ~rim if rim is not None else inside)
+    is_ct = [ch.upper() == "CT" for ch in spec.channels]
+    region = _region_map(spec, label, grid, body_c, body_r, inside, rim, any(is_ct))
+    image = _intensities(spec, rng, region, grid, inside, is_ct)
+    return image, label, geometry
 
-    # Body / brain: a deformed ellipsoid in volume-normalised coordinates, filling ~80 % of each axis so cropping
-    # to the nonzero region removes about half the volume for MRI-like channels.
+
+def _body(spec: SyntheticSpec, rng: np.random.Generator, grid: list[np.ndarray]
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The body (or brain): a deformed ellipsoid on ``grid``, the case's volume-normalised 1D axes (z, y, x).
+
+    Returns
+    -------
+    centre, radii
+        Its centre and semi-axes in ``grid`` units.
+    inside
+        ``(z, y, x)`` bool: the body.
+    rim
+        ``(z, y, x)`` bool: its fat rim (``"body"`` anatomy), or ``None`` (a brain has none).
+    """
+    # Filling ~80 % of each axis, so cropping to the nonzero region removes about half the volume for MRI-like
+    # channels.
     body_c = rng.uniform(-0.05, 0.05, 3)
     body_r = np.array([0.86, 0.78, 0.84]) * rng.uniform(0.93, 1.05, 3)
     rel = [(g - c) / r for g, c, r in zip(grid, body_c, body_r)]
@@ -299,23 +320,35 @@ def make_case(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, 
     q /= limit  # q < 1 inside; sqrt(q) ~ fraction of the local body radius
     inside = q < 1
     rim = (q >= (1 - _FAT_RIM) ** 2) & inside if spec.anatomy == "body" else None
-    del limit
+    return body_c, body_r, inside, rim
 
+
+def _placed_structures(spec: SyntheticSpec, rng: np.random.Generator, shape, half: np.ndarray, body_c: np.ndarray,
+                       body_r: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The label map of :func:`_structures`, drawn again until every structure has voxels.
+
+    Raises
+    ------
+    ValueError
+        No draw of 20 holds every structure (only on grids too small to hold them).
+    """
     for _attempt in range(20):
-        label = _structures(spec, rng, shape, half, body_c, body_r, inside & ~rim if rim is not None else inside)
+        label = _structures(spec, rng, shape, half, body_c, body_r, inside)
         if np.all(np.bincount(label.ravel(), minlength=spec.num_organs + 1)[1:] > 0):
-            break
-    else:  # only on grids too small to hold the structures
-        raise ValueError(f"cannot place {spec.num_organs} structures in a {shape} grid; use a larger shape")
+            return label
+    raise ValueError(f"cannot place {spec.num_organs} structures in a {shape} grid; use a larger shape")
 
-    # Region map: 0 tissue, 1..K structures, K+1 fat rim, K+2 bone, K+3 outside.
+
+def _region_map(spec: SyntheticSpec, label: np.ndarray, grid: list[np.ndarray], body_c: np.ndarray,
+                body_r: np.ndarray, inside: np.ndarray, rim: np.ndarray | None, has_ct: bool) -> np.ndarray:
+    """The region of every voxel, what its intensity is drawn for: 0 tissue, 1..K structures (``label``), K+1 fat
+    rim, K+2 bone (a spine, for CT), K+3 outside."""
     n = spec.num_organs
-    region = np.full(shape, n + 3, np.uint8)
+    region = np.full(label.shape, n + 3, np.uint8)
     region[inside] = 0
     if rim is not None:
         region[rim] = n + 1
-    is_ct = [ch.upper() == "CT" for ch in spec.channels]
-    if spec.anatomy == "body" and any(is_ct):
+    if spec.anatomy == "body" and has_ct:
         # Spine-like bone cylinder along z, posterior; organs drawn afterwards stay on top.
         sy, sx = body_c[1] + 0.58 * body_r[1], body_c[2]
         spine = (((grid[1][:, None] - sy) / (0.15 * body_r[1])) ** 2
@@ -323,26 +356,21 @@ def make_case(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, 
         region[(region == 0) & spine[None]] = n + 2
     fg = label > 0
     region[fg] = label[fg]
-    del fg, q
+    return region
 
+
+def _intensities(spec: SyntheticSpec, rng: np.random.Generator, region: np.ndarray, grid: list[np.ndarray],
+                 inside: np.ndarray, is_ct: list[bool]) -> np.ndarray:
+    """The ``(C, z, y, x)`` float32 image of the region map: per channel, its regions' intensities
+    (:func:`_channel_lut`) blurred for partial volume, texture and noise; MRI-like channels also get a bias field,
+    are positive inside the body and exactly zero outside; CT channels are integer Hounsfield-like values."""
+    shape = region.shape
     texture = _texture(rng, shape)
-    jitter = rng.uniform(0.85, 1.15, n)  # per-case organ contrast variation
+    jitter = rng.uniform(0.85, 1.15, spec.num_organs)  # per-case organ contrast variation
     image = np.empty((len(spec.channels),) + shape, np.float32)
     bias = None
     for ci, ct in enumerate(is_ct):
-        if ct:
-            lut = np.empty(n + 4, np.float32)
-            lut[0], lut[n + 1], lut[n + 2], lut[n + 3] = 40.0, -100.0, 700.0, -1000.0
-            lut[1: n + 1] = (np.array(_CT_ORGAN_HU[:n]) - 40.0) * jitter + 40.0
-        else:
-            base = _MRI_BASE[ci % len(_MRI_BASE)] * rng.uniform(0.8, 1.25)  # arbitrary per-scan MRI scale
-            if spec.anatomy == "body":
-                contrast = np.array([_MRI_CONTRAST[(k + 3 * ci) % len(_MRI_CONTRAST)] for k in range(n)])
-            else:
-                contrast = np.array([_TUMOUR_CONTRAST[k][ci % 4] for k in range(n)])
-            lut = np.empty(n + 4, np.float32)
-            lut[0], lut[n + 1], lut[n + 2], lut[n + 3] = base, base * 1.4, base * 0.3, 0.0
-            lut[1: n + 1] = base * (1 + contrast * jitter)
+        lut, base = _channel_lut(spec, rng, ci, ct, jitter)
         img = image[ci]
         img[...] = lut[region]
         ndi.gaussian_filter(img, 0.6, truncate=2.5, output=img)  # partial volume at edges
@@ -352,17 +380,42 @@ def make_case(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, 
             np.rint(img, out=img)
             np.clip(img, -1024, 3071, out=img)
         else:
-            if bias is None:
-                # Smooth multiplicative field: separable quadratic log-bias per axis times texture contrast.
-                log_b = [np.float32(a) * g + np.float32(b) * g * g for g, (a, b) in
-                         zip(grid, rng.uniform(-0.15, 0.15, (3, 2)))]
-                bias = np.exp(log_b[0][:, None, None] + log_b[1][None, :, None] + log_b[2][None, None, :])
-                bias *= 1 + 0.10 * texture
+            if bias is None:  # drawn at the first MRI channel: every MRI channel shares it
+                bias = _bias_field(rng, grid, texture)
             img *= bias
             img += rng.standard_normal(shape, dtype=np.float32) * np.float32(0.04 * base)
             np.maximum(img, np.float32(0.01 * base), out=img)  # magnitude images: positive inside
             img[~inside] = 0  # exactly zero outside, so crop-to-nonzero finds the body
-    return image, label, geometry
+    return image
+
+
+def _channel_lut(spec: SyntheticSpec, rng: np.random.Generator, ci: int, ct: bool, jitter: np.ndarray
+                 ) -> tuple[np.ndarray, float | None]:
+    """Channel ``ci``'s intensity of every region of :func:`_region_map`, and its tissue intensity (``None`` for
+    CT, whose Hounsfield units have a fixed scale); ``jitter``: the case's organ contrast factors."""
+    n = spec.num_organs
+    lut = np.empty(n + 4, np.float32)
+    if ct:
+        lut[0], lut[n + 1], lut[n + 2], lut[n + 3] = 40.0, -100.0, 700.0, -1000.0
+        lut[1: n + 1] = (np.array(_CT_ORGAN_HU[:n]) - 40.0) * jitter + 40.0
+        return lut, None
+    base = _MRI_BASE[ci % len(_MRI_BASE)] * rng.uniform(0.8, 1.25)  # arbitrary per-scan MRI scale
+    if spec.anatomy == "body":
+        contrast = np.array([_MRI_CONTRAST[(k + 3 * ci) % len(_MRI_CONTRAST)] for k in range(n)])
+    else:
+        contrast = np.array([_TUMOUR_CONTRAST[k][ci % 4] for k in range(n)])
+    lut[0], lut[n + 1], lut[n + 2], lut[n + 3] = base, base * 1.4, base * 0.3, 0.0
+    lut[1: n + 1] = base * (1 + contrast * jitter)
+    return lut, base
+
+
+def _bias_field(rng: np.random.Generator, grid: list[np.ndarray], texture: np.ndarray) -> np.ndarray:
+    """Smooth multiplicative MRI bias field: separable quadratic log-bias per axis times texture contrast."""
+    log_b = [np.float32(a) * g + np.float32(b) * g * g for g, (a, b) in
+             zip(grid, rng.uniform(-0.15, 0.15, (3, 2)))]
+    bias = np.exp(log_b[0][:, None, None] + log_b[1][None, :, None] + log_b[2][None, None, :])
+    bias *= 1 + 0.10 * texture
+    return bias
 
 
 def fundus_case(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, np.ndarray, Geometry, np.ndarray]:

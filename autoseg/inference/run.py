@@ -8,7 +8,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -235,8 +235,34 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
     """
     output_dir = Path(output_dir)
     check_output_dir(output_dir, images_dir)
-    n_channels = len(predictor.plans.channel_names)
     file_ending = input_ending(Path(images_dir), file_ending)
+    cases, bad, rois = _good_cases(predictor, Path(images_dir), file_ending, roi_dir, skip_bad, progress)
+    lut = label_value_table(label_values)
+    out_ending = natural.output_ending(file_ending)
+    outputs = {c.case_id: segmentation_file(output_dir, c.case_id, out_ending) for c in cases}
+    todo, skipped = _cases_to_predict(cases, outputs, output_dir, overwrite, continue_)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write = _case_writer(output_dir, outputs, {c.case_id: c.files[0] for c in cases}, rois, postprocess, lut)
+    written = _predict_and_write(predictor, todo, write, save_probabilities, progress)
+    _update_failures_file(output_dir, bad)
+    return PredictSummary(tuple(written), skipped, output_dir, bad)
+
+
+def _good_cases(predictor: Predictor, images_dir: Path, file_ending: str, roi_dir: Path | None, skip_bad: bool,
+                progress: bool) -> tuple[list[InputCase], dict[str, tuple[str, ...]], dict[str, Path]]:
+    """Find the cases of ``images_dir`` and check each one's images and region-of-interest mask completely.
+
+    Returns
+    -------
+    cases, bad, rois
+        The good cases, in order; case id -> problems of every bad one; case id -> mask file of the good ones.
+
+    Raises
+    ------
+    AutosegError
+        Any bad case without ``skip_bad``: one line per problem, in case order, before anything is written.
+    """
+    n_channels = len(predictor.plans.channel_names)
     cases = find_cases(images_dir, n_channels, file_ending)
     bad = check_inputs(cases, n_channels, predictor.plans.channel_names, progress)
     rois = {}
@@ -246,21 +272,35 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
             bad[cid] = bad.get(cid, ()) + problems
     if bad and not skip_bad:
         raise AutosegError(*[line for c in cases for line in bad.get(c.case_id, ())])
-    cases = [c for c in cases if c.case_id not in bad]
-    lut = label_value_table(label_values)
-    out_ending = natural.output_ending(file_ending)
-    outputs = {c.case_id: segmentation_file(output_dir, c.case_id, out_ending) for c in cases}
+    return [c for c in cases if c.case_id not in bad], bad, rois
+
+
+def _cases_to_predict(cases: Sequence[InputCase], outputs: dict[str, Path], output_dir: Path, overwrite: bool,
+                      continue_: bool) -> tuple[list[InputCase], tuple[str, ...]]:
+    """The cases to predict and the ids of those skipped because their output exists (``continue_``).
+
+    Raises
+    ------
+    AutosegError
+        Some outputs exist already and neither ``overwrite`` nor ``continue_`` says what to do with them.
+    """
     existing = [cid for cid, p in outputs.items() if p.exists()]
     if existing and not (overwrite or continue_):
         raise AutosegError(f"{outputs[existing[0]]}: {len(existing)} output file(s) already exist in {output_dir}; "
                            f"pass {option('continue_=True')} to skip them or {option('overwrite=True')} to replace "
                            f"them")
     todo = [c for c in cases if overwrite or c.case_id not in existing]
-    skipped = tuple(c.case_id for c in cases if c not in todo)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    return todo, tuple(c.case_id for c in cases if c not in todo)
 
-    files = {c.case_id: c.files[0] for c in cases}
 
+def _case_writer(output_dir: Path, outputs: dict[str, Path], files: dict[str, Path], rois: dict[str, Path],
+                 postprocess, lut) -> Callable[[str, Geometry, Any], None]:
+    """The function that writes one case's prediction: ``write(case_id, geometry, prediction)``.
+
+    It postprocesses the segmentation, sets it to background outside the case's region of interest (``rois``,
+    read against the case's first image in ``files``), writes it to ``outputs[case_id]`` in the label values of
+    ``lut`` (``None``: the indices), and its probabilities, when predicted, beside it.
+    """
     def write(case_id: str, geometry, prediction) -> None:
         seg = prediction.segmentation if postprocess is None else postprocess(prediction.segmentation)
         roi = read_roi(rois[case_id], files[case_id]) if case_id in rois else None
@@ -270,10 +310,20 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
             probability_files.save_probabilities(probabilities_file(output_dir, case_id),
                                                  apply_roi_to_probabilities(prediction.probabilities, roi))
 
+    return write
+
+
+def _predict_and_write(predictor: Predictor, cases: Sequence[InputCase], write: Callable[[str, Geometry, Any], None],
+                       save_probabilities: bool, progress: bool) -> list[str]:
+    """Predict ``cases`` in order and ``write`` each one in a background thread; the ids written.
+
+    The previous case is written while the network predicts the current one (and :func:`iter_logits` reads the
+    next), so at most two cases are in memory besides the one being predicted.
+    """
     written = []
     with ThreadPoolExecutor(1, thread_name_prefix="autoseg-write") as writer:
         pending_write = None
-        for case, geometry, props, logits in iter_logits(predictor, todo, "predict", progress):
+        for case, geometry, props, logits in iter_logits(predictor, cases, "predict", progress):
             prediction = predictor.finish(logits, props, save_probabilities)
             del logits
             if pending_write is not None:
@@ -282,10 +332,14 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
             written.append(case.case_id)
         if pending_write is not None:
             pending_write.result()
+    return written
+
+
+def _update_failures_file(output_dir: Path, bad: dict[str, tuple[str, ...]]) -> None:
+    """List the refused cases in :data:`FAILURES_FILE` (``skip_bad``), or remove the list when none was refused."""
     failures = output_dir / FAILURES_FILE
     if bad:
         atomic_write_text(failures, json.dumps({"failures": [
             {"case": cid, "problems": list(problems)} for cid, problems in sorted(bad.items())]}, indent=1) + "\n")
     elif failures.is_file():
         failures.unlink()  # from an earlier run of this folder: every input is good now
-    return PredictSummary(tuple(written), skipped, output_dir, bad)

@@ -421,29 +421,29 @@ def _one_configuration(price: _Pricing, budget_seconds: float, strategy: str, t:
                        automl_needs: float) -> Allocation:
     """3. The parts of one configuration's strategy (one fold, fold 0 + all, or cross-validation), after its
     probes, with the reasons and warnings printed for them."""
-    rule, its, num_folds, num_cases, n_val = price.rule, price.its, price.num_folds, price.num_cases, price.n_val
-    folds = [str(k) for k in range(num_folds)]
-    over, per_case = rule.part_overhead_seconds, rule.selection_seconds_per_case
-    pool = probes or [first]
-    v = worst.validation_seconds_per_case * n_val
-
-    # what a larger budget would buy (printed in the reasons)
-    fold0_all_needs = 2 * rule.ensemble_iterations * worst.seconds_per_iteration + per_case * n_val * 3 + 2 * over + v
-    cv_needs = (num_folds * (rule.ensemble_iterations * worst.seconds_per_iteration + over + v)
-                + per_case * num_cases * 2 + per_case * n_val * num_folds)
-    probe_note = (f" ({' or '.join(pool)}: the best of the probes)" if probes else
-                  f" (nnU-Net's default for {'2D' if first == '2d' else '3D'} data)")
-    c_name = "" if probes else first
     notes: list[str] = []
     t = max(t, 0.0)
     if t < MIN_PART_SECONDS:
         notes.append(f"a budget of {_fmt_minutes(budget_seconds)} leaves {t:.0f} s of training after the "
                      f"validation and start-up it needs: too little to train a model")
-    parts: list[RunPart] = []
-    ladder = ("" if worst.cheapest_seconds_per_iteration is None else
-              f"; the plan is made cheaper until it reaches {rule.target_iterations} iterations where it must")
+    parts = _probe_parts(price, probes, probe_seconds, t)
+    trained, predict, selection_kind = _strategy_parts(price, strategy, t, worst, first, probes, automl_needs)
+    parts += trained
+    notes += _iteration_notes(parts[-1], price.rule)
+    if probes:  # the winner's fold 0 was trained for the probe's time before it continues
+        parts[len(probes)] = dataclasses.replace(parts[len(probes)], start_minutes=_minutes(probe_seconds))
+    overhead = price.rule.part_overhead_seconds * sum(len(p.folds) for p in parts)
+    return Allocation(strategy, tuple(parts), _minutes(t), selection, overhead, predict, selection_kind,
+                      tuple(notes))
+
+
+def _probe_parts(price: _Pricing, probes: Sequence[str], probe_seconds: float, t: float) -> list[RunPart]:
+    """The probes: fold 0 of every candidate in ``probes`` for ``probe_seconds``, at the plan fitted to the
+    winner's fold of ``t`` training seconds; the best continues, the others are dropped."""
+    rule, over = price.rule, price.rule.part_overhead_seconds
+    parts = []
     for c in probes:
-        step = t / max(its(c, t), 1)  # the probe trains the plan fitted to the winner's fold
+        step = t / max(price.its(c, t), 1)  # the probe trains the plan fitted to the winner's fold
         parts.append(RunPart(
             kind="probe", configuration=c, folds=("0",), minutes=_minutes(probe_seconds),
             iterations=int(probe_seconds / step + 1e-6), seconds_per_iteration=round(step, 3), validate=False,
@@ -452,55 +452,80 @@ def _one_configuration(price: _Pricing, budget_seconds: float, strategy: str, t:
                    f"{rule.probe_iterations} iterations); the probe with the best smoothed pseudo-Dice continues, "
                    f"the others ({_fmt_minutes((len(probes) - 1) * (probe_seconds + over))}, at most "
                    f"{rule.probe_share:.0%} of the budget) are dropped"))
-    fold0_kind = "continue" if probes else "train"
-    fold0_start = (f"the best probe's fold 0 continues to {_fmt_minutes(t)}" if probes else "")
+    return parts
+
+
+def _strategy_parts(price: _Pricing, strategy: str, t: float, worst: ConfigurationSpeed, first: str,
+                    probes: list[str], automl_needs: float
+                    ) -> tuple[list[RunPart], dict[str, tuple[str, ...]], str]:
+    """The parts that train the configuration for ``strategy``, ``t`` seconds each: ``first``, or the best of
+    ``probes`` when there are probes. Each reason says what a larger budget would buy.
+
+    Returns
+    -------
+    parts, predict, selection
+        The parts; configuration -> folds averaged at prediction (empty after probes: the winner is not known
+        yet); ``"validation"`` or ``"find-best"``.
+    """
+    rule, num_folds, num_cases, n_val = price.rule, price.num_folds, price.num_cases, price.n_val
+    folds = [str(k) for k in range(num_folds)]
+    over, per_case = rule.part_overhead_seconds, rule.selection_seconds_per_case
+    v = worst.validation_seconds_per_case * n_val
+    c_name = "" if probes else first
+    probe_note = (f" ({' or '.join(probes)}: the best of the probes)" if probes else
+                  f" (nnU-Net's default for {'2D' if first == '2d' else '3D'} data)")
     if strategy == "one fold":
-        parts.append(_part(fold0_kind, c_name, ("0",), t, worst, rule, True, v,
-                           (fold0_start + "; " if probes else "")
-                           + f"one model{probe_note}: the whole budget on fold 0, whose validation (1/{num_folds} "
+        fold0_all_needs = (2 * rule.ensemble_iterations * worst.seconds_per_iteration + per_case * n_val * 3
+                           + 2 * over + v)
+        ladder = ("" if worst.cheapest_seconds_per_iteration is None else
+                  f"; the plan is made cheaper until it reaches {rule.target_iterations} iterations where it must")
+        parts = [_fold0_part(price, t, worst, c_name, probes,
+                             f"one model{probe_note}: the whole budget on fold 0, whose validation (1/{num_folds} "
                              f"of the cases) chooses postprocessing and scores the model{ladder}. Two models "
                              f"(fold 0 + all cases) need about {_fmt_minutes(fold0_all_needs)}, each "
-                             f"{rule.ensemble_iterations} iterations at nnU-Net's plan",
-                           candidates=probes))
-        predict = {c_name: ("0",)} if c_name else {}
-        selection_kind = "validation"
-    elif strategy == "fold 0 + all":
-        parts.append(_part(fold0_kind, c_name, ("0",), t, worst, rule, True, v,
-                           (fold0_start + "; " if probes else "")
-                           + f"validation model{probe_note}: fold 0's validation chooses postprocessing and scores "
-                             f"the model; it is also half of the final ensemble",
-                           candidates=probes))
-        parts.append(_part("train", c_name, ("all",), t, worst, rule, False, 0.0,
-                           f"a model on all cases (a quarter more training data than a fold), averaged with fold 0 "
-                           f"at prediction; {num_folds} folds of {rule.ensemble_iterations} iterations need about "
-                           f"{_fmt_minutes(cv_needs)}", candidates=probes))
-        predict = {c_name: ("0", "all")} if c_name else {}
-        selection_kind = "validation"
-    else:
-        parts.append(_part(fold0_kind, c_name, ("0",), t, worst, rule, True, v,
-                           (fold0_start + "; " if probes else "")
-                           + f"cross-validation{probe_note}: fold 0 of {num_folds}", candidates=probes))
-        parts.append(_part("train", c_name, tuple(folds[1:]), t, worst, rule, True, v,
-                           f"cross-validation: every fold at least {rule.ensemble_iterations} iterations gives a "
-                           f"{num_folds}-fold ensemble and postprocessing chosen on every case; every configuration "
-                           f"x {num_folds} folds (nnU-Net's AutoML) needs about {_fmt_minutes(automl_needs)}",
-                           candidates=probes))
-        predict = {c_name: tuple(folds)} if c_name else {}
-        selection_kind = "find-best"
-    main = parts[-1]
+                             f"{rule.ensemble_iterations} iterations at nnU-Net's plan")]
+        return parts, ({c_name: ("0",)} if c_name else {}), "validation"
+    if strategy == "fold 0 + all":
+        cv_needs = (num_folds * (rule.ensemble_iterations * worst.seconds_per_iteration + over + v)
+                    + per_case * num_cases * 2 + per_case * n_val * num_folds)
+        parts = [_fold0_part(price, t, worst, c_name, probes,
+                             f"validation model{probe_note}: fold 0's validation chooses postprocessing and scores "
+                             f"the model; it is also half of the final ensemble"),
+                 _part("train", c_name, ("all",), t, worst, rule, False, 0.0,
+                       f"a model on all cases (a quarter more training data than a fold), averaged with fold 0 "
+                       f"at prediction; {num_folds} folds of {rule.ensemble_iterations} iterations need about "
+                       f"{_fmt_minutes(cv_needs)}", candidates=probes)]
+        return parts, ({c_name: ("0", "all")} if c_name else {}), "validation"
+    parts = [_fold0_part(price, t, worst, c_name, probes, f"cross-validation{probe_note}: fold 0 of {num_folds}"),
+             _part("train", c_name, tuple(folds[1:]), t, worst, rule, True, v,
+                   f"cross-validation: every fold at least {rule.ensemble_iterations} iterations gives a "
+                   f"{num_folds}-fold ensemble and postprocessing chosen on every case; every configuration "
+                   f"x {num_folds} folds (nnU-Net's AutoML) needs about {_fmt_minutes(automl_needs)}",
+                   candidates=probes)]
+    return parts, ({c_name: tuple(folds)} if c_name else {}), "find-best"
+
+
+def _fold0_part(price: _Pricing, t: float, worst: ConfigurationSpeed, configuration: str, probes: list[str],
+                reason: str) -> RunPart:
+    """Fold 0 of the configuration, validated: trained for ``t`` seconds, or after probes the best probe's fold 0
+    continued to them."""
+    start = f"the best probe's fold 0 continues to {_fmt_minutes(t)}; " if probes else ""
+    return _part("continue" if probes else "train", configuration, ("0",), t, worst, price.rule, True,
+                 worst.validation_seconds_per_case * price.n_val, start + reason, candidates=probes)
+
+
+def _iteration_notes(main: RunPart, rule: RunRule) -> list[str]:
+    """The warning for the main part's model when it gets fewer iterations than it needs to learn, or than the
+    plans aim for."""
     if 0 < main.iterations < rule.min_useful_iterations:
-        notes.append(f"the budget gives each model only ~{main.iterations} iterations (fewer than "
-                     f"{rule.min_useful_iterations}: it will learn little; on Hippocampus ~40 iterations gave Dice 0); "
-                     f"raise --budget")
-    elif 0 < main.iterations < rule.target_iterations:
-        notes.append(f"the budget gives each model ~{main.iterations} iterations, short of the "
-                     f"{rule.target_iterations} the plans aim for (they keep their context rather than shrink the "
-                     f"patch further, or are at their cheapest): a longer budget trains better")
-    if probes:  # the winner's fold 0 was trained for the probe's time before it continues
-        parts[len(probes)] = dataclasses.replace(parts[len(probes)], start_minutes=_minutes(probe_seconds))
-    overhead = over * sum(len(p.folds) for p in parts)
-    return Allocation(strategy, tuple(parts), _minutes(t), selection, overhead, predict, selection_kind,
-                      tuple(notes))
+        return [f"the budget gives each model only ~{main.iterations} iterations (fewer than "
+                f"{rule.min_useful_iterations}: it will learn little; on Hippocampus ~40 iterations gave Dice 0); "
+                f"raise --budget"]
+    if 0 < main.iterations < rule.target_iterations:
+        return [f"the budget gives each model ~{main.iterations} iterations, short of the "
+                f"{rule.target_iterations} the plans aim for (they keep their context rather than shrink the "
+                f"patch further, or are at their cheapest): a longer budget trains better"]
+    return []
 
 
 
@@ -595,66 +620,103 @@ def fit_run_plan(fingerprint: Fingerprint, preset: PlannerPreset, memory_gb: flo
     cheapest = make_plans(fingerprint, preset, memory_gb,
                           TimeBudget(1e-9, device, seconds_per_mac, rule.target_iterations))
     speeds = configuration_speeds(base, seconds_per_mac, cheapest)
-    num_cases = len(fingerprint.cases)
-    names = list(base.configurations)
+    fitter = _PlanFitter(fingerprint, preset, memory_gb, budget_minutes, device, seconds_per_mac, rule, num_folds,
+                         base)
+    # The first allocation, at the memory-only and cheapest plans' speeds, chooses the configurations; later ones
+    # only price them (choosing again at each step flips between strategies, e.g. with and without probes).
+    first = fitter.allocated(list(base.configurations), speeds)
+    names = _chosen_configurations(first, base)
+    plans, alloc, speeds = _fit_to_the_fold(fitter, names, speeds, first.fold_minutes)
+    run = _record(alloc, plans, budget_minutes, device, seconds_per_mac, rule.target_iterations, speeds,
+                  len(fingerprint.cases), num_folds)
+    _check_trainable(run)
+    return plans, run
 
-    def allocated(names: list[str], speeds: Mapping[str, ConfigurationSpeed]) -> Allocation:
-        previous = {n: c.previous_stage for n, c in base.configurations.items() if c.previous_stage and n in names}
-        return allocate(budget_minutes * 60.0, {n: speeds[n] for n in names}, num_cases, num_folds, previous, rule)
 
-    def fit(minutes: float) -> Plans:
-        return make_plans(fingerprint, preset, memory_gb,
-                          TimeBudget(max(minutes, 1e-6), device, seconds_per_mac, rule.target_iterations))
+@dataclass(frozen=True)
+class _PlanFitter:
+    """What :func:`fit_run_plan` fits plans and allocates parts with: its arguments and the memory-only plans."""
 
-    # A plan the budget makes cheaper has a smaller patch, so more tiles to validate and less time to train; and
-    # the ladder is not monotonic (a longer fold may keep the width and shrink the patch, and validate far longer:
-    # Hippocampus at 201 s per 10^12 MACs). So the parts are always priced with the validation times of the plans
-    # they train, and the plans are those of the longest fold time m whose run plan still gives a fold at least m
-    # (the largest model that reaches its iterations): from the first allocation's fold time down until that
-    # holds, then up while it keeps holding. The first allocation, at the memory-only and cheapest plans' speeds,
-    # chooses the configurations; later ones only price them (choosing again at each step flips between
-    # strategies, e.g. with and without probes).
-    first = allocated(names, speeds)
-    used = {p.configuration for p in first.parts if p.configuration} | {c for p in first.parts
-                                                                     for c in p.candidates}
-    names = [n for n in names if n in used or any(n == base.configurations[u].previous_stage
-                                                  for u in used if u in base.configurations)] or names
-    base_speeds = speeds
+    fingerprint: Fingerprint
+    preset: PlannerPreset
+    memory_gb: float
+    budget_minutes: float
+    device: str
+    seconds_per_mac: float
+    rule: RunRule
+    num_folds: int
+    base: Plans
 
-    def evaluate(minutes: float) -> tuple[Plans, Allocation, dict[str, ConfigurationSpeed], list[str]]:
-        plans = fit(minutes)
+    def allocated(self, names: list[str], speeds: Mapping[str, ConfigurationSpeed]) -> Allocation:
+        """:func:`allocate` of the whole budget over the configurations ``names`` at ``speeds``."""
+        previous = {n: c.previous_stage for n, c in self.base.configurations.items()
+                    if c.previous_stage and n in names}
+        return allocate(self.budget_minutes * 60.0, {n: speeds[n] for n in names}, len(self.fingerprint.cases),
+                        self.num_folds, previous, self.rule)
+
+    def fit(self, minutes: float) -> Plans:
+        """The plans fitted to folds of ``minutes`` of training (the budget ladder)."""
+        return make_plans(self.fingerprint, self.preset, self.memory_gb,
+                          TimeBudget(max(minutes, 1e-6), self.device, self.seconds_per_mac,
+                                     self.rule.target_iterations))
+
+    def evaluate(self, minutes: float, names: list[str], speeds: Mapping[str, ConfigurationSpeed]
+                 ) -> tuple[Plans, Allocation, dict[str, ConfigurationSpeed]]:
+        """The plans fitted to folds of ``minutes``, the parts allocated with them, and the speeds those are priced
+        at: ``speeds`` with the fitted plans' validation times.
+
+        Only the configurations of ``names`` that the fitted plans keep are allocated.
+        """
+        plans = self.fit(minutes)
         pool = [n for n in names if n in plans.configurations]  # e.g. 3d_lowres dropped by the fit
-        new = configuration_speeds(plans, seconds_per_mac)
+        new = configuration_speeds(plans, self.seconds_per_mac)
         priced = {n: dataclasses.replace(s, validation_seconds_per_case=new[n].validation_seconds_per_case,
                                          unmirrored_validation_seconds_per_case=(
                                              new[n].unmirrored_validation_seconds_per_case))
-                  if n in new else s for n, s in base_speeds.items()}
-        return plans, allocated(pool, priced), priced, pool
+                  if n in new else s for n, s in speeds.items()}
+        return plans, self.allocated(pool, priced), priced
 
+
+def _chosen_configurations(first: Allocation, base: Plans) -> list[str]:
+    """The configurations of ``base`` that the first allocation trains (probe candidates included) and the
+    low-resolution stages of the cascades among them, in the plans' order; all of them when it names none."""
+    names = list(base.configurations)
+    used = _trained(first.parts)
+    return [n for n in names if n in used or any(n == base.configurations[u].previous_stage
+                                                 for u in used if u in base.configurations)] or names
+
+
+def _fit_to_the_fold(fitter: _PlanFitter, names: list[str], speeds: Mapping[str, ConfigurationSpeed],
+                     minutes: float) -> tuple[Plans, Allocation, dict[str, ConfigurationSpeed]]:
+    """The plans of the longest fold time whose run plan still gives a fold at least that long, with their
+    allocation and the speeds it is priced at (:meth:`_PlanFitter.evaluate`).
+
+    A plan the budget makes cheaper has a smaller patch, so more tiles to validate and less time to train; and the
+    ladder is not monotonic (a longer fold may keep the width and shrink the patch, and validate far longer:
+    Hippocampus at 201 s per 10^12 MACs). So the parts are always priced with the validation times of the plans
+    they train, and the plans are the largest model that reaches its iterations: from ``minutes`` (the first
+    allocation's fold time) down until the fold gets its time, then up while it keeps getting it.
+    """
     def holds(alloc: Allocation, minutes: float) -> bool:
         return alloc.fold_minutes >= 0.99 * minutes
 
-    minutes = first.fold_minutes
-    plans, alloc, speeds, pool = evaluate(minutes)
+    plans, alloc, priced = fitter.evaluate(minutes, names, speeds)
     for _ in range(40):
         if holds(alloc, minutes) or minutes < 0.01:
             break
         minutes *= 0.93
-        plans, alloc, speeds, pool = evaluate(minutes)
+        plans, alloc, priced = fitter.evaluate(minutes, names, speeds)
     for _ in range(6):
         if abs(alloc.fold_minutes - minutes) <= 0.01 * max(minutes, 1e-6):
             break
-        step = evaluate(alloc.fold_minutes)
+        step = fitter.evaluate(alloc.fold_minutes, names, speeds)
         if not holds(step[1], alloc.fold_minutes):
             break  # a longer fold's plan would not get its time: keep the last one that does
         minutes = alloc.fold_minutes
-        plans, alloc, speeds, pool = step
+        plans, alloc, priced = step
     if minutes != alloc.fold_minutes and abs(alloc.fold_minutes - minutes) <= 0.01 * minutes:
-        plans = fit(alloc.fold_minutes)  # settled within 1%: the plans name the part's own time
-    run = _record(alloc, plans, budget_minutes, device, seconds_per_mac, rule.target_iterations, speeds, num_cases,
-                  num_folds)
-    _check_trainable(run)
-    return plans, run
+        plans = fitter.fit(alloc.fold_minutes)  # settled within 1%: the plans name the part's own time
+    return plans, alloc, priced
 
 
 def _check_trainable(run: RunPlan) -> None:
@@ -749,5 +811,10 @@ def run_plan_table(run: RunPlan) -> str:
 def trained_configurations(run: RunPlan, plans: Plans) -> list[str]:
     """Configurations a run plan trains (probe candidates included), in the plans' order (what ``plan --budget``
     preprocesses)."""
-    used = {p.configuration for p in run.parts if p.configuration} | {c for p in run.parts for c in p.candidates}
+    used = _trained(run.parts)
     return [name for name in plans.configurations if name in used]
+
+
+def _trained(parts: Sequence[RunPart]) -> set[str]:
+    """The configurations ``parts`` train, probe candidates included."""
+    return {p.configuration for p in parts if p.configuration} | {c for p in parts for c in p.candidates}

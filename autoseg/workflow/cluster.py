@@ -469,74 +469,107 @@ def run_graph(graph: Sequence[GraphJob], spec: ClusterSpec, log_dir: Path, repor
         topic = f"autoseg-jobs-{uuid.uuid4().hex[:12]}"
         start = time.monotonic()
         running: set[str] = set()
-
-        def on_event(event) -> None:
-            msg = event[1] if isinstance(event, tuple) else event
-            clock = time.strftime("%H:%M:%S")
-            job = msg["job"]
-            if msg["state"] == "running":
-                running.add(job)
-                again = f" (attempt {msg['attempt']})" if msg["attempt"] > 1 else ""
-                report(f"[{clock}] {job}: running on {msg['host']}{again}")
-                return
-            running.discard(job)
-            if msg["state"] == "finished":
-                report(f"[{clock}] {job}: finished")
-            elif msg["state"] == "cancelled":
-                report(f"[{clock}] {job}: cancelled, its process stopped")
-            elif msg.get("hung"):
-                report(f"[{clock}] {job}: no progress for {_minutes(msg['timeout_s'])} (its log did not grow): "
-                       f"killed (attempt {msg['attempt']}), log {msg['log']}")
-            else:
-                report(f"[{clock}] {job}: failed with exit code {msg['code']}, log {msg['log']}")
-
-        client.subscribe_topic(topic, on_event)
+        client.subscribe_topic(topic, _state_reporter(report, running))
         futures: dict[str, Any] = {}
         logs = {job.name: str(Path(log_dir) / f"{job.name}.log") for job in graph}
-        failed: list[str] = []
-        undone: list[str] = []
-        bar = None
         try:
-            for job in graph:
-                futures[job.name] = client.submit(run_job, job.name, job.argv, logs[job.name], threads, topic,
-                                                  timeout_s, gpus, *(futures[d] for d in job.depends),
-                                                  key=f"{job.name}-{uuid.uuid4().hex}", retries=1, pure=False,
-                                                  resources=resources)
+            _submit(client, graph, futures, logs, threads, topic, timeout_s, gpus, resources)
             report(f"submitted {len(graph)} job(s) to {client.scheduler.address}; logs in {log_dir}")
-            from distributed import as_completed
-
-            name_of = {f.key: n for n, f in futures.items()}
-            bar = progress_bar(len(graph), "cluster jobs", "job", progress)
-            for future in as_completed(list(futures.values())):
-                name = name_of[future.key]
-                if future.status == "error":
-                    job = next(j for j in graph if j.name == name)
-                    if any(d in failed or d in undone for d in job.depends):
-                        undone.append(name)
-                    else:
-                        failed.append(name)
-                bar.update()
+            failed, undone = _wait_for_jobs(graph, futures, progress)
         except KeyboardInterrupt:
-            if bar is not None:
-                bar.close()
-                bar = None
             _cancel(client, futures, running, report)
             raise
-        finally:
-            if bar is not None:
-                bar.close()
         time.sleep(0.2)  # the last state-change events arrive after their task's result
     minutes = (time.monotonic() - start) / 60
     if failed:
-        lines = [f"{len(failed)} job(s) failed twice; {len(undone)} not run because of them ({minutes:.1f} min):"]
-        for name in failed:
-            said = _last_error(logs[name])
-            lines.append(f"  {name}: log {logs[name]}{f' ({said})' if said else ''}")
-        if undone:
-            lines.append(f"  not run: {', '.join(undone)}")
-        lines.append("run the same command again to retry: finished folds are kept, killed ones resumed")
-        raise JobsFailed(*lines)
+        raise JobsFailed(*_failure_lines(failed, undone, logs, minutes))
     report(f"all {len(graph)} job(s) finished in {minutes:.1f} min")
+
+
+def _state_reporter(report: Callable[[str], Any], running: set[str]) -> Callable[[Any], None]:
+    """The handler of the jobs' state-change events (:func:`run_job` logs them): it reports one line per change
+    (running on a worker, finished, cancelled, failed with its log, hung and killed) and keeps ``running``, the
+    names of the jobs running now, current."""
+    def on_event(event) -> None:
+        msg = event[1] if isinstance(event, tuple) else event
+        clock = time.strftime("%H:%M:%S")
+        job = msg["job"]
+        if msg["state"] == "running":
+            running.add(job)
+            again = f" (attempt {msg['attempt']})" if msg["attempt"] > 1 else ""
+            report(f"[{clock}] {job}: running on {msg['host']}{again}")
+            return
+        running.discard(job)
+        if msg["state"] == "finished":
+            report(f"[{clock}] {job}: finished")
+        elif msg["state"] == "cancelled":
+            report(f"[{clock}] {job}: cancelled, its process stopped")
+        elif msg.get("hung"):
+            report(f"[{clock}] {job}: no progress for {_minutes(msg['timeout_s'])} (its log did not grow): "
+                   f"killed (attempt {msg['attempt']}), log {msg['log']}")
+        else:
+            report(f"[{clock}] {job}: failed with exit code {msg['code']}, log {msg['log']}")
+
+    return on_event
+
+
+def _submit(client, graph: Sequence[GraphJob], futures: dict[str, Any], logs: dict[str, str], threads: int | None,
+            topic: str, timeout_s: float | None, gpus: Sequence[str], resources: dict[str, int] | None) -> None:
+    """Submit every job of ``graph`` (in order: a job after those it depends on) as a :func:`run_job` task that
+    waits for its dependencies' tasks and is retried once.
+
+    ``futures`` (job name -> its future) is filled as the jobs are submitted, so that an interruption cancels those
+    submitted already.
+    """
+    for job in graph:
+        futures[job.name] = client.submit(run_job, job.name, job.argv, logs[job.name], threads, topic,
+                                          timeout_s, gpus, *(futures[d] for d in job.depends),
+                                          key=f"{job.name}-{uuid.uuid4().hex}", retries=1, pure=False,
+                                          resources=resources)
+
+
+def _wait_for_jobs(graph: Sequence[GraphJob], futures: dict[str, Any], progress: bool
+                   ) -> tuple[list[str], list[str]]:
+    """Wait until every job has ended, with a bar over the jobs.
+
+    Returns
+    -------
+    failed, undone
+        The jobs that failed (their retry too), and those not run because a job they depend on failed or was not
+        run, in the order they ended.
+    """
+    from distributed import as_completed
+
+    name_of = {f.key: n for n, f in futures.items()}
+    failed: list[str] = []
+    undone: list[str] = []
+    bar = progress_bar(len(graph), "cluster jobs", "job", progress)
+    try:
+        for future in as_completed(list(futures.values())):
+            name = name_of[future.key]
+            if future.status == "error":
+                job = next(j for j in graph if j.name == name)
+                if any(d in failed or d in undone for d in job.depends):
+                    undone.append(name)
+                else:
+                    failed.append(name)
+            bar.update()
+    finally:
+        bar.close()  # before an interruption's report of the jobs it cancels
+    return failed, undone
+
+
+def _failure_lines(failed: Sequence[str], undone: Sequence[str], logs: dict[str, str], minutes: float) -> list[str]:
+    """The lines of :class:`autoseg.errors.JobsFailed`: how many jobs failed and were not run, each failed job with
+    its log (and the last ``error:`` line it printed), the jobs not run, and how to retry."""
+    lines = [f"{len(failed)} job(s) failed twice; {len(undone)} not run because of them ({minutes:.1f} min):"]
+    for name in failed:
+        said = _last_error(logs[name])
+        lines.append(f"  {name}: log {logs[name]}{f' ({said})' if said else ''}")
+    if undone:
+        lines.append(f"  not run: {', '.join(undone)}")
+    lines.append("run the same command again to retry: finished folds are kept, killed ones resumed")
+    return lines
 
 
 def _cancel(client, futures: dict[str, Any], running: set[str], report: Callable[[str], Any]) -> None:
