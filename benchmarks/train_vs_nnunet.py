@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _nnunet  # noqa: E402
+from _hardware import matmul_peak_gflops, training_flops  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HIPPO = SHARED / "Task04_Hippocampus"
@@ -111,38 +112,11 @@ def autoseg_step_times(work: Path, config: str) -> list[float]:
 
 def flops_per_iteration(config: str, work: Path) -> float:
     """Forward + backward FLOPs of autoseg's network for one batch of the plans (torch's FLOP counter)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     from autoseg.api import load_plans
     from autoseg.nn.unet import build_network
 
     plan = load_plans(work / "autoseg_ws", "Hippocampus").configurations[config]
-    net = build_network(plan.architecture, 1, 3)
-    x = torch.randn(plan.batch_size, 1, *plan.patch_size)
-    with FlopCounterMode(display=False) as fc:
-        out = net(x)
-        sum(o.float().sum() for o in out).backward()
-    return float(fc.get_total_flops())
-
-
-def matmul_peak_gflops() -> dict[str, float]:
-    """Measured matmul GFLOP/s of this machine (2 threads), fp32 and bf16."""
-    import torch
-
-    out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(2048, 2048, dtype=dtype)
-        b = torch.randn(2048, 2048, dtype=dtype)
-        for _ in range(2):
-            a @ b
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t0)
-        out[name] = 2 * 2048 ** 3 / best / 1e9
-    return out
+    return training_flops(build_network(plan.architecture, 1, 3), (plan.batch_size, 1, *plan.patch_size))
 
 
 def prepare(work: Path) -> Path:

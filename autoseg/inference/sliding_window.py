@@ -227,7 +227,7 @@ def _accumulate(network, image, patch, num_classes, slices, step, axes, device, 
                                  f"{(len(batch), num_classes, *patch)} for input {tuple(x.shape)}")
             pred = pred.to(target, torch.float32)
             for p, (t, flip) in zip(pred, batch):
-                logits[(slice(None), *t)] += _flip(p, flip, 1) * share
+                logits[(slice(None), *t)].addcmul_(_flip(p, flip, 1), share)  # in place: no weighted copy
                 weights[t] += share
             if bar is not None:
                 bar.update(sum(flip == () for _, flip in batch))

@@ -6,6 +6,7 @@ and keeps working when the input and weights are in ``channels_last`` / ``channe
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -26,8 +27,40 @@ def transposed_conv_op(dims: int) -> type[nn.Module]:
 
 
 def norm(dims: int, channels: int) -> nn.Module:
-    """Instance normalisation with a learned per-channel affine, eps 1e-5."""
-    return {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[_check_dims(dims)](channels, eps=NORM_EPS, affine=True)
+    """Instance normalisation with a learned per-channel affine, eps 1e-5, for 2D or 3D maps.
+
+    Computed as ``GroupNorm`` with one group per channel: the same function and the same parameters (``weight``,
+    ``bias``, so checkpoints of either load into the other), but torch's group norm has CPU kernels for the
+    channels-last layout, where its instance norm copies every map to the contiguous layout and back. On this
+    project's AVX2 CPU a Hippocampus 3d_fullres step is 7% faster contiguous and 14% faster channels-last
+    (``benchmarks/step_speed.py``). ``dims`` only checks the caller's intent: group norm takes any rank.
+    """
+    _check_dims(dims)
+    return nn.GroupNorm(channels, channels, eps=NORM_EPS, affine=True)
+
+
+def with_instance_norms(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose per-channel group norms (:func:`norm`) are torch's ``InstanceNorm`` with the same
+    parameters: the same function, for consumers that know instance norm better. ONNX export, for one, writes a
+    group norm as reshapes around an instance norm plus a broadcast affine whose constants are no checkpoint
+    weight, which an imported model's weight check rightly refuses; an instance norm exports as one operator."""
+    module = copy.deepcopy(module)
+    convs = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    instance_norm = nn.InstanceNorm2d if convs and isinstance(convs[0], nn.Conv2d) else nn.InstanceNorm3d
+    _swap_group_norms(module, instance_norm)
+    return module
+
+
+def _swap_group_norms(module: nn.Module, instance_norm: type[nn.Module]) -> None:
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.GroupNorm) and child.num_groups == child.num_channels and child.affine:
+            twin = instance_norm(child.num_channels, eps=child.eps, affine=True)
+            with torch.no_grad():
+                twin.weight.copy_(child.weight)
+                twin.bias.copy_(child.bias)
+            setattr(module, name, twin.to(child.weight.device))
+        else:
+            _swap_group_norms(child, instance_norm)
 
 
 def avg_pool(dims: int, stride: Sequence[int]) -> nn.Module:

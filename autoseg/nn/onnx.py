@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from autoseg.errors import AutosegError, require_extra
+from autoseg.nn.blocks import with_instance_norms
 
 INPUT, OUTPUT = "input", "logits"
 OPSET = 17
@@ -47,7 +48,7 @@ def export_onnx(network: nn.Module, patch_size: Sequence[int], input_channels: i
     """The ONNX bytes of ``network`` (no deep supervision) for ``(batch, input_channels, *patch_size)`` float32
     input (dynamic batch), with the hashes of plans and ``weights`` in its metadata."""
     onnx = require_extra("onnx", "onnx", "ONNX export")
-    network = network.eval().cpu()
+    network = with_instance_norms(network).eval().cpu()  # a copy: the caller's network is left alone
     example = torch.zeros((1, input_channels, *patch_size), dtype=torch.float32)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():

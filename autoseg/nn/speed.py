@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import shutil
 import time
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
+
+from autoseg.errors import AutosegError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -60,6 +63,29 @@ def autocast_context(device: torch.device | str, precision: str) -> contextlib.A
     if precision == "fp16" and device_type != "cuda":
         raise ValueError(f"fp16 autocast is only supported on CUDA here, not on {device_type!r}; use bf16")
     return torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+#: C++ compilers inductor can build its CPU kernels with
+CXX_COMPILERS = ("g++", "c++", "clang++")
+
+
+def compile_for_inference(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """``model`` compiled by ``torch.compile`` (inductor) for prediction, its weights frozen into the compiled code.
+
+    The compilation runs at the first forward pass of each input shape (a new batch size compiles once more, then
+    the batch axis is dynamic): on this project's 2-core CPU 7-15 s for a 3D U-Net, which then predicts about 16%
+    faster (fp32), so it pays on large images and long folders, not on one small case. Call it on a network that
+    is already on ``device``, in eval mode, and predict under ``torch.inference_mode``.
+
+    Raises
+    ------
+    AutosegError
+        On the CPU without a C++ compiler, which inductor needs to build its kernels.
+    """
+    if torch.device(device).type == "cpu" and not any(shutil.which(c) for c in CXX_COMPILERS):
+        raise AutosegError(f"compiled prediction on the CPU needs a C++ compiler ({' or '.join(CXX_COMPILERS)}) on "
+                           f"PATH; install one (Debian: apt install g++) or predict with the torch runtime")
+    return torch.compile(model, options={"freezing": True})
 
 
 def _sync(device: torch.device) -> None:

@@ -33,8 +33,11 @@ def test_channels_last_gives_the_same_outputs_and_gradients(network, dims):
     for a, b in zip(outs, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     sum(o.sum() for o in outs).backward()
+    # absolute tolerance on the scale of the largest gradient: a convolution bias before a norm has zero gradient
+    # in exact arithmetic, and what float32 leaves there is the rounding of sums of gradients of that size
+    scale = max(float(g.abs().max()) for g in ref_grad.values())
     for n, p in net.named_parameters():
-        torch.testing.assert_close(p.grad, ref_grad[n], rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(p.grad, ref_grad[n], rtol=1e-3, atol=1e-5 * scale)
     prepare_for_device(net, "cpu", channels_last=False)
     assert all(p.is_contiguous() for p in net.parameters())
 
@@ -78,3 +81,23 @@ def test_benchmark_step_runs_and_leaves_the_model_alone(deep_supervision):
                              channels_last=True, iterations=2)
     assert 0 < seconds < 10
     assert all(torch.equal(before[n], p) for n, p in net.state_dict().items())
+
+
+def test_compiled_prediction_equals_eager_and_needs_a_compiler(monkeypatch):
+    """``--runtime compiled``: the same logits as eager to float rounding, including a second batch size (a
+    recompilation); without a C++ compiler on the CPU a one-line error instead of a compiler traceback later."""
+    from autoseg.errors import AutosegError
+    from autoseg.inference.sliding_window import predict_logits
+    from autoseg.nn.speed import compile_for_inference
+
+    torch.manual_seed(0)
+    net = build_network(tiny(dims=2), 1, 3, deep_supervision=False).eval()
+    image = torch.randn(1, 20, 28)
+    eager = predict_logits(net, image, (16, 16), 3, mirror_axes=(0, 1))
+    compiled = compile_for_inference(net, "cpu")
+    for batch in (None, 3):
+        out = predict_logits(compiled, image, (16, 16), 3, mirror_axes=(0, 1), batch_size=batch)
+        torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr("autoseg.nn.speed.shutil.which", lambda name: None)
+    with pytest.raises(AutosegError, match="needs a C\\+\\+ compiler"):
+        compile_for_inference(net, "cpu")

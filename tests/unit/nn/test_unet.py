@@ -152,3 +152,26 @@ def test_memory_estimate_matches_example_plans(plans, config, network):
     a = dataclasses.replace(small(cfg.architecture, cap=8), network=network)
     net = build_network(a, len(cfg.normalization), len(p.labels))
     assert count_feature_map_voxels(net, cfg.patch_size) == feature_map_voxels(a, cfg.patch_size, len(p.labels))
+
+
+@pytest.mark.parametrize("network", ["plain_unet", "resenc_unet"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_norms_are_instance_norms_in_function_and_parameters(network, dims):
+    """The layers' per-channel group norm is instance norm: its instance-norm twin (what ONNX export traces)
+    gives the same outputs from the same parameter names, and the original network is left as it was."""
+    from autoseg.nn.blocks import with_instance_norms
+
+    torch.manual_seed(0)
+    net = build_network(arch(network, dims), 2, 3).eval()
+    for m in net.modules():
+        if isinstance(m, nn.GroupNorm):
+            nn.init.normal_(m.weight)
+            nn.init.normal_(m.bias)
+    twin = with_instance_norms(net)
+    assert not any(isinstance(m, nn.GroupNorm) for m in twin.modules())
+    assert sum(isinstance(m, (nn.InstanceNorm2d, nn.InstanceNorm3d)) for m in twin.modules()) == \
+        sum(isinstance(m, nn.GroupNorm) for m in net.modules()) > 0
+    assert twin.state_dict().keys() == net.state_dict().keys()
+    x = torch.randn(2, 2, *(16,) * dims) * 3 + 1
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), net(x), rtol=1e-5, atol=1e-5)
