@@ -27,9 +27,17 @@ setup(
         "tensorboard": ["tensorboard"],
         "mlflow": ["mlflow-skinny", "sqlalchemy", "alembic"],
         "cluster": ["dask[distributed]", "dask-jobqueue", "pyyaml"],
+        # DICOM series in, DICOM-SEG out; pylibjpeg-openjpeg decodes JPEG 2000 / HTJ2K, highdicom brings Pillow
+        # (JPEG baseline) and pyjpegls (JPEG-LS)
+        # dicomweb-client: `autoseg serve --studies URL` (a PACS as the datastore: QIDO-RS, WADO-RS, STOW-RS)
+        "dicom": ["pydicom>=3.0", "highdicom>=0.28", "pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0", "dicomweb-client"],
+        # JPEG Lossless and 12-bit JPEG pixel data: pylibjpeg-libjpeg is GPL-3.0, hence an opt-in extra of its own
+        "dicom-jpeg": ["pydicom>=3.0", "pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1"],
         # the tests exercise the optional parts too: ONNX export/runtime and a real server with a real client
         "test": ["pytest", "pytest-timeout", "onnx", "onnxruntime", "fastapi", "uvicorn", "python-multipart", "httpx",
-                 "tensorboard", "mlflow-skinny", "sqlalchemy", "alembic", "dask[distributed]", "dask-jobqueue", "pyyaml"],
+                 "tensorboard", "mlflow-skinny", "sqlalchemy", "alembic", "dask[distributed]", "dask-jobqueue",
+                 "pyyaml", "pydicom>=3.0", "highdicom>=0.28", "pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0",
+                 "pylibjpeg-libjpeg>=2.1", "dicomweb-client"],
     },
     entry_points={"console_scripts": ["autoseg = autoseg.cli:main"]},
 )

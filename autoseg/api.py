@@ -204,12 +204,13 @@ def default_configuration(workspace: Path, dataset: str) -> str:
     return _default(load_context(workspace, dataset))
 
 
-def check_predict(workspace: Path, dataset: str, images_dir: Path, configuration=None, folds=None) -> None:
-    """Raise what :func:`predict` would refuse before it loads anything (input folder, configuration, folds);
-    see :func:`autoseg.workflow.predict.check_predict`."""
+def check_predict(workspace: Path, dataset: str, images_dir: Path, configuration=None, folds=None,
+                  output_format: str = "nifti") -> None:
+    """Raise what :func:`predict` would refuse before it loads anything (input folder, output format,
+    configuration, folds); see :func:`autoseg.workflow.predict.check_predict`."""
     from autoseg.workflow.predict import check_predict as _check
 
-    _check(load_context(workspace, dataset), Path(images_dir), configuration, folds)
+    _check(load_context(workspace, dataset), Path(images_dir), configuration, folds, output_format)
 
 
 def describe_configuration(workspace: Path, dataset: str, configuration: str | None) -> str:
@@ -240,7 +241,8 @@ def convert(source: Path, out_dir: Path, spec, progress: bool = True) -> Path:
 def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, configuration: str | None = None,
             folds: list[str] | None = None, save_probabilities: bool = False, step: float = 0.5, tta: bool = True,
             overwrite: bool = False, continue_: bool = False, device: str = "auto", precision: str = "auto",
-            progress: bool = True, skip_bad: bool = False, roi_dir: Path | None = None, runtime: str = "torch"):
+            progress: bool = True, skip_bad: bool = False, roi_dir: Path | None = None, runtime: str = "torch",
+            output_format: str = "nifti"):
     """Segment every image in ``images_dir`` into ``output_dir`` with the averaged folds of a configuration.
 
     ``configuration="best"`` uses ``best.json``: one configuration, or two whose probabilities are averaged in the
@@ -250,14 +252,25 @@ def predict(workspace: Path, dataset: str, images_dir: Path, output_dir: Path, c
     one stops the run before anything is written, unless ``skip_bad`` (the good ones are predicted, the bad ones
     listed in ``failures.json`` and the summary's ``failed``). ``roi_dir``: region-of-interest masks
     ``<case><ending>``, background outside them. 2D images are written in their own format (JPEG as PNG), with
-    the source label values of a converted dataset (``autoseg convert``). ``runtime="onnxruntime"``: the folds'
-    ONNX networks run by onnxruntime (optional extra ``[onnx]``; made from the checkpoints when missing).
+    the source label values of a converted dataset (``autoseg convert``). ``runtime="compiled"``: the networks
+    compiled by ``torch.compile`` first; ``"onnxruntime"``: the folds' ONNX networks run by onnxruntime (optional
+    extra ``[onnx]``; made from the checkpoints when missing).
+
+    ``images_dir`` may hold DICOM instead (optional extra ``[dicom]``): every image series below it, at any depth,
+    is one case, named by its folder's path relative to ``images_dir`` joined with ``_`` (plus
+    ``_s<SeriesNumber>_<SeriesDescription>`` where series share a folder; see
+    :mod:`autoseg.inference.dicom_input`); a series is one channel, so the model must have one. A folder mixing
+    DICOM and image files is refused. ``output_format``: ``"nifti"`` (default) writes label maps as images
+    (``<case>.nii.gz`` on the series' voxel grid for DICOM input); ``"dicom-seg"`` (DICOM input only) writes one
+    DICOM-SEG ``<case>.dcm`` per series that references it, one segment per foreground label of the dataset
+    (segment number = label index), the model identified by autoseg's version, dataset, configuration(s) and
+    folds. ``save_probabilities`` writes ``<case>.npz`` in either format.
     """
     from autoseg.workflow.predict import predict as _predict
 
     return _predict(load_context(workspace, dataset), images_dir, output_dir, configuration, folds,
                     save_probabilities, step, tta, overwrite, continue_, device, precision, progress, skip_bad,
-                    roi_dir, runtime)
+                    roi_dir, runtime, output_format)
 
 
 def demo(workspace: Path, seed: int = 0, budget_minutes: float = 3.0, configuration: str = "3d_fullres",

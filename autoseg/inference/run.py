@@ -8,18 +8,22 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from autoseg import __version__
 from autoseg import progress as progress_bars
-from autoseg.errors import AutosegError, option
+from autoseg.errors import AutosegError, option, require_extra
+from autoseg.inference import dicom_input
 from autoseg.inference.outputs import label_value_table
 from autoseg.inference.predictor import Predictor
 from autoseg.io.image import Geometry, write_image
 from autoseg.io import natural
+from autoseg.io.dicom import read_series
+from autoseg.io.dicom_series import SeriesInfo
 from autoseg.io.roi import apply_roi, apply_roi_to_probabilities, find_rois, read_roi
-from autoseg.io.verify import load_and_check_images, load_and_check_roi
+from autoseg.io.verify import LoadedCase, load_and_check_images, load_and_check_roi
 from autoseg.schema.base import atomic_write_text
 from autoseg.io import probabilities as probability_files
 from autoseg.workspace import probabilities_file, segmentation_file
@@ -27,10 +31,64 @@ from autoseg.workspace import probabilities_file, segmentation_file
 
 @dataclass(frozen=True)
 class InputCase:
-    """One image to segment: its id (output name) and channel files."""
+    """One image to segment: its id (output name) and channel files, or the DICOM series it is.
+
+    Attributes
+    ----------
+    case_id
+        Output name.
+    files
+        One file per channel (or one 4D file); a DICOM series' files, in the order they were found.
+    series
+        The DICOM series, ``None`` for image files.
+    """
 
     case_id: str
     files: tuple[Path, ...]
+    series: SeriesInfo | None = None
+
+
+def find_input_cases(images_dir: Path, num_channels: int, file_ending: str = ".nii.gz",
+                     output_format: str = dicom_input.NIFTI) -> list[InputCase]:
+    """The cases of an input folder: its DICOM image series (any nesting) or its image files (:func:`find_cases`).
+
+    The one place that tells the two apart (:func:`autoseg.inference.dicom_input.is_dicom_input`); DICOM case ids
+    are described in :mod:`autoseg.inference.dicom_input`.
+
+    Raises
+    ------
+    AutosegError
+        The folder is missing, holds no images, mixes DICOM and image files; DICOM input for a model of several
+        channels (or of 2D photographs); DICOM-SEG output for input that is not DICOM, or without its optional
+        packages; an unknown ``output_format``.
+    """
+    dicom_input.check_output_format(output_format)
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise AutosegError(f"{images_dir}: input folder not found")
+    dicom = dicom_input.is_dicom_input(images_dir, file_ending)
+    dicom_input.check_dicom_output(images_dir, output_format, dicom)
+    if output_format == dicom_input.DICOM_SEG:
+        require_extra("highdicom", "dicom", "writing DICOM-SEG")  # before any prediction, not after the first
+    if not dicom:
+        return find_cases(images_dir, num_channels, file_ending)
+    dicom_input.check_dicom_model(images_dir, num_channels, file_ending)
+    return [InputCase(cid, s.files, s) for cid, s in dicom_input.find_dicom_series(images_dir)]
+
+
+def load_case(case: InputCase, num_channels: int, channel_names: Sequence[str] = ()) -> LoadedCase:
+    """Read and check one case completely (never raises for bad input: the problems are in the result).
+
+    Image files as :func:`autoseg.io.verify.load_and_check_images`; a DICOM series with
+    :func:`autoseg.io.dicom.read_series` (``(1, z, y, x)`` float32, its refusals as the problems).
+    """
+    if case.series is None:
+        return load_and_check_images(case.files, num_channels, channel_names)
+    try:
+        image, geometry = read_series(case.series)
+    except AutosegError as e:
+        return LoadedCase(None, None, None, e.problems)
+    return LoadedCase(image, None, geometry, ())
 
 
 def find_cases(images_dir: Path, num_channels: int, file_ending: str = ".nii.gz") -> list[InputCase]:
@@ -85,8 +143,9 @@ def input_ending(images_dir: Path, file_ending: str) -> str:
 
 def check_inputs(cases: Sequence[InputCase], num_channels: int, channel_names: Sequence[str] = (),
                  progress: bool = False, workers: int = 2) -> dict[str, tuple[str, ...]]:
-    """Read and check every case completely (:func:`autoseg.io.verify.load_and_check_images`, as ``verify`` does):
-    every file decoded, channels, their grids, finite intensities.
+    """Read and check every case completely (:func:`load_case`: for image files as ``verify`` does, every file
+    decoded, channels, their grids, finite intensities; a DICOM series read as :func:`autoseg.io.dicom.read_series`
+    reads it, its grid checked).
 
     Returns
     -------
@@ -94,7 +153,7 @@ def check_inputs(cases: Sequence[InputCase], num_channels: int, channel_names: S
         Case id -> its problems, one line each naming the file; only cases with problems.
     """
     def check(case: InputCase) -> tuple[str, tuple[str, ...]]:
-        return case.case_id, load_and_check_images(case.files, num_channels, channel_names).problems
+        return case.case_id, load_case(case, num_channels, channel_names).problems
 
     # decoding is zlib and numpy work, which releases the GIL: threads overlap it without copying arrays around
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="autoseg-check") as pool:
@@ -163,8 +222,7 @@ def iter_logits(predictor, cases: Sequence[InputCase], desc: str = "predict", pr
         Progress-bar label.
     """
     def load(case: InputCase):
-        loaded = load_and_check_images(case.files, len(predictor.plans.channel_names),
-                                       predictor.plans.channel_names)
+        loaded = load_case(case, len(predictor.plans.channel_names), predictor.plans.channel_names)
         if loaded.problems:  # the check before prediction passed; the file changed since
             raise AutosegError(*loaded.problems)
         data, props = predictor.prepare(loaded.image, loaded.geometry, case.case_id)
@@ -202,9 +260,10 @@ FAILURES_FILE = "failures.json"
 def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, file_ending: str = ".nii.gz",
                    save_probabilities: bool = False, overwrite: bool = False, continue_: bool = False,
                    progress: bool = True, postprocess=None, skip_bad: bool = False, roi_dir: Path | None = None,
-                   label_values: Sequence[int] | None = None) -> PredictSummary:
+                   label_values: Sequence[int] | None = None, output_format: str = dicom_input.NIFTI,
+                   algorithm: Mapping[str, object] | None = None) -> PredictSummary:
     """Segment every image of ``images_dir`` into ``output_dir/<case><file_ending>`` (same geometry as the input;
-    2D images as files of the same format, JPEG as PNG).
+    2D images as files of the same format, JPEG as PNG; DICOM series as ``<case>.nii.gz`` or ``<case>.dcm``).
 
     Reading and preprocessing of the next case and writing of the previous one run in background threads while
     the network predicts the current case; at most two cases are in memory besides the one being predicted.
@@ -214,7 +273,8 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
     predictor
         Model(s) to use.
     images_dir, output_dir
-        Input images (MSD or nnU-Net v2 naming) and where to write label maps.
+        Input images (MSD or nnU-Net v2 naming, or DICOM image series at any depth: one case each, see
+        :mod:`autoseg.inference.dicom_input`) and where to write label maps.
     save_probabilities
         Also write ``<case>.npz`` with ``probabilities`` ``(K, z, y, x)`` float16 in the raw geometry.
     overwrite, continue_
@@ -232,24 +292,53 @@ def predict_folder(predictor: Predictor, images_dir: Path, output_dir: Path, fil
     label_values
         The value written for each label index (the dataset's ``source_label_values``, e.g. ``(0, 255)``);
         ``None`` writes the indices.
+    output_format
+        ``"nifti"``: label maps as images (the input's format; ``.nii.gz`` for DICOM input); ``"dicom-seg"``
+        (DICOM input only): one DICOM-SEG ``<case>.dcm`` per series (:func:`autoseg.io.dicom_seg.write_dicom_seg`),
+        one segment per foreground label of the plans, segment number = label index (not ``label_values``).
+    algorithm
+        The model as the DICOM-SEGs identify it: ``version``, ``dataset``, ``configuration``, ``folds`` (default:
+        autoseg's version and the plans' dataset name).
     """
     output_dir = Path(output_dir)
     check_output_dir(output_dir, images_dir)
     file_ending = input_ending(Path(images_dir), file_ending)
-    cases, bad, rois = _good_cases(predictor, Path(images_dir), file_ending, roi_dir, skip_bad, progress)
+    cases, bad, rois = _good_cases(predictor, Path(images_dir), file_ending, roi_dir, skip_bad, progress,
+                                   output_format)
     lut = label_value_table(label_values)
-    out_ending = natural.output_ending(file_ending)
-    outputs = {c.case_id: segmentation_file(output_dir, c.case_id, out_ending) for c in cases}
+    outputs = {c.case_id: segmentation_file(output_dir, c.case_id, _output_ending(c, file_ending, output_format))
+               for c in cases}
     todo, skipped = _cases_to_predict(cases, outputs, output_dir, overwrite, continue_)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write = _case_writer(output_dir, outputs, {c.case_id: c.files[0] for c in cases}, rois, postprocess, lut)
+    seg = _seg_writer(predictor.plans, algorithm) if output_format == dicom_input.DICOM_SEG else None
+    write = _case_writer(output_dir, outputs, {c.case_id: c for c in cases}, rois, postprocess, lut, seg)
     written = _predict_and_write(predictor, todo, write, save_probabilities, progress)
     _update_failures_file(output_dir, bad)
     return PredictSummary(tuple(written), skipped, output_dir, bad)
 
 
+def _output_ending(case: InputCase, file_ending: str, output_format: str) -> str:
+    if case.series is None:
+        return natural.output_ending(file_ending)
+    return dicom_input.SEG_ENDING if output_format == dicom_input.DICOM_SEG else dicom_input.NIFTI_ENDING
+
+
+def _seg_writer(plans, algorithm: Mapping[str, object] | None) -> Callable[[Any, InputCase, Path], None]:
+    """``write(labels, case, path)``: a label map of indices as the DICOM-SEG of the case's series."""
+    from autoseg.io.dicom_seg import write_dicom_seg
+
+    names = dict(enumerate(plans.labels))
+    model = {"version": __version__, "dataset": plans.dataset_name, **(algorithm or {})}
+
+    def write(labels, case: InputCase, path: Path) -> None:
+        write_dicom_seg(labels, case.series, names, model, path)
+
+    return write
+
+
 def _good_cases(predictor: Predictor, images_dir: Path, file_ending: str, roi_dir: Path | None, skip_bad: bool,
-                progress: bool) -> tuple[list[InputCase], dict[str, tuple[str, ...]], dict[str, Path]]:
+                progress: bool, output_format: str = dicom_input.NIFTI
+                ) -> tuple[list[InputCase], dict[str, tuple[str, ...]], dict[str, Path]]:
     """Find the cases of ``images_dir`` and check each one's images and region-of-interest mask completely.
 
     Returns
@@ -263,8 +352,13 @@ def _good_cases(predictor: Predictor, images_dir: Path, file_ending: str, roi_di
         Any bad case without ``skip_bad``: one line per problem, in case order, before anything is written.
     """
     n_channels = len(predictor.plans.channel_names)
-    cases = find_cases(images_dir, n_channels, file_ending)
+    cases = find_input_cases(images_dir, n_channels, file_ending, output_format)
+    if roi_dir is not None and any(c.series is not None for c in cases):
+        raise AutosegError(f"{roi_dir}: region-of-interest masks are not supported for DICOM input "
+                           f"({images_dir}); predict without {option('roi_dir')}")
     bad = check_inputs(cases, n_channels, predictor.plans.channel_names, progress)
+    if output_format == dicom_input.DICOM_SEG:
+        bad.update(_seg_source_problems([c for c in cases if c.case_id not in bad]))
     rois = {}
     if roi_dir is not None:
         rois, roi_bad = check_rois(cases, Path(roi_dir), file_ending)
@@ -273,6 +367,20 @@ def _good_cases(predictor: Predictor, images_dir: Path, file_ending: str, roi_di
     if bad and not skip_bad:
         raise AutosegError(*[line for c in cases for line in bad.get(c.case_id, ())])
     return [c for c in cases if c.case_id not in bad], bad, rois
+
+
+def _seg_source_problems(cases: Sequence[InputCase]) -> dict[str, tuple[str, ...]]:
+    """Case id -> why its series cannot be the source of a DICOM-SEG (no frame of reference ...), found before
+    any case is predicted rather than when its SEG is written."""
+    from autoseg.io.dicom_seg import check_seg_source
+
+    problems = {}
+    for case in cases:
+        try:
+            check_seg_source(case.series)
+        except AutosegError as e:
+            problems[case.case_id] = e.problems
+    return problems
 
 
 def _cases_to_predict(cases: Sequence[InputCase], outputs: dict[str, Path], output_dir: Path, overwrite: bool,
@@ -293,19 +401,24 @@ def _cases_to_predict(cases: Sequence[InputCase], outputs: dict[str, Path], outp
     return todo, tuple(c.case_id for c in cases if c not in todo)
 
 
-def _case_writer(output_dir: Path, outputs: dict[str, Path], files: dict[str, Path], rois: dict[str, Path],
-                 postprocess, lut) -> Callable[[str, Geometry, Any], None]:
+def _case_writer(output_dir: Path, outputs: dict[str, Path], cases: dict[str, InputCase], rois: dict[str, Path],
+                 postprocess, lut, seg_writer: Callable[[Any, InputCase, Path], None] | None = None
+                 ) -> Callable[[str, Geometry, Any], None]:
     """The function that writes one case's prediction: ``write(case_id, geometry, prediction)``.
 
     It postprocesses the segmentation, sets it to background outside the case's region of interest (``rois``,
-    read against the case's first image in ``files``), writes it to ``outputs[case_id]`` in the label values of
-    ``lut`` (``None``: the indices), and its probabilities, when predicted, beside it.
+    read against the case's first image file), writes it to ``outputs[case_id]`` in the label values of ``lut``
+    (``None``: the indices) or, with ``seg_writer``, as the DICOM-SEG of the case's series (label indices), and
+    its probabilities, when predicted, beside it.
     """
     def write(case_id: str, geometry, prediction) -> None:
         seg = prediction.segmentation if postprocess is None else postprocess(prediction.segmentation)
-        roi = read_roi(rois[case_id], files[case_id]) if case_id in rois else None
+        roi = read_roi(rois[case_id], cases[case_id].files[0]) if case_id in rois else None
         seg = apply_roi(seg, roi)
-        write_image(seg if lut is None else lut[seg], geometry, outputs[case_id])
+        if seg_writer is not None:
+            seg_writer(seg, cases[case_id], outputs[case_id])
+        else:
+            write_image(seg if lut is None else lut[seg], geometry, outputs[case_id])
         if prediction.probabilities is not None:
             probability_files.save_probabilities(probabilities_file(output_dir, case_id),
                                                  apply_roi_to_probabilities(prediction.probabilities, roi))

@@ -13,7 +13,14 @@ router per family under :mod:`autoseg.server.routes`:
   (:mod:`~autoseg.server.routes.datastore`). The reply of ``/infer`` is MONAI Label's multipart form (``params``
   with ``label_names``, then the label file) with a Content-Length, labels valued 1..N in ``label_names`` order.
   Training, active learning and auth endpoints are absent (404), which is how the extension learns that they are
-  off.
+  off. ``/infer`` also takes a zip of one DICOM series as its file (:mod:`~autoseg.server.archive`: unpacked into
+  the spool folder, no path outside it, no more bytes than an upload may have), and ``GET /datastore/`` lists the
+  images.
+* With a DICOMweb datastore (``autoseg serve --studies URL``, :mod:`~autoseg.server.dicomweb`): ``GET
+  /datastore/`` lists the server's image series (QIDO-RS), ``/infer/{model}?image=SERIES_UID`` fetches one
+  (WADO-RS), segments it and stores the DICOM-SEG back (STOW-RS); ``params.dicom_seg`` says where
+  (``output=dicom_seg``: the SEG is the reply). 404: a series
+  not there; 422: one failing the DICOM checks; 502: the DICOMweb server failing.
 
 Bounded work (:mod:`autoseg.server.admission`): each model runs one inference at a time; at most ``queue`` more
 wait, beyond that a request gets 503 with a ``Retry-After`` estimate (seconds until a place is expected to be

@@ -15,9 +15,17 @@ from autoseg.server.store import UploadStore
 from autoseg.workflow.serving import ServedModel
 
 
-def create_app(models: Sequence[ServedModel], options: ServeOptions = ServeOptions()):
+def create_app(models: Sequence[ServedModel], options: ServeOptions = ServeOptions(), studies=None):
     """The ASGI app serving ``models`` (see :mod:`autoseg.server`); run it with uvicorn (:func:`serve`), or call it
-    in-process with FastAPI's TestClient (``with TestClient(app)``: the spool folder lives as long as the block)."""
+    in-process with FastAPI's TestClient (``with TestClient(app)``: the spool folder lives as long as the block).
+
+    Parameters
+    ----------
+    studies
+        A DICOMweb datastore (:class:`~autoseg.server.dicomweb.DicomWebStudies`): ``GET /datastore/`` lists its
+        image series and ``/infer?image=SERIES_UID`` segments one, storing the DICOM-SEG back; ``None``: uploads
+        only.
+    """
     fastapi = require_extra("fastapi", "serve", "autoseg serve")
     require_extra("python_multipart", "serve", "autoseg serve")  # FastAPI's form parser
     from contextlib import asynccontextmanager
@@ -27,7 +35,7 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions = ServeOptio
     from autoseg.server.context import ServerState, authorised
     from autoseg.server.routes import datastore, health, infer, info, v1
 
-    state = ServerState({m.name: Slot(m, options.queue) for m in models}, options)
+    state = ServerState({m.name: Slot(m, options.queue) for m in models}, options, studies=studies)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -82,9 +90,10 @@ def _bounded_body(max_upload_mb: float):
 
 
 def serve(models: Sequence[ServedModel], host: str = "127.0.0.1", port: int = 8000,
-          options: ServeOptions = ServeOptions(), log_level: str = "info") -> None:
-    """Run the server until SIGINT/SIGTERM (requests in flight are finished first)."""
+          options: ServeOptions = ServeOptions(), log_level: str = "info", studies=None) -> None:
+    """Run the server until SIGINT/SIGTERM (requests in flight are finished first); ``studies`` as
+    :func:`create_app` takes it."""
     uvicorn = require_extra("uvicorn", "serve", "autoseg serve")
-    app = create_app(models, options)
+    app = create_app(models, options, studies)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None,
                 limit_concurrency=None, access_log=True)

@@ -1,5 +1,6 @@
 """What every endpoint is given: the server's state as a FastAPI dependency, the bearer-token check, the model a
-URL names, and the two steps all segmenting endpoints share (spooling an upload, waiting for the model's turn).
+URL names, and the steps the segmenting endpoints share (spooling an upload, waiting for the model's turn, a
+private scratch folder).
 
 Endpoints take the state through :func:`get_state` (``Depends``), so a test can build an app around stand-in
 models and call each endpoint in-process with FastAPI's TestClient.
@@ -10,16 +11,19 @@ models and call each endpoint in-process with FastAPI's TestClient.
 import asyncio
 import hmac
 import json
+import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 from fastapi import Depends, HTTPException, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from autoseg.errors import AutosegError
 from autoseg.server.admission import Slot
+from autoseg.server.archive import is_zip
 from autoseg.server.options import TICKET_HEADER, ServeOptions
 from autoseg.server.store import UploadStore
 from autoseg.workflow.serving import upload_ending
@@ -41,12 +45,15 @@ class ServerState:
         Private temporary folder uploads are spooled to (made at startup, removed at shutdown).
     store
         Images kept for later ``/infer`` calls.
+    studies
+        The DICOMweb datastore (:class:`~autoseg.server.dicomweb.DicomWebStudies`), ``None`` without one.
     """
 
     slots: dict[str, Slot]
     options: ServeOptions
     folder: Optional[Path] = None
     store: Optional[UploadStore] = field(default=None)
+    studies: Optional[object] = None
 
 
 def get_state(request: Request) -> ServerState:
@@ -86,13 +93,25 @@ def scratch(state: ServerState, ending: str) -> Path:
     return state.folder / f"{uuid.uuid4().hex}{ending}"
 
 
-async def spool(state: ServerState, upload: UploadFile, what: str = "upload") -> Path:
-    """The upload in a private temporary file with its real ending (the reader picks the format by it)."""
+@contextmanager
+def scratch_folder(state: ServerState) -> Iterator[Path]:
+    """A fresh folder in the spool folder, removed with everything in it when the block ends (errors too)."""
+    folder = scratch(state, "")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def spool(state: ServerState, upload: UploadFile, what: str = "upload", zipped: bool = False) -> Path:
+    """The upload in a private temporary file with its real ending (the reader picks the format by it);
+    ``zipped``: a zip (of a DICOM series) is accepted too, spooled as ``.zip``."""
     head = await upload.read(512)
-    ending = upload_ending(upload.filename, head)
+    ending = ".zip" if zipped and is_zip(upload.filename, head) else upload_ending(upload.filename, head)
     if ending is None:
         raise HTTPException(400, f"{what} '{upload.filename}': not a recognised image file (expected one of "
-                                 f"NIfTI .nii/.nii.gz, .nrrd, .mha, or a 2D image)")
+                                 f"NIfTI .nii/.nii.gz, .nrrd, .mha, "
+                                 f"{'a zip of one DICOM series, ' if zipped else ''}or a 2D image)")
     path = scratch(state, ending)
     with open(path, "wb") as f:
         f.write(head)
@@ -103,8 +122,18 @@ async def spool(state: ServerState, upload: UploadFile, what: str = "upload") ->
 
 async def segment_in_turn(s: Slot, image: Path, out: Path, source_values: bool, name: str,
                           ticket: Optional[str]) -> None:
-    """Segment ``image`` into ``out`` when the model's turn comes; 503 (with Retry-After and a ticket) when its
-    line is full, 400 naming ``name`` when the model refuses the image."""
+    """Segment ``image`` into ``out`` when the model's turn comes (:func:`run_in_turn`); 400 naming ``name`` when
+    the model refuses the image."""
+    await run_in_turn(s, lambda: s.model.segment(image, out, source_values), ticket, str(image), name)
+
+
+async def run_in_turn(s: Slot, work: Callable[[], object], ticket: Optional[str], where: str, name: str,
+                      refused: int = 400):
+    """``work()`` (the model's) in a worker thread when the model's turn comes; its result.
+
+    503 (with Retry-After and a ticket) when the model's line is full; ``refused`` when ``work`` raises an
+    :class:`~autoseg.errors.AutosegError`, with its first line and ``where`` (a private path) named ``name``.
+    """
     admitted, retry, ticket = s.turns.admit(s.waiting + s.lock.locked(), ticket)
     if not admitted:
         headers = {"Retry-After": str(retry), **({TICKET_HEADER: ticket} if ticket else {})}
@@ -122,11 +151,11 @@ async def segment_in_turn(s: Slot, image: Path, out: Path, source_values: bool, 
         s.lock.release()
 
     s.turns.start()
-    task = asyncio.ensure_future(run_in_threadpool(s.model.segment, image, out, source_values))
+    task = asyncio.ensure_future(run_in_threadpool(work))
     try:
-        await asyncio.shield(task)  # a dropped client does not free the model while its thread still runs
+        return await asyncio.shield(task)  # a dropped client does not free the model while its thread still runs
     except AutosegError as e:
-        raise HTTPException(400, str(e).splitlines()[0].replace(str(image), name)) from None
+        raise HTTPException(refused, str(e).splitlines()[0].replace(where, name)) from None
     finally:
         if task.done():
             release()

@@ -15,7 +15,7 @@ def label_dict(model: ServedModel) -> dict[str, int]:
 def stem(filename: str | None) -> str:
     """The last path component of a client's file name without its image ending."""
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
-    for ending in UPLOAD_ENDINGS:
+    for ending in (*UPLOAD_ENDINGS, ".zip"):
         if name.lower().endswith(ending):
             return name[:-len(ending)]
     return name

@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 from typing import Sequence
 
+from autoseg import __version__
 from autoseg.errors import AutosegError
 from autoseg.inference.cascade import CascadePredictor
 from autoseg.inference.ensemble import EnsemblePredictor
@@ -39,7 +40,7 @@ def describe_configuration(ctx: DatasetContext, configuration: str | Sequence[st
     return f"using best.json: {' + '.join(best.chosen)}; postprocessing: {rules}"
 
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "compiled", "onnxruntime")
 
 
 def load_folds(ctx: DatasetContext, configuration: str, folds: Sequence[str], runtime: str = "torch", **kwargs):
@@ -55,8 +56,10 @@ def load_folds(ctx: DatasetContext, configuration: str, folds: Sequence[str], ru
     configuration, folds
         What to load (each fold needs a final checkpoint).
     runtime
-        ``"torch"``, or ``"onnxruntime"``: each fold's ``network.onnx`` (made from its checkpoint when missing or
-        stale, :func:`autoseg.workflow.export.fold_onnx`), run by onnxruntime on the CPU in fp32.
+        ``"torch"``; ``"compiled"``: torch with every network compiled first
+        (:func:`autoseg.nn.speed.compile_for_inference`); or ``"onnxruntime"``: each fold's ``network.onnx`` (made
+        from its checkpoint when missing or stale, :func:`autoseg.workflow.export.fold_onnx`), run by onnxruntime
+        on the CPU in fp32.
     **kwargs
         :class:`~autoseg.inference.predictor.Predictor` options (device, precision, step, mirror).
 
@@ -74,7 +77,8 @@ def load_folds(ctx: DatasetContext, configuration: str, folds: Sequence[str], ru
         predictor = Predictor.from_onnx(ctx.plans, configuration, files, **onnx_kwargs)
     else:
         predictor = Predictor.from_checkpoints(ctx.plans, configuration,
-                                               [ctx.fold(configuration, f).final_checkpoint for f in folds], **kwargs)
+                                               [ctx.fold(configuration, f).final_checkpoint for f in folds],
+                                               compile=runtime == "compiled", **kwargs)
     previous = ctx.plans.configurations[configuration].previous_stage
     if previous is None:
         return predictor
@@ -114,13 +118,15 @@ def load_predictor(ctx: DatasetContext, configuration: str = DEFAULT_CONFIGURATI
 
 
 def check_predict(ctx: DatasetContext, images_dir: Path, configuration: str | Sequence[str] | None = None,
-                  folds: Sequence[str] | None = None) -> None:
+                  folds: Sequence[str] | None = None, output_format: str = "nifti") -> None:
     """What :func:`predict` would refuse, checked before anything is loaded or printed: the input folder (and
-    that it holds images), the configuration(s) planned (``best``: best.json present), the folds trained."""
-    from autoseg.inference.run import find_cases, input_ending
+    that it holds images, or DICOM series the model and ``output_format`` fit), the configuration(s) planned
+    (``best``: best.json present), the folds trained."""
+    from autoseg.inference.run import find_input_cases, input_ending
 
     images_dir = Path(images_dir)
-    find_cases(images_dir, len(ctx.plans.channel_names), input_ending(images_dir, ctx.spec.file_ending))
+    find_input_cases(images_dir, len(ctx.plans.channel_names), input_ending(images_dir, ctx.spec.file_ending),
+                     output_format)
     configuration = configuration or default_configuration(ctx)
     names = [configuration] if isinstance(configuration, str) else list(configuration)
     if BEST in names:
@@ -142,9 +148,10 @@ def predict(ctx: DatasetContext, images_dir: Path, output_dir: Path, configurati
             folds: Sequence[str] | None = None, save_probabilities: bool = False, step: float = 0.5,
             tta: bool = True, overwrite: bool = False, continue_: bool = False, device: str = "auto",
             precision: str = "auto", progress: bool = True, skip_bad: bool = False,
-            roi_dir: Path | None = None, runtime: str = "torch") -> PredictSummary:
+            roi_dir: Path | None = None, runtime: str = "torch", output_format: str = "nifti") -> PredictSummary:
     """Segment every image in ``images_dir`` into ``output_dir`` (see :func:`autoseg.api.predict`); label maps are
-    written with the dataset's source label values (``autoseg convert``'s mapping undone)."""
+    written with the dataset's source label values (``autoseg convert``'s mapping undone), DICOM-SEGs with the
+    label indices as segment numbers and the model identified (:func:`model_identification`)."""
     configuration = configuration or default_configuration(ctx)
     postprocess = None
     if configuration == BEST:
@@ -156,4 +163,23 @@ def predict(ctx: DatasetContext, images_dir: Path, output_dir: Path, configurati
     predictor = load_predictor(ctx, configuration, folds, device, precision, step, tta, runtime)
     return predict_folder(predictor, Path(images_dir), Path(output_dir), ctx.spec.file_ending, save_probabilities,
                           overwrite, continue_, progress, postprocess=postprocess, skip_bad=skip_bad,
-                          roi_dir=roi_dir, label_values=ctx.spec.source_label_values)
+                          roi_dir=roi_dir, label_values=ctx.spec.source_label_values, output_format=output_format,
+                          algorithm=model_identification(ctx, configuration, folds))
+
+
+def model_identification(ctx: DatasetContext, configuration: str | Sequence[str],
+                         folds: Sequence[str] | None = None) -> dict[str, object]:
+    """How a DICOM-SEG names the model that made it: autoseg's version, the dataset, the configuration(s) and
+    folds used (``best``: best.json's choice; folds as one list when every configuration uses the same, else
+    ``"<configuration>: <folds>; ..."``)."""
+    names = [configuration] if isinstance(configuration, str) else list(configuration)
+    best_folds: dict[str, tuple[str, ...]] = {}
+    if BEST in names:
+        best, _ = load_best(ctx)
+        best_folds = {c: tuple(str(f) for f in best.folds.get(c, ())) for c in best.chosen}
+        names = [n for n in names if n != BEST] + list(best.chosen)
+    used = {n: tuple(str(f) for f in folds) if folds else best_folds.get(n) or tuple(ctx.trained_folds(n))
+            for n in dict.fromkeys(names)}
+    sets = set(used.values())
+    fold_text = list(sets.pop()) if len(sets) == 1 else "; ".join(f"{n}: {','.join(f)}" for n, f in used.items())
+    return {"version": __version__, "dataset": ctx.name, "configuration": " + ".join(used), "folds": fold_text}

@@ -2,7 +2,8 @@
 
 The HTTP layer (:mod:`autoseg.server`) knows requests and responses; this module knows which configuration and
 folds a dataset is served with, how an uploaded file is checked, predicted, postprocessed and written back in the
-input's format and geometry. Nothing here imports a web framework.
+input's format and geometry, and how a DICOM series (a folder of its files) becomes a label map and a DICOM-SEG.
+Nothing here imports a web framework.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from autoseg import __version__
 from autoseg.errors import AutosegError
 from autoseg.inference.outputs import label_value_table
 from autoseg.io import natural
-from autoseg.io.image import write_image
+from autoseg.io.image import Geometry, write_image
 from autoseg.io.verify import load_and_check_images
 from autoseg.workflow.context import BEST, DEFAULT_CONFIGURATION, DatasetContext, load_context
-from autoseg.workflow.predict import describe_configuration, load_predictor
+from autoseg.workflow.predict import describe_configuration, load_predictor, model_identification
 from autoseg.workflow.selection import load_best
 from autoseg.workspace import Workspace
 
@@ -78,6 +80,9 @@ class ServedModel:
     last_seconds
         Duration of the last prediction, seconds (reported in ``/infer``'s latencies; the server's Retry-After
         estimates time whole requests itself).
+    algorithm
+        How a DICOM-SEG identifies the model (:func:`autoseg.workflow.predict.model_identification`: autoseg's
+        version, the dataset, configuration and folds).
     """
 
     name: str
@@ -90,10 +95,11 @@ class ServedModel:
     _source_values: np.ndarray | None
     _channels: tuple[str, ...]
     last_seconds: float = 0.0
+    algorithm: dict | None = None
 
     def segment(self, image_file: Path, out_file: Path, source_values: bool = True) -> None:
-        """Segment one uploaded image file into ``out_file`` (its ending picks the format), with the input's
-        geometry.
+        """Segment one uploaded image file, or a folder holding one DICOM series, into ``out_file`` (its ending
+        picks the format), with the input's geometry.
 
         Parameters
         ----------
@@ -104,19 +110,62 @@ class ServedModel:
         Raises
         ------
         AutosegError
-            The file is not an image this model takes (unreadable, truncated, wrong channel count, NaN ...).
+            The file is not an image this model takes (unreadable, truncated, wrong channel count, NaN ...), or
+            the folder's series fails the DICOM checks of :func:`autoseg.io.dicom.read_series_layout`.
         """
-        loaded = load_and_check_images([Path(image_file)], len(self._channels), self._channels)
-        if loaded.problems:
-            raise AutosegError(loaded.problems[0])
+        image_file = Path(image_file)
+        if image_file.is_dir():
+            image, geometry = self._read_series(image_file)[:2]
+        else:
+            loaded = load_and_check_images([image_file], len(self._channels), self._channels)
+            if loaded.problems:
+                raise AutosegError(loaded.problems[0])
+            image, geometry = loaded.image, loaded.geometry
+        seg = self._predict(image, geometry, image_file.name)
+        if source_values and self._source_values is not None:
+            seg = self._source_values[seg]
+        write_image(seg, geometry, Path(out_file))
+
+    def segment_series(self, folder: Path, seg_file: Path, out_file: Path) -> None:
+        """Segment the one DICOM series in ``folder``: the label map into ``out_file`` (its ending picks the
+        format; consecutive label values, the series' geometry) and a DICOM-SEG referencing the series into
+        ``seg_file`` (segment number = label value, named by the dataset's labels, identified by
+        :attr:`algorithm`).
+
+        Raises
+        ------
+        AutosegError
+            The series fails the DICOM checks, or the model takes more than one channel.
+        """
+        from autoseg.io.dicom_seg import write_dicom_seg
+
+        image, geometry, series = self._read_series(Path(folder))
+        seg = self._predict(image, geometry, series.uid)
+        names = {k: name for k, name in enumerate(self.label_names, 1)}
+        algorithm = self.algorithm or {"version": __version__, "dataset": self.name}
+        write_dicom_seg(seg, series, names, algorithm, seg_file)
+        write_image(seg, geometry, Path(out_file))
+
+    def _read_series(self, folder: Path):
+        """``(image, geometry, series)`` of the one DICOM series in ``folder``: one channel, so refused for a
+        model of several."""
+        from autoseg.io.dicom import read_series, select_series
+
+        series = select_series(folder)
+        if len(self._channels) != 1:
+            raise AutosegError(f"{series.name()}: one DICOM series is one channel, the model expects "
+                               f"{len(self._channels)} ({', '.join(self._channels)})")
+        image, geometry = read_series(series)
+        return image, geometry, series
+
+    def _predict(self, image: np.ndarray, geometry: Geometry, name: str) -> np.ndarray:
+        """The postprocessed label map (consecutive values) of a checked ``(C, z, y, x)`` image, timed."""
         start = time.perf_counter()
-        seg = self._predictor.predict(loaded.image, loaded.geometry, Path(image_file).name).segmentation
+        seg = self._predictor.predict(image, geometry, name).segmentation
         if self._postprocess is not None:
             seg = self._postprocess(seg)
         self.last_seconds = time.perf_counter() - start
-        if source_values and self._source_values is not None:
-            seg = self._source_values[seg]
-        write_image(seg, loaded.geometry, Path(out_file))
+        return seg
 
 
 def _served_configuration(ctx: DatasetContext, configuration: str | None) -> str:
@@ -155,7 +204,8 @@ def load_served_model(ctx: DatasetContext, configuration: str | None = None, dev
     return ServedModel(name=ctx.name, configuration=configuration,
                        description=f"autoseg {ctx.name}: {describe_configuration(ctx, configuration)}",
                        label_names=tuple(plans.labels[1:]), dims=dims, _predictor=predictor,
-                       _postprocess=postprocess, _source_values=lut, _channels=tuple(plans.channel_names))
+                       _postprocess=postprocess, _source_values=lut, _channels=tuple(plans.channel_names),
+                       algorithm=model_identification(ctx, configuration))
 
 
 def servable_datasets(workspace: Path, names: Sequence[str] = ()) -> list[DatasetContext]:

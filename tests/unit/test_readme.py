@@ -29,4 +29,4 @@ def test_reference_lists_every_command_and_option():
     for command in ("verify", "plan", "convert", "train", "predict", "find-best", "export", "import", "serve",
                     "evaluate", "report", "demo", "preprocess"):
         assert f"#### `autoseg {command}`" in ref
-    assert "`--runtime {torch,onnxruntime}`" in ref and "`--budget DURATION`" in ref
+    assert "`--runtime {torch,compiled,onnxruntime}`" in ref and "`--budget DURATION`" in ref
