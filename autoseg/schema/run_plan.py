@@ -18,7 +18,7 @@ from autoseg.schema.base import OMIT_IF_NONE
 #: all (the winner of the probes, or a fold of a shorter run plan that a larger budget extends).
 PART_KINDS = ("train", "probe", "continue")
 
-#: Strategies of :func:`autoseg.planning.run_plan.allocate`, smallest budget first.
+#: Strategies of :func:`autoseg.planning.allocation.allocate`, smallest budget first.
 STRATEGIES = ("one fold", "fold 0 + all", "cross-validation", "nnU-Net AutoML")
 
 

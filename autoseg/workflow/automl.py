@@ -15,8 +15,8 @@ from typing import Any, Callable, Sequence
 from autoseg.errors import AutosegError, option
 from autoseg.planning.budget import MIN_ITERATIONS
 from autoseg.planning.presets import load_preset
-from autoseg.planning.run_plan import (RunRule, extend_run_plan, fit_run_plan, preferred_configuration,
-                                       run_plan_table, trained_configurations)
+from autoseg.planning.allocation import RunRule, preferred_configuration
+from autoseg.planning.run_plan import extend_run_plan, fit_run_plan, run_plan_table, trained_configurations
 from autoseg.schema.base import load_json, save_json, sha256_of
 from autoseg.schema.fingerprint import Fingerprint
 from autoseg.schema.run_plan import RunPart

@@ -19,7 +19,8 @@ from autoseg.fingerprint.report import dataset_report
 from autoseg.io.dataset_json import read_dataset_spec
 from autoseg.planning.budget import MIN_ITERATIONS, budget_advice, plan_seconds_per_iteration
 from autoseg.planning.planner import make_plans
-from autoseg.planning.run_plan import RunRule, fit_run_plan, trained_configurations
+from autoseg.planning.allocation import RunRule
+from autoseg.planning.run_plan import fit_run_plan, trained_configurations
 from autoseg.planning.presets import PlannerPreset, load_preset
 from autoseg.preprocessing.run import PreprocessResult, preprocess_dataset
 from autoseg.schema.base import load_json, save_json, sha256_of

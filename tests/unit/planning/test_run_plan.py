@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 
 from autoseg.errors import AutosegError
-from autoseg.planning.run_plan import (ConfigurationSpeed, RunRule, allocate, configuration_speeds,
-                                       expected_iterations, extend_run_plan, fit_run_plan, preferred_configuration,
-                                       run_plan_table)
+from autoseg.planning.allocation import (ConfigurationSpeed, RunRule, allocate, expected_iterations,
+                                         preferred_configuration)
+from autoseg.planning.run_plan import configuration_speeds, extend_run_plan, fit_run_plan, run_plan_table
 from autoseg.schema.base import load_json, save_json
 from autoseg.schema.run_plan import STRATEGIES, RunPlan
 
