@@ -33,6 +33,9 @@ setup(
         "dicom": ["pydicom>=3.0", "highdicom>=0.28", "pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0", "dicomweb-client"],
         # JPEG Lossless and 12-bit JPEG pixel data: pylibjpeg-libjpeg is GPL-3.0, hence an opt-in extra of its own
         "dicom-jpeg": ["pydicom>=3.0", "pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1"],
+        # `autoseg convert` of RTSTRUCT annotations: contours are rasterised by autoseg's own scan-line fill
+        # (autoseg.io.rtstruct, numpy only); rt-utils would pull in opencv-python (80 MB) for the same
+        "rtstruct": ["pydicom>=3.0"],
         # the tests exercise the optional parts too: ONNX export/runtime and a real server with a real client
         "test": ["pytest", "pytest-timeout", "onnx", "onnxruntime", "fastapi", "uvicorn", "python-multipart", "httpx",
                  "tensorboard", "mlflow-skinny", "sqlalchemy", "alembic", "dask[distributed]", "dask-jobqueue",

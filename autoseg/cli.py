@@ -29,7 +29,7 @@ FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "continue_": "--conti
          "num_workers": "-j", "min_iterations": "--min-iterations",
          "freeze_encoder_epochs": "--freeze-encoder-epochs", "warmup_fraction": "--warmup", "schedule": "--schedule",
          "early_stop_patience": "--early-stop", "allocation": "--allocation", "output_format": "--output-format",
-         "roi_dir": "--roi"}
+         "roi_dir": "--roi", "images": "--images", "labels": "--labels"}
 
 
 #: ``autoseg demo --kind``: the presets of :data:`autoseg.synthetic.PRESETS` (named here so that the parser does not
@@ -291,12 +291,17 @@ def _add_plan_command(sub, default_ws: str) -> None:
 
 
 def _add_convert_command(sub) -> None:
-    cv = sub.add_parser("convert", help="make a raw dataset from any folder of images and masks (file patterns)",
+    cv = sub.add_parser("convert", help="make a raw dataset from any folder of images and masks (file patterns), "
+                                        "or from DICOM series with DICOM-SEG / RTSTRUCT annotations",
                         description="Describe where each case's files are with patterns relative to SOURCE, "
                                     "{case} standing for the case id in the file name; the result in OUT_DIR is "
                                     "an nnU-Net v2 raw dataset for `autoseg plan`. Every unmatched file, missing "
-                                    "partner and unmapped label value is reported and nothing is written.")
-    cv.add_argument("source", type=Path, metavar="SOURCE", help="folder the patterns are relative to")
+                                    "partner and unmapped label value is reported and nothing is written. A SOURCE "
+                                    "holding DICOM, given without patterns, is converted from its headers: each "
+                                    "image series one case, its DICOM-SEG or RTSTRUCT (matched by the referenced "
+                                    "series) its labels, series without one test images.")
+    cv.add_argument("source", type=Path, metavar="SOURCE",
+                    help="folder the patterns are relative to, or a folder of DICOM (searched at any depth)")
     cv.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="raw dataset folder to create")
     cv.add_argument("--spec", type=Path, default=None, metavar="FILE",
                     help="a JSON file with the keys images, labels, roi, test_images, test_roi, label_map, "
@@ -736,6 +741,15 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _is_dicom_convert(args) -> bool:
+    """A DICOM folder given without file patterns: its series and annotations make the dataset."""
+    from autoseg.io.dicom_series import is_dicom_folder
+
+    patterns = (args.images, args.labels, args.roi, args.test_images, args.test_roi, args.map, args.label_names,
+                args.channel_names)
+    return not any(patterns) and is_dicom_folder(args.source)
+
+
 def _cmd_convert(args) -> int:
     from autoseg import api
     from autoseg.io.convert import ConvertSpec, parse_label_map
@@ -749,6 +763,10 @@ def _cmd_convert(args) -> int:
             raise AutosegError(f"--spec {args.spec}: give the patterns either in the file or as options, not both "
                                f"({', '.join(given)})")
         spec = ConvertSpec.from_json(args.spec)
+    elif _is_dicom_convert(args):
+        from autoseg.io.dicom_dataset import DicomConvertSpec
+
+        spec = DicomConvertSpec(args.name)
     else:
         if not args.images or not args.labels:
             raise AutosegError("convert: --images and --labels are required (or --spec FILE)")

@@ -20,6 +20,9 @@ hard-linked, unchanged; JPEG re-encoded losslessly as PNG so labels can share th
 with the mapped values, ``roiTr/<case>`` (0/1), ``imagesTs``/``roiTs``, and ``dataset.json`` with
 ``source_label_values`` (so predictions are written back in the source's values, 255 for vessels) and the
 conversion spec itself under ``autoseg_convert``.
+
+A folder of DICOM (image series with DICOM-SEG / RTSTRUCT annotations) needs no patterns: see
+:mod:`autoseg.io.dicom_dataset`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -40,6 +43,9 @@ from autoseg.io import natural
 from autoseg.io.image import read_header, read_label, write_image
 from autoseg.io.roi import KNOWN_ENDINGS
 from autoseg.schema.base import link_or_copy, locked_temporary
+
+if TYPE_CHECKING:
+    from autoseg.io.dicom_dataset import DicomConvertSpec
 
 PLACEHOLDER = "{case}"
 
@@ -261,8 +267,12 @@ def _mapped(arr: np.ndarray, label_map: Mapping[int, int], num_labels: int) -> n
     return lut[arr].astype(np.uint8 if num_labels <= 256 else np.uint16)
 
 
-def convert(source: Path, out_dir: Path, spec: ConvertSpec, progress: bool = True) -> Path:
+def convert(source: Path, out_dir: Path, spec: ConvertSpec | DicomConvertSpec | None,
+            progress: bool = True) -> Path:
     """Write ``out_dir`` (an nnU-Net v2 raw dataset) from the files ``spec`` describes under ``source``.
+
+    ``spec`` None or a :class:`autoseg.io.dicom_dataset.DicomConvertSpec`: ``source`` is a folder of DICOM image
+    series and their DICOM-SEG / RTSTRUCT annotations (:func:`autoseg.io.dicom_dataset.convert_dicom`).
 
     Returns
     -------
@@ -275,18 +285,42 @@ def convert(source: Path, out_dir: Path, spec: ConvertSpec, progress: bool = Tru
         Every problem found (one line each); nothing is written then.
     """
     source, out_dir = Path(source), Path(out_dir)
+    if not isinstance(spec, ConvertSpec):
+        from autoseg.io.dicom_dataset import convert_dicom  # pydicom only for DICOM folders
+
+        return convert_dicom(source, out_dir, spec, progress)
     _check_arguments(source, out_dir, spec)
     train, test, ending = _matched_cases(source, spec)
     num_labels, names, channels = _checked_contents(train, test, spec, progress)
-    # built in a hidden sibling folder and renamed: a killed convert leaves no half dataset, and the next one
-    # removes what it left (:func:`autoseg.schema.base.locked_temporary`)
+
+    def write(tmp: Path) -> None:
+        _write_cases(tmp, train, test, spec, ending, num_labels, progress)
+        meta = _dataset_json(source, out_dir, spec, channels, names, len(train), natural.output_ending(ending))
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return publish_dataset(out_dir, write)
+
+
+def check_folders(source: Path, out_dir: Path) -> None:
+    """Refuse a missing source folder, or an output that exists and is not an empty folder (nothing on disk is
+    ever replaced)."""
+    if not source.is_dir():
+        raise AutosegError(f"{source}: source folder not found")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise AutosegError(f"{out_dir}: exists and is not empty; choose a new output folder")
+
+
+def publish_dataset(out_dir: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` on a new hidden folder beside ``out_dir``, then rename it to ``out_dir`` (absent or empty,
+    :func:`check_folders`); on any failure the folder is removed and ``out_dir`` is left as it was.
+
+    A killed convert leaves no half dataset, and the next one removes what it left
+    (:func:`autoseg.schema.base.locked_temporary`).
+    """
     with locked_temporary(out_dir, ".converting", folder=True) as tmp:
         try:
-            _write_cases(tmp, train, test, spec, ending, num_labels, progress)
-            meta = _dataset_json(source, out_dir, spec, channels, names, len(train), natural.output_ending(ending))
-            (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+            write(tmp)
             if out_dir.exists():
-                out_dir.rmdir()  # empty (checked above)
+                out_dir.rmdir()  # empty (checked before)
             os.replace(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -295,10 +329,7 @@ def convert(source: Path, out_dir: Path, spec: ConvertSpec, progress: bool = Tru
 
 
 def _check_arguments(source: Path, out_dir: Path, spec: ConvertSpec) -> None:
-    if not source.is_dir():
-        raise AutosegError(f"{source}: source folder not found")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise AutosegError(f"{out_dir}: exists and is not empty; choose a new output folder")
+    check_folders(source, out_dir)
     if not spec.images:
         raise AutosegError("no image pattern given (e.g. --images 'images/{case}.png')")
 

@@ -256,7 +256,7 @@ def _referenced_series(seg) -> set[str]:
     return {str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence") or []}
 
 
-def _frame_positions(seg, path: Path) -> tuple[np.ndarray, list[int]]:
+def frame_positions(seg, path: Path) -> tuple[np.ndarray, list[int]]:
     """Each frame's ImagePositionPatient ``(x, y, z)`` and segment number."""
     shared = _shared(seg)
     positions, segments = [], []
@@ -337,7 +337,7 @@ def read_dicom_seg(path: Path | str, source: SeriesLayout | SeriesInfo | Sequenc
     if frames is None:
         return out
     _check_grid(seg, layout, path)
-    positions, segments = _frame_positions(seg, path)
+    positions, segments = frame_positions(seg, path)
     _place(out, frames, positions, segments, layout, path)
     return out
 

@@ -83,7 +83,7 @@ def error_reason(err: BaseException) -> str:
     return (text or type(err).__name__)[:200]
 
 
-def _files_under(folder: Path) -> list[Path]:
+def files_under(folder: Path) -> list[Path]:
     """Every regular file below ``folder``, in a stable order (hidden files and folders skipped)."""
     found = []
     for root, dirs, names in os.walk(folder):
@@ -92,7 +92,7 @@ def _files_under(folder: Path) -> list[Path]:
     return found
 
 
-def _sniff(path: Path) -> str | None:
+def sniff(path: Path) -> str | None:
     """'preamble' for a DICOM file, 'bare' for what may be one without its 128-byte preamble, else None."""
     try:
         with open(path, "rb") as f:
@@ -117,7 +117,7 @@ def is_dicom_folder(path: Path | str) -> bool:
         return False
     for root, dirs, names in os.walk(path):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        if any(_sniff(Path(root) / n) for n in names if not n.startswith(".")):
+        if any(sniff(Path(root) / n) for n in names if not n.startswith(".")):
             return True
     return False
 
@@ -216,7 +216,7 @@ def _group(files: Sequence[Path], folder: Path) -> tuple[list[SeriesInfo], Count
     members: dict[str, list[Path]] = {}
     others: Counter = Counter()
     for path in files:
-        kind = _sniff(path)
+        kind = sniff(path)
         header = read_header(path, kind) if kind else None
         if header is None:
             continue
@@ -271,7 +271,7 @@ def find_series(folder: Path | str) -> list[SeriesInfo]:
     folder = Path(folder)
     if not folder.is_dir():
         raise AutosegError(f"{folder}: folder not found")
-    series, others = _group(_files_under(folder), folder)
+    series, others = _group(files_under(folder), folder)
     if not series:
         raise _no_image_error(folder, others)
     return series

@@ -26,7 +26,7 @@ import _dicom_fixtures as fx  # noqa: E402
 from autoseg import api  # noqa: E402
 from autoseg.cli import main  # noqa: E402
 from autoseg.errors import AutosegError  # noqa: E402
-from autoseg.inference.dicom_input import series_case_ids  # noqa: E402
+from autoseg.io.dicom_case_ids import series_case_ids  # noqa: E402
 from autoseg.io.dicom import read_series  # noqa: E402
 from autoseg.io.dicom_series import find_series  # noqa: E402
 from autoseg.io.dicom_seg import read_dicom_seg  # noqa: E402
