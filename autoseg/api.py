@@ -230,6 +230,15 @@ def load_predictor(workspace: Path, dataset: str, configuration: str = DEFAULT_C
     return _load(load_context(workspace, dataset), configuration, folds, device, precision, step, mirror, runtime)
 
 
+def predict_series(predictor, folder: Path, series_uid: str | None = None, probabilities: bool = False):
+    """Segment one DICOM series with a predictor of :func:`load_predictor` (optional extra ``[dicom]``): returns
+    ``(prediction, geometry, series)`` on the series' voxel grid (:func:`autoseg.inference.dicom_input.predict_series`).
+    """
+    from autoseg.inference.dicom_input import predict_series as _predict_series
+
+    return _predict_series(predictor, folder, series_uid, probabilities)
+
+
 def convert(source: Path, out_dir: Path, spec, progress: bool = True) -> Path:
     """Make an nnU-Net v2 raw dataset from any folder of images and masks (:func:`autoseg.io.convert.convert`;
     ``spec`` is a :class:`autoseg.io.convert.ConvertSpec`)."""

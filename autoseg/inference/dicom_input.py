@@ -84,3 +84,41 @@ def find_dicom_series(images_dir: Path) -> list[tuple[str, SeriesInfo]]:
         (this stops the whole run: the file's series is unknown).
     """
     return find_series_cases(Path(images_dir))
+
+
+def predict_series(predictor, folder: Path, series_uid: str | None = None, probabilities: bool = False):
+    """Segment one DICOM series with a loaded predictor, in Python (what ``predict -i`` does for each series).
+
+    Parameters
+    ----------
+    predictor
+        Any predictor of :func:`autoseg.workflow.predict.load_predictor` (one configuration, an ensemble, a
+        cascade): its ``prepare``, ``logits`` and ``finish`` are used.
+    folder
+        The folder holding the series (at any depth).
+    series_uid
+        Which series, when the folder holds several (:func:`autoseg.io.dicom_series.select_series`).
+    probabilities
+        Also return the class probabilities.
+
+    Returns
+    -------
+    prediction, geometry, series
+        The :class:`~autoseg.inference.predictor.Prediction` (label map ``(z, y, x)`` on the series' voxel grid,
+        slices ordered along the slice normal as :func:`autoseg.io.dicom.read_series` reads them), that grid's
+        geometry (for :func:`autoseg.io.image.write_image`), and the series (for
+        :func:`autoseg.io.dicom_seg.write_dicom_seg`).
+
+    Raises
+    ------
+    AutosegError
+        The model needs several channels, or the series fails the DICOM checks (one line naming it).
+    """
+    from autoseg.io.dicom import read_series, select_series
+
+    folder = Path(folder)
+    check_dicom_model(folder, len(predictor.plans.channel_names), NIFTI_ENDING)
+    series = select_series(folder, series_uid)
+    image, geometry = read_series(series)
+    data, properties = predictor.prepare(image, geometry, series.name())
+    return predictor.finish(predictor.logits(data), properties, probabilities), geometry, series

@@ -265,3 +265,27 @@ def test_regions_of_interest_are_refused_for_dicom(one_channel, tmp_path):
         api.predict(ws, name, tmp_path / "in", tmp_path / "out", roi_dir=tmp_path / "roi", **PREDICT)
     assert len(e.value.problems) == 1 and "roi_dir" in e.value.problems[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_python_api_segments_a_series_as_predict_does(one_channel, tmp_path, modality):
+    """``api.predict_series`` on an axial MR or an oblique CT series (files shuffled on disk): the label map of
+    ``predict`` on the same volume as NIfTI, on the series' grid; written as a SEG, read back the same."""
+    from autoseg.io.dicom_seg import write_dicom_seg
+
+    ws, name = one_channel
+    volume, grid = (fx.mr_volume(), fx.Grid()) if modality == "MR" else (fx.ct_volume(), fx.oblique_grid())
+    files = fx.write_series(tmp_path / "in" / modality, volume, grid, modality=modality)
+    image, geometry = read_series(files)
+    write_image(image[0], geometry, tmp_path / "nifti_in" / "case.nii.gz")
+    api.predict(ws, name, tmp_path / "nifti_in", tmp_path / "from_nifti", **PREDICT)
+    expected, _ = read_image([tmp_path / "from_nifti" / "case.nii.gz"])
+
+    predictor = api.load_predictor(ws, name, "3d_fullres", ["0"], mirror=False)
+    prediction, grid_geometry, series = api.predict_series(predictor, tmp_path / "in")
+    assert np.array_equal(prediction.segmentation, expected[0]) and len(np.unique(expected)) > 1
+    assert grid_geometry == geometry and series.modality == modality
+    labels = {k: v for k, v in enumerate(api.load_context(ws, name).plans.labels) if k}
+    seg = write_dicom_seg(prediction.segmentation, series, labels, {"version": autoseg.__version__},
+                          tmp_path / "s.dcm")
+    assert np.array_equal(read_dicom_seg(seg, files), expected[0])
