@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from autoseg.cli import HelpFormatter, build_parser
+from autoseg.cli.options import HelpFormatter
+from autoseg.cli.parser import build_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 #: README's generated parts sit between these markers.

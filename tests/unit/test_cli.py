@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from autoseg.cli import build_parser, main, parse_duration
+from autoseg.cli import main
+from autoseg.cli.options import parse_duration
+from autoseg.cli.parser import build_parser
 
 sys.path.insert(0, str(Path(__file__).parent / "evaluation"))
 from _selection_fakes import DATASET, GEOMETRY, make_workspace, reference  # noqa: E402
@@ -91,7 +93,7 @@ def test_predict_checks_its_inputs_before_saying_anything(tmp_path, capsys):
 
 
 def test_demo_kinds_are_the_synthetic_presets():
-    from autoseg.cli import SYNTHETIC_KINDS
+    from autoseg.cli.options import SYNTHETIC_KINDS
     from autoseg.synthetic import PRESETS
 
     assert SYNTHETIC_KINDS == tuple(PRESETS)
@@ -105,7 +107,8 @@ def test_demo_kinds_are_the_synthetic_presets():
      ["--seed", "7", "--log", "tensorboard", "mlflow"]),
 ])
 def test_a_cluster_runs_jobs_get_the_training_options_given(argv, forwarded):
-    from autoseg.cli import TRAINING_OPTIONS, _forwarded_training_flags
+    from autoseg.cli.commands import _forwarded_training_flags
+    from autoseg.cli.options import TRAINING_OPTIONS
 
     args = build_parser().parse_args(["train", "D", "-c", "2d", "-f", "0", "--cluster", "local", *argv])
     assert _forwarded_training_flags(args) == forwarded

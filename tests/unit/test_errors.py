@@ -12,7 +12,7 @@ def test_python_users_read_parameters_and_the_cli_its_flags():
     assert e.problems == ("fold_0: an unfinished run; pass resume=True or overwrite=True",
                           "retry with fewer workers (num_workers=1) or another device")
     assert str(e) == "\n".join(e.problems)
-    from autoseg.cli import _flag
+    from autoseg.cli.options import flag_for as _flag
 
     assert e.render(_flag) == ("fold_0: an unfinished run; pass --resume or --overwrite",
                                "retry with fewer workers (-j 1) or another --device")
@@ -23,7 +23,7 @@ def test_every_option_named_in_the_library_has_a_flag():
     from pathlib import Path
 
     import autoseg
-    from autoseg.cli import FLAGS
+    from autoseg.cli.options import FLAGS
 
     names = set()
     for path in Path(autoseg.__file__).parent.rglob("*.py"):
