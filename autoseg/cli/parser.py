@@ -201,7 +201,7 @@ def _add_predict_command(sub, default_ws: str) -> None:
     pr.add_argument("--device", default="auto")
     pr.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     pr.add_argument("--runtime", choices=("torch", "compiled", "onnxruntime"), default="torch",
-                    help="run the networks with torch (default); compiled: torch.compile first (10-15 s per "
+                    help="run the networks with torch (default); compiled: torch.compile first (13-15 s per "
                          "network, then 2%% faster 3D passes on an AVX2 CPU in fp32; bf16 and GPUs not measured); "
                          "or as "
                          "ONNX with onnxruntime on the CPU (extra [onnx]; a fold's network.onnx is made from its "

@@ -211,7 +211,7 @@ def _accumulate(network, image, patch, num_classes, slices, step, axes, device, 
     flips = mirror_flips(axes)
     tiles, total = _tiles(spatial, patch, step, slices)
     work = ((t, flip) for t in tiles for flip in flips)  # each tile's mirrorings, one network input each
-    share = weight / len(flips)  # a tile's mirrorings together add its weight once, as their mean would
+    share = weight / len(flips)  # each mirroring adds its share of the tile's weighted logits: their mean
     bar = None
     if progress:
         from autoseg.progress import bar as progress_bar
@@ -228,7 +228,8 @@ def _accumulate(network, image, patch, num_classes, slices, step, axes, device, 
             pred = pred.to(target, torch.float32)
             for p, (t, flip) in zip(pred, batch):
                 logits[(slice(None), *t)].addcmul_(_flip(p, flip, 1), share)  # in place: no weighted copy
-                weights[t] += share
+                if flip == ():  # every tile has one unflipped input: its weight counts once
+                    weights[t] += weight
             if bar is not None:
                 bar.update(sum(flip == () for _, flip in batch))
     finally:
