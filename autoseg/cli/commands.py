@@ -16,8 +16,9 @@ def _cmd_verify(args) -> int:
     from autoseg import api
 
     spec = api.verify(args.raw_dir, num_workers=args.workers)
-    print(f"{args.raw_dir}: OK, dataset '{spec.name}' ({len(spec.training)} training, {len(spec.test)} test cases, "
-          f"{spec.num_channels} channel(s), {spec.num_classes - 1} foreground label(s))")
+    unlabelled = f"{len(spec.unlabelled_cases)} unlabelled training, " if spec.unlabelled_cases else ""
+    print(f"{args.raw_dir}: OK, dataset '{spec.name}' ({len(spec.training)} training, {unlabelled}"
+          f"{len(spec.test)} test cases, {spec.num_channels} channel(s), {spec.num_classes - 1} foreground label(s))")
     print(f"next: autoseg plan {args.raw_dir}")
     return 0
 
@@ -46,6 +47,9 @@ def _cmd_plan(args) -> int:
         if advice:
             print("\n" + advice)
     print(f"\nwrote {result.paths.plans}")
+    if result.unlabelled:
+        print(f"{result.unlabelled} unlabelled training image(s) in imagesTrUnlabelled/: verified and preprocessed, "
+              f"outside the fingerprint and the folds; train learns from them too (--semi-supervised off: not)")
     if result.preprocessing is not None:
         from autoseg.preprocessing.run import preprocess_summary
 
@@ -91,7 +95,10 @@ def _cmd_train(args) -> int:
                      precision=args.precision, num_workers=args.workers, checkpoint_every=args.checkpoint_every,
                      pretrained=args.pretrained, pretrained_fold=args.pretrained_fold,
                      freeze_encoder_epochs=args.freeze_encoder_epochs, early_stop_patience=args.early_stop,
-                     trackers=tuple(args.log) if args.log else None)
+                     trackers=tuple(args.log) if args.log else None, semi_supervised=args.semi_supervised,
+                     unlabelled_batch_size=args.unlabelled_batch_size,
+                     pseudo_label_threshold=args.pseudo_label_threshold, teacher_ema=args.teacher_ema,
+                     unlabelled_weight=args.unlabelled_weight, unlabelled_rampup=args.unlabelled_rampup)
     single = args.config is not None and len(args.config) == 1 and args.fold is not None and len(args.fold) == 1
     if args.job_timeout is not None and args.cluster is None:
         raise AutosegError("--job-timeout applies to the jobs of a --cluster run")

@@ -25,7 +25,10 @@ FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "continue_": "--conti
          "num_workers": "-j", "min_iterations": "--min-iterations",
          "freeze_encoder_epochs": "--freeze-encoder-epochs", "warmup_fraction": "--warmup", "schedule": "--schedule",
          "early_stop_patience": "--early-stop", "allocation": "--allocation", "output_format": "--output-format",
-         "roi_dir": "--roi", "images": "--images", "labels": "--labels"}
+         "roi_dir": "--roi", "images": "--images", "labels": "--labels", "semi_supervised": "--semi-supervised",
+         "pseudo_label_threshold": "--pseudo-label-threshold", "teacher_ema": "--teacher-ema",
+         "unlabelled_weight": "--unlabelled-weight", "unlabelled_rampup": "--unlabelled-rampup",
+         "unlabelled_batch_size": "--unlabelled-batch-size"}
 
 
 #: ``autoseg demo --kind``: the presets of :data:`autoseg.synthetic.PRESETS` (named here so that the parser does not
@@ -205,6 +208,22 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
                  "progress.png only"),
     _option("--freeze-encoder-epochs", type=int, default=None, metavar="EPOCHS",
             help="with --pretrained: first epochs in which the transferred encoder is not updated"),
+    _option("--semi-supervised", choices=("auto", "off", "pseudo_label", "copy_paste"), default=None,
+            help="how the raw folder's imagesTrUnlabelled/ images are used: copy_paste (labelled and unlabelled "
+                 "patches mixed, the unlabelled parts with an EMA teacher's targets), pseudo_label (the "
+                 "unlabelled patches with the teacher's targets), off (labelled cases only), auto (default: the "
+                 "measured best, copy_paste, when there are unlabelled images)"),
+    _option("--unlabelled-batch-size", type=parse_positive_int, default=None, metavar="N",
+            help="unlabelled patches per step (default: as many as labelled; a step then takes about twice "
+                 "the time and memory)"),
+    _option("--pseudo-label-threshold", type=float, default=None, metavar="P",
+            help="least teacher probability for an unlabelled voxel to get a target (default 0.8)"),
+    _option("--teacher-ema", type=float, default=None, metavar="DECAY",
+            help="decay per step of the teacher's moving average of the weights (default 0.99)"),
+    _option("--unlabelled-weight", type=float, default=None, metavar="W",
+            help="weight of the loss on the teacher's targets (default 0.5)"),
+    _option("--unlabelled-rampup", type=float, default=None, metavar="FRACTION",
+            help="share of the run over which that weight ramps up (default 0.3)"),
 )
 
 

@@ -39,7 +39,7 @@ def source_hash(raw_dir: Path, spec: DatasetSpec) -> str:
     side = Path(raw_dir) / REGIONS_FILE
     if side.is_file():  # an MSD dataset's regions: a change must not reuse the old fingerprint
         h.update(side.read_bytes())
-    for case in spec.training + spec.test:
+    for case in spec.training + spec.test + spec.unlabelled_cases:
         for rel in case.images + tuple(r for r in (case.label, case.roi) if r):
             st = (Path(raw_dir) / rel).stat()
             h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -112,7 +112,8 @@ def check_and_fingerprint(raw_dir: Path, spec: DatasetSpec, num_workers: int, se
     progress
         Show progress (a bar on a terminal, lines otherwise).
     include_test
-        Also verify the test images (readable, channels, no NaN).
+        Also verify the test images (readable, channels, no NaN). The unlabelled training images are always
+        verified.
     source_sha256
         Precomputed :func:`source_hash`, stored in the fingerprint.
 
@@ -123,7 +124,9 @@ def check_and_fingerprint(raw_dir: Path, spec: DatasetSpec, num_workers: int, se
     """
     raw_dir = Path(raw_dir)
     max_samples = max(1, FOREGROUND_SAMPLES // max(1, len(spec.training)))
-    cases = list(spec.training) + (list(spec.test) if include_test else [])
+    # the unlabelled images are checked like training images (a bad one is refused before any training) but not
+    # fingerprinted: the plans and the normalisation are the labelled cases'
+    cases = list(spec.training) + (list(spec.test) if include_test else []) + list(spec.unlabelled_cases)
     jobs = [(raw_dir, spec, case, i, max_samples, seed) for i, case in enumerate(cases)]
     results = map_cases(_check_and_measure, jobs, [c.case_id for c in cases], num_workers, "Verify + fingerprint",
                         progress, initializer=_init_worker)

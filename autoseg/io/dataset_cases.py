@@ -273,3 +273,42 @@ def _discover(raw_dir: Path, images_sub: str, labels_sub: str | None, num_channe
         if ok:
             cases.append(CaseSpec(cid, files, label))
     return cases
+
+# ---------------------------------------------------------------------------------------------------------------
+# unlabelled training images (both layouts)
+
+#: Folder of a raw dataset holding training images without labels (semi-supervised training). Named like the
+#: images it sits beside: ``imagesTr`` are the labelled training images, these the unlabelled ones.
+UNLABELLED_DIR = "imagesTrUnlabelled"
+
+
+def cases_unlabelled(raw_dir: Path, layout: str, num_channels: int, ending: str, labelled: list[CaseSpec],
+                     problems: list[str]) -> list[CaseSpec]:
+    """The images of ``imagesTrUnlabelled/`` (none when the folder does not exist).
+
+    Files are named as the layout names its training images: ``<case>_<cccc><ending>`` one per channel (nnU-Net
+    v2), ``<case><ending>`` one per case, 3D or 4D (MSD). A case id that is also a labelled case's is reported:
+    a labelled scan must not be trained on twice, once without its label.
+    """
+    folder = raw_dir / UNLABELLED_DIR
+    if not folder.is_dir():
+        return []
+    if layout == "nnunetv2":
+        cases = _discover(raw_dir, UNLABELLED_DIR, None, num_channels, ending, problems) or []
+    else:
+        cases = []
+        for f in sorted(folder.iterdir()):
+            if f.name.startswith(".") or not f.is_file():
+                continue
+            if not f.name.endswith(ending) or len(f.name) == len(ending):
+                problems.append(f"{f}: not a {ending} image (the dataset's training images are {ending} files)")
+                continue
+            cases.append(CaseSpec(f.name[: -len(ending)], (f"{UNLABELLED_DIR}/{f.name}",)))
+    ids = {c.case_id for c in labelled}
+    for c in cases:
+        if c.case_id in ids:
+            problems.append(f"{raw_dir / c.images[0]}: case id {c.case_id!r} is also a labelled training case; "
+                            f"an unlabelled image needs an id of its own")
+    if not cases and not any(str(folder) in p for p in problems):
+        problems.append(f"{folder}: folder is empty (remove it, or put the unlabelled training images there)")
+    return [c for c in cases if c.case_id not in ids]

@@ -11,6 +11,10 @@ Two layouts are accepted, detected from the keys of ``dataset.json``:
   ``training`` (and ``test``) lists, the cases are those listed, as in MSD (layout ``"msd"``), and the ending is
   that of the listed files (all must share one).
 
+In both layouts an optional ``imagesTrUnlabelled/`` folder holds training images without labels, named as the
+layout names its training images; semi-supervised training learns from them (see
+:func:`autoseg.io.dataset_cases.cases_unlabelled`).
+
 Only ``dataset.json`` and the folder listings are read here; the image files themselves are checked by
 :mod:`autoseg.io.verify`. Every problem found is collected and raised together as one :class:`DatasetError`, one
 line per problem, each naming ``dataset.json`` or the file concerned.
@@ -24,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from autoseg.errors import DatasetError
-from autoseg.io.dataset_cases import cases_msd, cases_nnunetv2, count_case_ids, listed_ending
+from autoseg.io.dataset_cases import cases_msd, cases_nnunetv2, cases_unlabelled, count_case_ids, listed_ending
 from autoseg.io.dataset_labels import (REGIONS_FILE, has_regions, labels_msd, labels_nnunetv2, read_regions_file,
                                        region_labels, source_label_values, split_ignore)
 from autoseg.io.json_object import kind, load_object
@@ -86,12 +90,17 @@ def read_dataset_spec(raw_dir: Path) -> DatasetSpec:
     regions, order = _with_side_regions(raw_dir, found, problems, bad)
     labels, ignore = split_ignore(found.labels)
     source_values = source_label_values(data.get("source_label_values"), labels, bad)
+    unlabelled = []
+    if found.layout != "unknown" and found.channels is not None and found.file_ending:
+        unlabelled = cases_unlabelled(raw_dir, found.layout, len(found.channels), found.file_ending,
+                                      found.training, problems)
     if problems:
         raise DatasetError(*problems)
     return DatasetSpec(name=name, raw_dir=str(raw_dir.resolve()), layout=found.layout,
                        channel_names=tuple(found.channels), labels=tuple(labels), file_ending=found.file_ending,
                        training=tuple(found.training), test=tuple(found.test), source_label_values=source_values,
-                       ignore_label=ignore, regions=regions, regions_class_order=order)
+                       ignore_label=ignore, regions=regions, regions_class_order=order,
+                       unlabelled=tuple(unlabelled) or None)
 
 
 def _load(raw_dir: Path, jpath: Path) -> dict:

@@ -23,11 +23,11 @@ from autoseg.fingerprint.dataset import _available_memory, _init_worker, default
 from autoseg.io.verify import load_and_check_case
 from autoseg.parallel import map_cases, one_blas_thread, usable_cpus
 from autoseg.planning.spacing import resampled_shape
-from autoseg.preprocessing.case import (data_key, derive_case, preprocess_case, preprocessing_sha256,
-                                        target_spacing_for)
+from autoseg.preprocessing.case import (PreprocessedCase, data_key, derive_case, preprocess_case,
+                                        preprocessing_sha256, target_spacing_for)
 from autoseg.preprocessing.normalize import normalization_problems
 from autoseg.preprocessing.store import INFO_NAME, CaseStore
-from autoseg.schema.dataset import CaseSpec, DatasetSpec
+from autoseg.schema.dataset import IGNORE, CaseSpec, DatasetSpec
 from autoseg.schema.fingerprint import Fingerprint
 from autoseg.schema.plans import Plans
 from autoseg.workspace import DatasetPaths
@@ -153,11 +153,19 @@ def _preprocess_one(raw_dir: Path, spec: DatasetSpec, case: CaseSpec, plans: Pla
                 pc = preprocess_case(loaded.image, loaded.label, loaded.geometry, plans, task.config, case.case_id,
                                      rng, roi=loaded.roi)
                 done[key] = pc
-            CaseStore(task.folder).write(pc)
+            CaseStore(task.folder).write(pc if case.label is not None else unlabelled_case(pc))
             del pc
         return _Outcome(case.case_id)
     except Exception as e:  # reported by the parent as one line naming the case
         return _Outcome(case.case_id, _cause(e))
+
+
+def unlabelled_case(case: PreprocessedCase) -> PreprocessedCase:
+    """An unlabelled training image as the store keeps it: a segmentation that is all
+    :data:`~autoseg.schema.dataset.IGNORE` (nothing annotated, so the losses leave every voxel out until a
+    semi-supervised method gives it a target) and no class locations (its patches are drawn uniformly)."""
+    seg = np.full((1, *case.data.shape[1:]), IGNORE, dtype=np.int8)
+    return PreprocessedCase(case.data, seg, {}, case.properties)
 
 
 def _run(jobs: list[tuple], num_workers: int, desc: str, progress: bool, raw_dir: Path) -> None:
@@ -190,7 +198,7 @@ def _check_inputs(spec: DatasetSpec, plans: Plans, paths: DatasetPaths, configs:
                      for p in normalization_problems(plans.configurations[name].normalization, spec.num_channels)]
     if len(plans.labels) > 127:
         problems.append(f"{paths.plans}: {len(plans.labels)} labels; preprocessed segmentations are int8 (<= 127)")
-    ids = {c.case_id for c in spec.training}
+    ids = {c.case_id for c in spec.training + spec.unlabelled_cases}
     for cid in sorted(ids):
         # the store names files <case>.npy, <case>_seg.npy, <case>_locs.npz, <case>.json and store_info.json
         for suffix in ("_seg", "_locs"):
@@ -228,7 +236,8 @@ def _prepare_folder(store: CaseStore, key: str, config: str, case_ids: set[str])
 def preprocess_dataset(raw_dir: Path, spec: DatasetSpec, plans: Plans, paths: DatasetPaths,
                        configs: Sequence[str], num_workers: int | None = None, progress: bool = True,
                        fingerprint: Fingerprint | None = None, seed: int = DEFAULT_SEED) -> PreprocessResult:
-    """Preprocess the training cases of ``spec`` for ``configs`` into ``paths.preprocessed(config)``.
+    """Preprocess the training cases of ``spec`` (labelled and unlabelled) for ``configs`` into
+    ``paths.preprocessed(config)``.
 
     Parameters
     ----------
@@ -262,7 +271,9 @@ def preprocess_dataset(raw_dir: Path, spec: DatasetSpec, plans: Plans, paths: Da
     raw_dir = Path(raw_dir)
     configs = list(dict.fromkeys(configs))
     _check_inputs(spec, plans, paths, configs)
-    case_ids = {c.case_id for c in spec.training}
+    # the unlabelled training images share the store (they are sampled from it like the labelled cases)
+    cases = list(spec.training) + list(spec.unlabelled_cases)
+    case_ids = {c.case_id for c in cases}
 
     tasks: dict[Path, _Task] = {}
     for name in configs:
@@ -278,7 +289,7 @@ def preprocess_dataset(raw_dir: Path, spec: DatasetSpec, plans: Plans, paths: Da
         status[folder] = _prepare_folder(CaseStore(folder), task.key, task.config, case_ids)
 
     jobs = []
-    for case in spec.training:
+    for case in cases:
         todo = [t for f, t in tasks.items() if case.case_id not in status[f][1]]
         if todo:
             jobs.append((raw_dir, spec, case, plans, todo, seed))

@@ -73,7 +73,11 @@ class DatasetSpec:
     file_ending
         Image file ending (``.nii.gz``).
     training, test
-        The labelled and unlabelled cases.
+        The labelled training cases and the test cases (images to predict, never trained on).
+    unlabelled
+        Training images without labels (``imagesTrUnlabelled/``), for semi-supervised training; ``None`` when
+        there are none. They are verified like training images, never fingerprinted (the plans and the intensity
+        normalisation stay those of the labelled cases) and never in a cross-validation fold.
     source_label_values
         The value each label had in the source files before ``autoseg convert`` made them consecutive
         (``(0, 255)`` for 0/255 vessel masks), indexed like ``labels``; predictions are written with these values.
@@ -104,11 +108,17 @@ class DatasetSpec:
     regions: tuple[Region, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
     regions_class_order: tuple[int, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
     schema_version: int = field(default=SCHEMA_VERSION)
+    unlabelled: tuple[CaseSpec, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
 
     @property
     def has_roi(self) -> bool:
         """Whether any case has a region-of-interest mask."""
         return any(c.roi is not None for c in self.training + self.test)
+
+    @property
+    def unlabelled_cases(self) -> tuple[CaseSpec, ...]:
+        """The unlabelled training images (empty when there are none)."""
+        return self.unlabelled or ()
 
     @property
     def num_channels(self) -> int:

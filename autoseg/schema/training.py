@@ -73,6 +73,19 @@ class TrainConfig:
     freeze_encoder_epochs
         Fine-tuning: for this many first epochs the transferred encoder tensors (``stem.*``, ``encoder.*``) are not
         updated, so the freshly initialised decoder and heads adapt to them before the whole network trains.
+    semi_supervised
+        How the dataset's unlabelled training images are used (:mod:`autoseg.training.semi_supervised`):
+        ``"pseudo_label"``, ``"copy_paste"``, ``"off"`` (labelled cases only) or ``"auto"`` (the measured best
+        method when the dataset has unlabelled images, else off), resolved when a run starts and saved resolved.
+    unlabelled_batch_size
+        Unlabelled patches per step; ``None``: as many as labelled ones (a step then costs about twice a
+        supervised one, in time and memory).
+    pseudo_label_threshold
+        Least teacher probability for an unlabelled voxel to get a target (below: ignored).
+    teacher_ema
+        Decay of the teacher's exponential moving average of the weights, per step.
+    unlabelled_weight, unlabelled_rampup
+        Weight of the loss on teacher targets, reached after this share of the run (mean teacher's ramp).
     """
 
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -109,6 +122,12 @@ class TrainConfig:
     schema_version: int = field(default=SCHEMA_VERSION)
     early_stop_patience: int | None = field(default=None, metadata=OMIT_IF_NONE)
     trackers: tuple[str, ...] | None = field(default=None, metadata=OMIT_IF_NONE)
+    semi_supervised: str = "auto"
+    unlabelled_batch_size: int | None = field(default=None, metadata=OMIT_IF_NONE)
+    pseudo_label_threshold: float = 0.8
+    teacher_ema: float = 0.99
+    unlabelled_weight: float = 0.5
+    unlabelled_rampup: float = 0.3
 
 
 @dataclass(frozen=True)

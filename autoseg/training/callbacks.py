@@ -13,13 +13,8 @@ import torch
 from autoseg.nn.checkpoint import save_checkpoint, to_json_field
 from autoseg.schema.base import atomic_path, atomic_write_text, from_jsonable, to_jsonable
 from autoseg.schema.training import EpochLog
-from autoseg.training.trainer import Callback, Trainer
+from autoseg.training.trainer import Callback, Trainer, unwrap
 from autoseg.workspace import FoldPaths
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare network inside a DistributedDataParallel wrapper."""
-    return model.module if hasattr(model, "module") else model
 
 
 def checkpoint_payload(trainer: Trainer) -> dict:
@@ -37,6 +32,8 @@ def checkpoint_payload(trainer: Trainer) -> dict:
         "train_config": to_json_field(to_jsonable(trainer.config)),
         "plans_sha256": trainer.config.plans_sha256,
     }
+    if trainer.semi is not None:
+        payload["teacher"] = trainer.semi.state_dict()
     return payload
 
 

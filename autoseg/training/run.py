@@ -51,11 +51,29 @@ def make_config(plans_sha256: str, dataset: str, configuration: str, fold: str, 
         raise AutosegError(f"{option('freeze_encoder_epochs')} {given['freeze_encoder_epochs']}: must be >= 0")
     if not 0.0 <= given.get("warmup_fraction", 0.0) < 1.0:
         raise AutosegError(f"{option('warmup_fraction')} {given['warmup_fraction']}: must be in [0, 1)")
+    _check_semi_supervised(given)
     if "iterations_per_epoch" in given and "validation_iterations" not in given:
         # nnU-Net's 50 validation iterations belong to its 250 training iterations: keep the ratio, so that four
         # training iterations are not followed by fifty validation ones
         given["validation_iterations"] = validation_iterations_for(given["iterations_per_epoch"])
     return TrainConfig(dataset=dataset, configuration=configuration, fold=fold, plans_sha256=plans_sha256, **given)
+
+
+def _check_semi_supervised(given: dict[str, Any]) -> None:
+    from autoseg.training.semi_supervised import METHODS
+
+    choices = ("auto", "off", *METHODS)
+    if given.get("semi_supervised", "auto") not in choices:
+        raise AutosegError(f"{option('semi_supervised')} {given['semi_supervised']!r}: expected one of "
+                           f"{', '.join(choices)}")
+    for name, low, high in (("pseudo_label_threshold", 0.0, 1.0), ("teacher_ema", 0.0, 1.0),
+                            ("unlabelled_rampup", 0.0, 1.0)):
+        if name in given and not low <= given[name] <= high:
+            raise AutosegError(f"{option(name)} {given[name]}: must be in [{low:g}, {high:g}]")
+    if given.get("unlabelled_weight", 0.0) < 0:
+        raise AutosegError(f"{option('unlabelled_weight')} {given['unlabelled_weight']}: must be >= 0")
+    if given.get("unlabelled_batch_size", 1) < 1:
+        raise AutosegError(f"{option('unlabelled_batch_size')} {given['unlabelled_batch_size']}: must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -156,6 +174,36 @@ def resolve_runtime(config: TrainConfig, plan: ConfigurationPlan, device: str, f
     return dev, config, note
 
 
+def resolve_semi_supervised(config: TrainConfig, unlabelled: int, can_use: bool, iterations: float | None = None,
+                            on_cpu: bool = False) -> tuple[TrainConfig, str]:
+    """The run's semi-supervised method (``"auto"`` resolved, see
+    :func:`autoseg.training.semi_supervised.resolve_method`) and a line for the user ("" when nothing to say).
+
+    Raises
+    ------
+    AutosegError
+        A method asked for where there are no unlabelled images, or for a cascade stage (its unlabelled images
+        would need previous-stage segmentations).
+    """
+    from autoseg.training.semi_supervised import DEFAULT_METHOD, resolve_method
+
+    method = resolve_method(config.semi_supervised, unlabelled > 0, can_use, iterations, on_cpu)
+    if method != "off" and not unlabelled:
+        raise AutosegError(f"{option('semi_supervised')} {method}: the dataset has no unlabelled training images "
+                           f"(put them in imagesTrUnlabelled/ of the raw folder and plan again)")
+    if method != "off" and not can_use:
+        raise AutosegError(f"{option('semi_supervised')} {method}: not available for a cascade stage")
+    note = ""
+    if config.semi_supervised == "auto" and unlabelled and method != "off":
+        note = (f"{unlabelled} unlabelled training images: semi-supervised training ({method}; "
+                f"--semi-supervised off trains on the labelled cases only)")
+    elif config.semi_supervised == "auto" and unlabelled and can_use:
+        expected = f"~{iterations:,.0f} iterations expected" if iterations is not None else "a CPU budget"
+        note = (f"{unlabelled} unlabelled training images left out: a short run ({expected}) learns more from "
+                f"its labelled cases in the same time; --semi-supervised {DEFAULT_METHOD} uses them anyway")
+    return replace(config, semi_supervised=method), note
+
+
 def process_device(device: str, distributed: dist_utils.DistributedSpec | None, cuda_available: bool) -> str:
     """The device name one training process uses. Under torchrun each process has its own GPU, its local rank's:
     ``auto`` (with CUDA) and a bare ``cuda`` mean ``cuda:LOCAL_RANK`` there (else every process of a node would
@@ -167,15 +215,21 @@ def process_device(device: str, distributed: dist_utils.DistributedSpec | None, 
     return "cpu" if device == "auto" else device
 
 
+def expected_run_iterations(config: TrainConfig, plan: ConfigurationPlan) -> float | None:
+    """The run's iterations as far as they are known before it starts (``None``: a budget with plans fitted to
+    memory only); see :func:`autoseg.training.schedule.expected_iterations`."""
+    fit = plan.budget
+    return expected_iterations(config.epochs, config.iterations_per_epoch, config.budget_minutes,
+                               fit.minutes if fit else None, fit.iterations if fit else None)
+
+
 def _resolve_schedule(config: TrainConfig, plan: ConfigurationPlan, dev: torch.device, given: frozenset[str]
                       ) -> tuple[TrainConfig, str]:
     if config.schedule not in SCHEDULES:
         raise AutosegError(f"{option('schedule')} {config.schedule!r}: expected one of {', '.join(SCHEDULES)}")
     schedule, iterations = config.schedule, None
     if schedule == "auto":
-        fit = plan.budget
-        iterations = expected_iterations(config.epochs, config.iterations_per_epoch, config.budget_minutes,
-                                         fit.minutes if fit else None, fit.iterations if fit else None)
+        iterations = expected_run_iterations(config, plan)
         schedule = choose_schedule(iterations, dev.type == "cpu")
     if schedule != "short":
         return replace(config, schedule=schedule), ""
@@ -252,6 +306,43 @@ def build_loaders(source: StoreSource, plan: ConfigurationPlan, train_ids: Seque
                             oversample_foreground=config.oversample_foreground,
                             num_extra_classes=num_extra_classes, regions=sample_regions, pin_memory=pin)
     return train, val
+
+
+def build_semi_supervision(model: torch.nn.Module, source: StoreSource, plan: ConfigurationPlan,
+                           unlabelled_ids: Sequence[str], config: TrainConfig, state: TrainState,
+                           checkpoint: dict | None, distributed: dist_utils.DistributedSpec | None = None,
+                           class_order: Sequence[int] | None = None, device: torch.device | None = None):
+    """The unlabelled part of a semi-supervised run (``None`` with ``semi_supervised="off"``): its batch stream
+    (augmented like the training batches, drawn uniformly, resuming at ``state.batches_drawn``: one unlabelled
+    batch per step) and its teacher (a resumed run's from ``checkpoint``).
+
+    Returns
+    -------
+    tuple
+        ``(SemiSupervision | None, BatchLoader | None)``; the caller closes the loader.
+    """
+    if config.semi_supervised == "off":
+        return None, None
+    from autoseg.planning.topology import deep_supervision_scales
+    from autoseg.training.semi_supervised import SemiSupervision
+
+    world, rank = (distributed.world_size, distributed.rank) if distributed else (1, 0)
+    size = config.unlabelled_batch_size or dist_utils.split_batch(config.batch_size, world, rank)
+    workers = (config.num_workers if config.num_workers is not None
+               else default_loader_workers(distributed.local_world_size if distributed else 1))
+    seed = config.seed + 7919 * rank + 104729  # a stream of its own beside the labelled one
+    loader = training_loader(source, plan, case_ids=list(unlabelled_ids), seed=seed, num_workers=workers,
+                             deterministic=config.deterministic or workers == 0, batch_size=size,
+                             first_batch=state.batches_drawn, oversample_foreground=0.0,
+                             pin_memory=device is not None and device.type == "cuda")
+    scales = deep_supervision_scales(plan.architecture.strides) if config.deep_supervision else None
+    semi = SemiSupervision.from_student(
+        model.module if hasattr(model, "module") else model,
+        checkpoint.get("teacher") if checkpoint is not None else None,
+        method=config.semi_supervised, batches=iterate(loader), seed=seed, threshold=config.pseudo_label_threshold,
+        ema_decay=config.teacher_ema, weight=config.unlabelled_weight, rampup=config.unlabelled_rampup,
+        scales=scales, class_order=class_order)
+    return semi, loader
 
 
 def default_loader_workers(processes: int = 1) -> int:

@@ -19,6 +19,7 @@ from autoseg.schema.training import EpochLog, TrainConfig
 from autoseg.training.distributed import check_replicas
 from autoseg.training.losses import region_targets
 from autoseg.training.schedule import epochs_that_fit, learning_rate, plan_budget
+from autoseg.training.semi_supervised import SemiSupervision
 
 #: Training steps timed before a time budget fixes the epoch length (the first is discarded as warm-up).
 CALIBRATION_STEPS = 4
@@ -64,6 +65,11 @@ class TrainState:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare network inside a DistributedDataParallel wrapper."""
+    return model.module if hasattr(model, "module") else model
 
 
 class Callback:
@@ -172,6 +178,9 @@ class Trainer:
         so a resumed run freezes exactly as an uninterrupted one).
     regions
         Region-based training: the label values of every output channel; the pseudo-Dice is then per region.
+    semi
+        Semi-supervised training: the unlabelled batches, their teacher and how they join each step
+        (:mod:`autoseg.training.semi_supervised`); ``None`` trains on the labelled batches only.
     replica_sha256
         Set by :meth:`fit`: the digest ``check_replicas`` returned.
     """
@@ -194,6 +203,7 @@ class Trainer:
     progress: bool = True
     frozen: tuple[str, ...] = ()
     regions: tuple[tuple[int, ...], ...] | None = None
+    semi: SemiSupervision | None = None
     history: list[EpochLog] = field(default_factory=list)
     replica_sha256: str | None = None
     #: when the last epoch's steps ended: its callbacks' time (checkpoints, plot, log) counts against a budget too
@@ -219,18 +229,35 @@ class Trainer:
 
     def train_step(self, batch: dict) -> torch.Tensor:
         """One optimisation step; returns the loss, a 0-dim tensor on the device (reading its value waits for
-        the step to finish)."""
+        the step to finish). With :attr:`semi`, the step's unlabelled batch and its teacher targets join it."""
         data, targets = self._to_device(batch)
+        terms = None
+        if self.semi is not None:
+            unlabelled = self._on_device(next(self.semi.batches)["data"])
+            data, terms = self.semi.step(data, targets, unlabelled, self.state.batches_drawn,
+                                         lambda: self.autocast(self.device, self.precision))
+            if self.channels_last and data.ndim in (4, 5):
+                data = data.contiguous(memory_format=torch.channels_last if data.ndim == 4
+                                       else torch.channels_last_3d)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast(self.device, self.precision):
             output = self.model(data)
-            loss = self.loss(output, targets)
+            if terms is None:
+                loss = self.loss(output, targets)
+            else:
+                loss = self.semi.loss(self.loss, output, terms, self._progress())
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.semi is not None:
+            self.semi.update_teacher(unwrap(self.model))
         return loss.detach()
+
+    def _progress(self) -> float:
+        """Share of the planned run done before this epoch (0 .. 1; per epoch, so a resumed run agrees)."""
+        return min(1.0, self.state.epoch / max(1, self.state.total_epochs))
 
     @torch.inference_mode()
     def val_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

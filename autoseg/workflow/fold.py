@@ -14,8 +14,9 @@ from autoseg.schema.base import load_json, save_json
 from autoseg.schema.training import TrainConfig, TransferReport
 from autoseg.training import distributed as dist_utils
 from autoseg.training.callbacks import fold_callbacks
-from autoseg.training.run import (RunStart, build_loaders, build_loss, build_model, build_optimizer, fit, iterate,
-                                  make_config, resolve_run, resolve_runtime)
+from autoseg.training.run import (RunStart, build_loaders, build_loss, build_model, build_optimizer,
+                                  build_semi_supervision, expected_run_iterations, fit, iterate, make_config,
+                                  resolve_run, resolve_runtime, resolve_semi_supervised)
 from autoseg.training.trainer import Callback, Trainer, TrainState
 from autoseg.workflow.context import ALL, DatasetContext
 from autoseg.workflow.lock import writer_lock
@@ -129,6 +130,10 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
     is_main = distributed is None or distributed.is_main
     dev, config, note = resolve_runtime(start.config, plan, device, start.state is None, explicit_length,
                                         distributed, given)
+    unlabelled_ids = _unlabelled_cases(ctx, configuration, store.case_ids())
+    config, semi_note = resolve_semi_supervised(config, len(unlabelled_ids), plan.previous_stage is None,
+                                                expected_run_iterations(config, plan), dev.type == "cpu")
+    note = "\n".join(n for n in (note, semi_note) if n)
     if note and progress and is_main:
         print(note, flush=True)
     state = start.state or TrainState(config.epochs, config.iterations_per_epoch, config.validation_iterations)
@@ -150,6 +155,9 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
             recorders += tracker_callbacks(config.trackers, folder.root, ctx.workspace.mlruns,
                                            f"{ctx.name} {configuration} fold {fold}", names, folder.progress_plot)
     regions = tuple(r.labels for r in plans.regions) if plans.regions else None
+    semi, unlabelled_loader = build_semi_supervision(model, source, plan, unlabelled_ids, config, state,
+                                                     start.checkpoint, distributed, plans.regions_class_order,
+                                                     dev)
     trainer = Trainer(model=model, loss=build_loss(plan, plans.regions),
                       optimizer=build_optimizer(model, config, start.checkpoint),
                       train_batches=iterate(train_loader), val_batches=iterate(val_loader), config=config,
@@ -157,17 +165,29 @@ def train_fold(ctx: DatasetContext, configuration: str, fold: str, start: RunSta
                       num_classes=len(plans.labels), autocast=autocast_context,
                       callbacks=[*_stopping(config), *recorders, *callbacks],
                       all_reduce=dist_utils.all_reduce_sum, progress=progress and is_main, regions=regions,
+                      semi=semi,
                       frozen=_frozen_encoder(config, folder, distributed is not None))
     if start.checkpoint is not None and "grad_scaler" in start.checkpoint:
         trainer.scaler.load_state_dict(start.checkpoint["grad_scaler"])
     try:
         fit(trainer, folder, is_main)
     finally:
-        train_loader.close()
-        val_loader.close()
+        for loader in (train_loader, val_loader, unlabelled_loader):
+            if loader is not None:
+                loader.close()
         if distributed:
             dist_utils.shutdown()
     return state, config
+
+
+def _unlabelled_cases(ctx: DatasetContext, configuration: str, available: Sequence[str]) -> list[str]:
+    """The dataset's unlabelled training images, all preprocessed (else an error naming the command)."""
+    ids = sorted(c.case_id for c in ctx.spec.unlabelled_cases)
+    missing = sorted(set(ids) - set(available))
+    if missing:
+        raise AutosegError(f"{ctx.paths.preprocessed(configuration)}: {len(missing)} unlabelled image(s) are not "
+                           f"preprocessed (e.g. {missing[0]}); run `autoseg preprocess {ctx.name}`")
+    return ids
 
 
 def _stopping(config: TrainConfig) -> list:

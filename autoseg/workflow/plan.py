@@ -56,6 +56,8 @@ class PlanResult:
     run_plan
         With a budget: the run plan written to ``paths.run_plan`` (``autoseg.planning.run_plan.run_plan_table``
         gives its text).
+    unlabelled
+        Unlabelled training images of the dataset (``imagesTrUnlabelled/``), verified and preprocessed.
     """
 
     plans: Plans
@@ -64,6 +66,7 @@ class PlanResult:
     preprocessing: PreprocessResult | None = None
     dataset_report: DatasetReport | None = None
     run_plan: RunPlan | None = None
+    unlabelled: int = 0
 
 
 def verify(raw_dir: Path, num_workers: int | None = None, progress: bool = True) -> DatasetSpec:
@@ -195,7 +198,7 @@ def plan(raw_dir: Path, workspace: Path, preset: str = "default", memory_gb: flo
     configs = None if run is None else trained_configurations(run, plans)
     pre = (preprocess_planned(raw_dir, spec, plans, paths, configs, num_workers, progress, fingerprint)
            if preprocess else None)
-    return PlanResult(plans, paths, reused, pre, report, run)
+    return PlanResult(plans, paths, reused, pre, report, run, len(spec.unlabelled_cases))
 
 
 def device_throughput(workspace: Path, device: str = "auto") -> "Throughput":
