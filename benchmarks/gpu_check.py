@@ -260,9 +260,9 @@ def section_environment(sec: Section, dev, args) -> None:
     sec.save()
 
 
-def _tiny_trainer(dev, regions: bool, all_reduce):
-    """The trainer of a small 2D U-Net on random batches (label- or region-based), on ``dev``, in the device's
-    automatic precision."""
+def _tiny_trainer(dev, regions: bool, all_reduce, semi_supervised: str | None = None):
+    """The trainer of a small 2D U-Net on random batches (label- or region-based; with ``semi_supervised``, one
+    of its methods on random unlabelled batches too), on ``dev``, in the device's automatic precision."""
     import numpy as np
     import torch
 
@@ -293,10 +293,18 @@ def _tiny_trainer(dev, regions: bool, all_reduce):
     cfg = TrainConfig("gpu_check", "2d", "0", "-", epochs=2, iterations_per_epoch=3, validation_iterations=2,
                       precision=precision)
     loss = DeepSupervisionLoss(RegionDiceBCELoss(region_sets) if regions else DiceCELoss())
+    semi = None
+    if semi_supervised is not None:
+        from autoseg.training.semi_supervised import SemiSupervision
+
+        semi = SemiSupervision.from_student(
+            net, None, method=semi_supervised, batches=({"data": b["data"]} for b in batches(3)), seed=0,
+            threshold=0.5, ema_decay=0.99, weight=0.5, rampup=0.0, scales=deep_supervision_scales(arch),
+            class_order=(1, 2) if regions else None)
     return Trainer(model=net, loss=loss, optimizer=torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9),
                    train_batches=batches(1), val_batches=batches(2), config=cfg, state=TrainState(2, 3, 2),
                    device=dev, precision=precision, channels_last=layout, num_classes=3, autocast=autocast_context,
-                   all_reduce=all_reduce, progress=False, regions=region_sets if regions else None)
+                   all_reduce=all_reduce, progress=False, regions=region_sets if regions else None, semi=semi)
 
 
 def section_reductions(sec: Section, dev, args) -> None:
@@ -310,10 +318,11 @@ def section_reductions(sec: Section, dev, args) -> None:
     D.init(spec, dev)
     sec.data.update(backend=dist.get_backend(), init_seconds=time.perf_counter() - t0)
     try:
-        for regions in (False, True):
-            item = {"training": "regions" if regions else "labels"}
+        # the last two: semi-supervised steps (teacher, its targets, noise and boxes on the device)
+        for regions, semi in ((False, None), (True, None), (False, "copy_paste"), (True, "pseudo_label")):
+            item = {"training": ("regions" if regions else "labels") + (f" + {semi}" if semi else "")}
             try:
-                trainer = _tiny_trainer(dev, regions, D.all_reduce_sum)
+                trainer = _tiny_trainer(dev, regions, D.all_reduce_sum, semi)
                 trainer.fit()
                 last = trainer.history[-1]
                 item.update(ok=True, epochs=len(trainer.history), pseudo_dice=list(last.pseudo_dice),

@@ -209,10 +209,11 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
     _option("--freeze-encoder-epochs", type=int, default=None, metavar="EPOCHS",
             help="with --pretrained: first epochs in which the transferred encoder is not updated"),
     _option("--semi-supervised", choices=("auto", "off", "pseudo_label", "copy_paste"), default=None,
-            help="how the raw folder's imagesTrUnlabelled/ images are used: copy_paste (labelled and unlabelled "
-                 "patches mixed, the unlabelled parts with an EMA teacher's targets), pseudo_label (the "
-                 "unlabelled patches with the teacher's targets), off (labelled cases only), auto (default: the "
-                 "measured best, copy_paste, when there are unlabelled images)"),
+            help="how the raw folder's imagesTrUnlabelled/ images are used: pseudo_label (the unlabelled patches "
+                 "join each step with an EMA teacher's targets), copy_paste (labelled and unlabelled patches "
+                 "mixed, the unlabelled parts with the teacher's targets), off (labelled cases only), auto "
+                 "(default: pseudo_label in a long run of 5,000 iterations or more, a GPU run; off in a CPU "
+                 "budget's short run, where the labelled cases teach more in the same time)"),
     _option("--unlabelled-batch-size", type=parse_positive_int, default=None, metavar="N",
             help="unlabelled patches per step (default: as many as labelled; a step then takes about twice "
                  "the time and memory)"),

@@ -37,7 +37,7 @@ from autoseg.training.schedule import choose_schedule
 METHODS = ("pseudo_label", "copy_paste")
 #: What ``"auto"`` becomes in a long run of a fold with unlabelled images (the better of :data:`METHODS` at equal
 #: time, see :func:`resolve_method`).
-DEFAULT_METHOD = "copy_paste"
+DEFAULT_METHOD = "pseudo_label"
 #: Standard deviation and clip of the noise added to the student's copy of an unlabelled patch (UA-MT's numbers, on
 #: z-scored intensities).
 NOISE_STD, NOISE_CLIP = 0.1, 0.2

@@ -36,7 +36,8 @@ def test_environment_and_reductions(tmp_path):
     assert env["collective_timeout_minutes"]["gloo"] == 30.0
     red = report["sections"]["reductions"]
     assert red["backend"] == "gloo" and red["cpu_tensor"] == "accepted"  # gloo takes CPU tensors; NCCL does not
-    assert [i["training"] for i in red["items"]] == ["labels", "regions"]
+    assert [i["training"] for i in red["items"]] == ["labels", "regions", "labels + copy_paste",
+                                                     "regions + pseudo_label"]
     for item in red["items"]:
         assert item["ok"] and item["epochs"] == 2 and item["mean_over_ranks"] == 1.5
         assert len(item["replica_sha256"]) == 64 and len(item["pseudo_dice"]) == 2

@@ -70,7 +70,9 @@ def _train(template: Path, dest: Path, configuration: str = "3d_fullres", **over
     return api.train(ws, "Tiny", configuration, "0", progress=False, validate=False, **{**SHORT, **overrides})
 
 
-def test_unlabelled_images_are_preprocessed_but_not_fingerprinted_nor_in_any_fold(planned, semi_raw):
+def test_unlabelled_images_are_preprocessed_but_not_fingerprinted_nor_in_any_fold(planned, semi_raw, capsys):
+    assert main(["verify", str(semi_raw), "-j", "1"]) == 0
+    assert f"5 training, {UNLABELLED} unlabelled training, 2 test cases" in capsys.readouterr().out
     ctx = load_context(planned, "Tiny")
     unlabelled = sorted(c.case_id for c in ctx.spec.unlabelled_cases)
     labelled = sorted(c.case_id for c in ctx.spec.training)
@@ -86,10 +88,14 @@ def test_unlabelled_images_are_preprocessed_but_not_fingerprinted_nor_in_any_fol
     assert (np.asarray(seg) == IGNORE).all() and locs == {}
 
 
-def test_the_unlabelled_images_change_the_model_and_off_ignores_them(planned, tiny_raw, semi_raw, tmp_path):
+def test_the_unlabelled_images_change_the_model_and_off_ignores_them(planned, tiny_raw, semi_raw, tmp_path, capsys):
     off = _train(planned, tmp_path / "off", semi_supervised="off")
     assert json.loads((Path(off.folder) / "train_config.json").read_text())["semi_supervised"] == "off"
-    # a short run by default leaves them out (it learns more from its labelled cases in the same time)
+    # a short run by default leaves them out (it learns more from its labelled cases in the same time), and says so
+    ws = shutil.copytree(planned, tmp_path / "short_cli", symlinks=True)
+    assert main(["train", "Tiny", "-w", str(ws), "-c", "3d_fullres", "-f", "0", "--epochs", "1",
+                 "--iterations-per-epoch", "1", "-j", "0", "--no-validation"]) == 0
+    assert f"{UNLABELLED} unlabelled training images left out: a short run" in capsys.readouterr().out
     short = _train(planned, tmp_path / "short")
     assert json.loads((Path(short.folder) / "train_config.json").read_text())["semi_supervised"] == "off"
     assert same(weights(off.folder), weights(short.folder))
@@ -196,7 +202,7 @@ def test_2d_configuration_trains_on_unlabelled_slices(planned, tmp_path):
 
 def test_regions_and_the_ignore_label_train_with_unlabelled_images(tiny_raw, tmp_path):
     # regions (sigmoid outputs, BCE + Dice): the teacher's targets are label maps in regions_class_order
-    spec = replace(PRESETS["brats-like"], num_training=6, num_test=1, shape=(24, 28, 24), channels=("FLAIR", "T1"))
+    spec = replace(PRESETS["brats-like"], num_training=7, num_test=1, shape=(24, 28, 24), channels=("FLAIR", "T1"))
     raw = with_unlabelled(make_dataset(tmp_path / "src" / "Task05_Regions", spec), tmp_path / "Task05_Regions", 2)
     (raw / "regions.json").write_text(json.dumps({"regions": {"whole": [1, 2, 3, 4], "core": [2, 3, 4]},
                                                   "regions_class_order": [1, 2]}))

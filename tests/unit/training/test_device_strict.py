@@ -100,3 +100,26 @@ def test_reductions_through_an_nccl_like_group(regions):
     assert ("allreduce", [(2,)], ["meta"]) in group.calls  # epoch seconds, mean over ranks
     assert {d for _, _, devices in group.calls for d in devices} == {"meta"}
     assert trainer.replica_sha256 is not None  # the end-of-training replica check ran through the group
+
+
+def _with_unlabelled(trainer: Trainer, method: str, regions: bool, as_tensors: bool) -> Trainer:
+    from autoseg.training.semi_supervised import SemiSupervision
+
+    unlabelled = ({"data": b["data"]} for b in batches(3, as_tensors))
+    trainer.semi = SemiSupervision.from_student(
+        trainer.model, None, method=method, batches=unlabelled, seed=5, threshold=0.4, ema_decay=0.9, weight=1.0,
+        rampup=0.0, scales=deep_supervision_scales(ARCH), class_order=(1, 2) if regions else None)
+    return trainer
+
+
+@pytest.mark.parametrize("method", ["copy_paste", "pseudo_label"])
+@pytest.mark.parametrize("regions", [False, True], ids=["labels", "regions"])
+def test_semi_supervised_steps_with_the_model_on_a_second_device(method, regions):
+    """The teacher, its targets, the noise and the copy-paste boxes live on the model's device: the step computes
+    on the simulated accelerator exactly what it computes on the CPU."""
+    reference = _with_unlabelled(make_trainer(torch.device("cpu"), regions), method, regions, False).run_epoch()
+    with SimulatedAccelerator():
+        trainer = _with_unlabelled(make_trainer(ACCELERATOR, regions, True), method, regions, True)
+        log = trainer.run_epoch()
+        assert all(isinstance(p, OnDevice) for p in trainer.semi.teacher.parameters())
+    assert np.isfinite(log.train_loss) and log.train_loss == reference.train_loss

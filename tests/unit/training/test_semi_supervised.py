@@ -22,8 +22,8 @@ NO_AUTOCAST = contextlib.nullcontext
 
 
 @pytest.mark.parametrize("requested, has, usable, iterations, on_cpu, expected", [
-    ("auto", True, True, 250_000, False, "copy_paste"),  # nnU-Net's 1000 x 250 on a GPU
-    ("auto", True, True, None, False, "copy_paste"),  # unknown length off a CPU: long
+    ("auto", True, True, 250_000, False, "pseudo_label"),  # nnU-Net's 1000 x 250 on a GPU
+    ("auto", True, True, None, False, "pseudo_label"),  # unknown length off a CPU: long
     ("auto", True, True, 1_200, True, "off"),  # a CPU budget's short run
     ("auto", True, True, None, True, "off"),
     ("auto", False, True, 250_000, False, "off"), ("auto", True, False, 250_000, False, "off"),
