@@ -29,7 +29,7 @@ from autoseg.training.callbacks import checkpoint_payload
 from autoseg.training.losses import DeepSupervisionLoss, DiceCELoss, RegionDiceBCELoss
 from autoseg.training.schedule import (SCHEDULES, SHORT_RUN, choose_schedule, expected_iterations,
                                       validation_iterations_for)
-from autoseg.training.trainer import Trainer, TrainState
+from autoseg.training.trainer import Trainer, TrainState, unwrap
 from autoseg.workspace import FoldPaths
 
 #: Training minutes per fold on a CPU when neither epochs nor a budget are given.
@@ -337,8 +337,7 @@ def build_semi_supervision(model: torch.nn.Module, source: StoreSource, plan: Co
                              pin_memory=device is not None and device.type == "cuda")
     scales = deep_supervision_scales(plan.architecture.strides) if config.deep_supervision else None
     semi = SemiSupervision.from_student(
-        model.module if hasattr(model, "module") else model,
-        checkpoint.get("teacher") if checkpoint is not None else None,
+        unwrap(model), checkpoint.get("teacher") if checkpoint is not None else None,
         method=config.semi_supervised, batches=iterate(loader), seed=seed, threshold=config.pseudo_label_threshold,
         ema_decay=config.teacher_ema, weight=config.unlabelled_weight, rampup=config.unlabelled_rampup,
         scales=scales, class_order=class_order)

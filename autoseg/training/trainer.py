@@ -220,10 +220,13 @@ class Trainer:
         t = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
         return t.to(self.device, non_blocking=True)
 
-    def _to_device(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        data = self._on_device(batch["data"])
+    def _in_layout(self, data: torch.Tensor) -> torch.Tensor:
         if self.channels_last and data.ndim in (4, 5):
-            data = data.contiguous(memory_format=torch.channels_last if data.ndim == 4 else torch.channels_last_3d)
+            return data.contiguous(memory_format=torch.channels_last if data.ndim == 4 else torch.channels_last_3d)
+        return data
+
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        data = self._in_layout(self._on_device(batch["data"]))
         targets = [self._on_device(t) for t in batch["target"]]
         return data, targets
 
@@ -236,9 +239,7 @@ class Trainer:
             unlabelled = self._on_device(next(self.semi.batches)["data"])
             data, terms = self.semi.step(data, targets, unlabelled, self.state.batches_drawn,
                                          lambda: self.autocast(self.device, self.precision))
-            if self.channels_last and data.ndim in (4, 5):
-                data = data.contiguous(memory_format=torch.channels_last if data.ndim == 4
-                                       else torch.channels_last_3d)
+            data = self._in_layout(data)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast(self.device, self.precision):
             output = self.model(data)

@@ -202,8 +202,7 @@ def _preprocessed_fold_cases(ctx: DatasetContext, configuration: str, fold: str,
     if not available:
         raise AutosegError(f"{ctx.paths.preprocessed(configuration)}: no preprocessed cases; run "
                            f"`autoseg preprocess {ctx.name} -c {configuration}`")
-    if fold == ALL:
-        return sorted(available), sorted(available)
+    # fold all: the labelled cases (the store also holds the unlabelled images, which have a stream of their own)
     train_ids, val_ids = ctx.fold_cases(fold)
     missing = sorted(set(train_ids + val_ids) - set(available))
     if missing:

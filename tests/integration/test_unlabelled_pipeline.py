@@ -84,6 +84,9 @@ def test_unlabelled_images_are_preprocessed_but_not_fingerprinted_nor_in_any_fol
         assert not set(split["train"] + split["val"]) & set(unlabelled)
     assert sorted(sum((s["val"] for s in ctx.require_splits()), [])) == labelled
     store = CaseStore(ctx.paths.preprocessed("3d_fullres"))
+    from autoseg.workflow.fold import _preprocessed_fold_cases
+
+    assert _preprocessed_fold_cases(ctx, "3d_fullres", "all", store.case_ids()) == (labelled, labelled)
     _, seg, locs, _ = store.load(unlabelled[0])
     assert (np.asarray(seg) == IGNORE).all() and locs == {}
 
