@@ -17,6 +17,7 @@ from autoseg.training.semi_supervised import (SemiSupervision, copy_paste_boxes,
                                               teacher_targets)
 from autoseg.training.trainer import Callback, Trainer, TrainState
 from autoseg.workspace import FoldPaths
+from test_trainer import batches as labelled_batches  # the trainer tests' seeded batch stream
 
 NO_AUTOCAST = contextlib.nullcontext
 
@@ -113,14 +114,6 @@ def test_the_teacher_is_a_moving_average_of_the_student():
     semi.update_teacher(student)
     assert torch.allclose(semi.teacher.weight, 0.9 * before + 0.1 * student.weight)
     assert not any(p.requires_grad for p in semi.teacher.parameters())
-
-
-def labelled_batches(seed):
-    rng = np.random.default_rng(seed)
-    while True:
-        seg = (rng.random((2, 1, 8, 8)) > 0.5).astype(np.int8)
-        data = (seg.astype(np.float32) * 2 - 1) + 0.1 * rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
-        yield {"data": data, "target": [seg]}
 
 
 def ce_dice(output, targets):
